@@ -1,0 +1,219 @@
+//! What the embedding API takes and returns, beyond the stored records of [`crate::model`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::model::{
+    DeliveryId, DeliveryStatus, Endpoint, EndpointId, ErrorKind, MessageId, rfc3339,
+};
+
+/// One event to deliver.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewMessage {
+    /// The customer account; selects the endpoints.
+    pub tenant: String,
+    /// Event name; endpoints may subscribe to a subset.
+    pub event_type: String,
+    /// The JSON payload, kept byte for byte.
+    pub payload: Box<RawValue>,
+    /// Send to this URL only, with the tenant's default endpoint's policy and secrets.
+    #[serde(default)]
+    pub callback_url: Option<String>,
+    /// The same key from the same tenant returns the first answer and sends nothing twice.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// Delta mode: skip the send when this key's last delivered payload was the same.
+    #[serde(default)]
+    pub dedup_key: Option<String>,
+}
+
+impl NewMessage {
+    /// A message with a payload serialized from any `Serialize` value.
+    pub fn new(
+        tenant: impl Into<String>,
+        event_type: impl Into<String>,
+        payload: &impl Serialize,
+    ) -> serde_json::Result<NewMessage> {
+        Ok(NewMessage {
+            tenant: tenant.into(),
+            event_type: event_type.into(),
+            payload: serde_json::value::to_raw_value(payload)?,
+            callback_url: None,
+            idempotency_key: None,
+            dedup_key: None,
+        })
+    }
+
+    /// Sets the per-message callback URL.
+    pub fn callback_url(mut self, url: impl Into<String>) -> Self {
+        self.callback_url = Some(url.into());
+        self
+    }
+
+    /// Sets the idempotency key.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Sets the delta-mode key.
+    pub fn dedup_key(mut self, key: impl Into<String>) -> Self {
+        self.dedup_key = Some(key.into());
+        self
+    }
+}
+
+/// The answer to a send: the message id and where it is going.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SendReceipt {
+    /// The message id receivers will see.
+    pub id: MessageId,
+    /// False when an earlier message with the same idempotency key was returned instead.
+    #[serde(skip)]
+    pub created: bool,
+    /// One per target.
+    pub deliveries: Vec<DeliveryReceipt>,
+}
+
+/// One delivery in a [`SendReceipt`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeliveryReceipt {
+    /// Delivery id.
+    pub id: DeliveryId,
+    /// The endpoint whose policy applies.
+    pub endpoint_id: EndpointId,
+    /// Target URL, credentials and query removed.
+    pub url: String,
+    /// Status at acceptance: `pending`, `skipped` or `held`.
+    pub status: DeliveryStatus,
+}
+
+/// A new endpoint.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewEndpoint {
+    /// The customer account.
+    pub tenant: String,
+    /// Callback URL.
+    pub url: String,
+    /// Policy name.
+    pub policy: String,
+    /// Signing secret (write-only).
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Token (write-only).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Subscribed event types; empty = all.
+    #[serde(default)]
+    pub event_types: Vec<String>,
+    /// The tenant's default endpoint (only one per tenant; setting it moves the flag).
+    #[serde(default)]
+    pub default: bool,
+}
+
+/// Changes to an endpoint; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointUpdate {
+    /// New URL.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// New policy.
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// New secret; the old one keeps signing for the rotation grace period.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// New token.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// New headers (replace all).
+    #[serde(default)]
+    pub headers: Option<BTreeMap<String, String>>,
+    /// New subscriptions (replace all).
+    #[serde(default)]
+    pub event_types: Option<Vec<String>>,
+    /// Default flag.
+    #[serde(default)]
+    pub default: Option<bool>,
+}
+
+/// An endpoint as shown to operators: secrets and tokens are never included.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EndpointView {
+    /// Id.
+    pub id: EndpointId,
+    /// Tenant.
+    pub tenant: String,
+    /// URL, with credentials and query removed.
+    pub url: String,
+    /// Policy name.
+    pub policy: String,
+    /// Subscriptions.
+    pub event_types: Vec<String>,
+    /// Default flag.
+    pub default: bool,
+    /// Whether it receives deliveries.
+    pub enabled: bool,
+    /// Whether a secret is set (its value is write-only).
+    pub has_secret: bool,
+    /// Whether a token is set.
+    pub has_token: bool,
+    /// Header names (values may be credentials).
+    pub header_names: Vec<String>,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+impl From<&Endpoint> for EndpointView {
+    fn from(e: &Endpoint) -> Self {
+        EndpointView {
+            id: e.id,
+            tenant: e.tenant.clone(),
+            url: crate::transport::redact(&e.url),
+            policy: e.policy.clone(),
+            event_types: e.event_types.clone(),
+            default: e.default,
+            enabled: e.enabled,
+            has_secret: e.secret.is_some(),
+            has_token: e.token.is_some(),
+            header_names: e.headers.keys().cloned().collect(),
+            created_at: rfc3339(e.created_at),
+        }
+    }
+}
+
+/// One finished attempt, as published on [`crate::Outcomes`]: enough for a TMS to keep its
+/// own `callback_response_code` and `last_callback_at`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AttemptEvent {
+    /// The message.
+    pub message_id: MessageId,
+    /// The delivery.
+    pub delivery_id: DeliveryId,
+    /// The endpoint.
+    pub endpoint_id: EndpointId,
+    /// Tenant of the message.
+    pub tenant: String,
+    /// Attempt number over all cycles.
+    pub attempt: u32,
+    /// Response status, if any.
+    pub status_code: Option<u16>,
+    /// Failure kind, if it failed.
+    pub error: Option<ErrorKind>,
+    /// Whether the policy counted it a success.
+    pub success: bool,
+    /// The delivery's status after this attempt.
+    pub delivery_status: DeliveryStatus,
+    /// When the attempt started (ms since the epoch).
+    pub at_ms: u64,
+    /// Request duration.
+    pub duration_ms: u64,
+}

@@ -1,0 +1,225 @@
+//! Accepting a message: validate, route, check sizes, store atomically, wait for the group
+//! commit, then schedule. Nothing is stored when any check fails, and nothing is acknowledged
+//! before it is durable.
+//!
+//! Store calls here run inline on the async task: sled reads and batch writes are in-memory
+//! operations of a few microseconds; the one slow operation, the fsync, happens on the commit
+//! thread.
+
+use sha2::{Digest, Sha256};
+
+use super::Engine;
+use crate::api::{DeliveryReceipt, NewMessage, SendReceipt};
+use crate::error::{Error, Result};
+use crate::model::{Delivery, DeliveryId, DeliveryStatus, Endpoint, Message, MessageId, now_ms};
+use crate::store::{Inserted, MAX_PAYLOAD_BYTES, NewDelivery};
+use crate::transport::{check_url, encode, redact};
+
+/// Longest tenant or event type.
+pub const MAX_NAME_LEN: usize = 128;
+/// Longest idempotency or dedup key.
+pub const MAX_KEY_LEN: usize = 512;
+
+/// Checks a short identifier-like field.
+pub(crate) fn check_name(field: &str, value: &str, max: usize) -> Result<()> {
+    if value.is_empty() {
+        return Err(Error::InvalidRequest(format!(
+            "`{field}` must not be empty"
+        )));
+    }
+    if value.len() > max {
+        return Err(Error::InvalidRequest(format!(
+            "`{field}` is {} bytes; at most {max} are allowed",
+            value.len()
+        )));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Error::InvalidRequest(format!(
+            "`{field}` must not contain control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// SHA-256 of a payload, for delta mode.
+pub(crate) fn digest(payload: &str) -> [u8; 32] {
+    Sha256::digest(payload.as_bytes()).into()
+}
+
+impl Engine {
+    /// Accepts a message: returns once it and its deliveries are durable.
+    pub(crate) async fn send(&self, new: NewMessage) -> Result<SendReceipt> {
+        check_name("tenant", &new.tenant, MAX_NAME_LEN)?;
+        check_name("event_type", &new.event_type, MAX_NAME_LEN)?;
+        for (field, key) in [
+            ("idempotency_key", &new.idempotency_key),
+            ("dedup_key", &new.dedup_key),
+        ] {
+            if let Some(key) = key {
+                check_name(field, key, MAX_KEY_LEN)?;
+            }
+        }
+        let payload_len = new.payload.get().len();
+        if payload_len > MAX_PAYLOAD_BYTES {
+            return Err(Error::PayloadTooLarge {
+                size: payload_len,
+                limit: MAX_PAYLOAD_BYTES,
+            });
+        }
+
+        let targets = self.targets(&new)?;
+        let now = now_ms();
+        let message = Message {
+            id: MessageId::new(),
+            tenant: new.tenant,
+            event_type: new.event_type,
+            payload: new.payload,
+            callback_url: new.callback_url,
+            idempotency_key: new.idempotency_key,
+            dedup_key: new.dedup_key,
+            created_at: now,
+        };
+        let payload = message.payload.get();
+        let payload_digest = message.dedup_key.as_ref().map(|_| digest(payload));
+        let mut deliveries = Vec::with_capacity(targets.len());
+        for endpoint in &targets {
+            let policy = self
+                .policies
+                .get(&endpoint.policy)
+                .ok_or_else(|| Error::UnknownPolicy(endpoint.policy.clone()))?;
+            let url = message.callback_url.as_deref().unwrap_or(&endpoint.url);
+            check_url(url, &policy.url).map_err(|reason| Error::InvalidUrl {
+                url: redact(url),
+                reason,
+            })?;
+            let size = encode(&policy.request, &message.event_type, payload)
+                .bytes
+                .len();
+            if size > policy.request.max_body_bytes {
+                return Err(Error::PayloadTooLarge {
+                    size,
+                    limit: policy.request.max_body_bytes,
+                });
+            }
+            let unchanged = match (&message.dedup_key, payload_digest) {
+                (Some(key), Some(digest)) => {
+                    self.store.dedup_digest(endpoint.id, key)? == Some(digest)
+                }
+                _ => false,
+            };
+            let status = if unchanged {
+                DeliveryStatus::Skipped
+            } else {
+                DeliveryStatus::Pending
+            };
+            deliveries.push(NewDelivery {
+                delivery: Delivery {
+                    id: DeliveryId::new(),
+                    message_id: message.id,
+                    endpoint_id: endpoint.id,
+                    url_override: message.callback_url.clone(),
+                    status,
+                    cycle: 1,
+                    cycle_attempts: 0,
+                    total_attempts: 0,
+                    anchor_ms: now,
+                    next_attempt_at: (!unchanged).then_some(now),
+                    last_status_code: None,
+                    last_error: unchanged
+                        .then(|| "skipped: payload unchanged for this dedup key".to_string()),
+                    created_at: now,
+                    updated_at: now,
+                },
+                due_ms: (!unchanged).then_some(now),
+            });
+        }
+
+        match self.store.insert_message(&message, &deliveries)? {
+            Inserted::Existing(id) => {
+                // The first answer, not a second send. It was acknowledged, hence durable.
+                let deliveries = self.store.message_deliveries(id)?;
+                let receipts = deliveries
+                    .iter()
+                    .map(|d| self.receipt(d, None))
+                    .collect::<Result<_>>()?;
+                return Ok(SendReceipt {
+                    id,
+                    created: false,
+                    deliveries: receipts,
+                });
+            }
+            Inserted::Created => {}
+        }
+        self.commit.durable().await?;
+        metrics::counter!("herald_messages_accepted_total").increment(1);
+
+        let mut receipts = Vec::with_capacity(deliveries.len());
+        for (new, endpoint) in deliveries.iter().zip(&targets) {
+            if let Some(due) = new.due_ms {
+                self.scheduler.note_due(endpoint.id, due);
+            }
+            receipts.push(self.receipt(&new.delivery, Some(endpoint))?);
+        }
+        Ok(SendReceipt {
+            id: message.id,
+            created: true,
+            deliveries: receipts,
+        })
+    }
+
+    /// The endpoints a message goes to: with a `callback_url`, the tenant's default endpoint
+    /// only (its policy and secrets, the message's URL); otherwise every endpoint of the tenant
+    /// that subscribes to the event type. Disabled endpoints are included: their deliveries
+    /// are held until the endpoint is enabled again.
+    fn targets(&self, message: &NewMessage) -> Result<Vec<Endpoint>> {
+        let endpoints = self.store.endpoints(Some(&message.tenant))?;
+        if message.callback_url.is_some() {
+            let default = endpoints.into_iter().find(|e| e.default).ok_or_else(|| {
+                Error::InvalidRequest(format!(
+                    "`callback_url` needs a default endpoint for tenant {:?} (its policy and \
+                     secrets apply); none is configured",
+                    message.tenant
+                ))
+            })?;
+            return Ok(vec![default]);
+        }
+        Ok(endpoints
+            .into_iter()
+            .filter(|e| e.subscribes_to(&message.event_type))
+            .collect())
+    }
+
+    /// The receipt line for a delivery; `held` when its endpoint is disabled.
+    pub(crate) fn receipt(
+        &self,
+        delivery: &Delivery,
+        endpoint: Option<&Endpoint>,
+    ) -> Result<DeliveryReceipt> {
+        let loaded;
+        let endpoint = match endpoint {
+            Some(e) => Some(e),
+            None => {
+                loaded = self.store.endpoint(delivery.endpoint_id)?;
+                loaded.as_ref()
+            }
+        };
+        let url = delivery
+            .url_override
+            .as_deref()
+            .or(endpoint.map(|e| e.url.as_str()))
+            .map(redact)
+            .unwrap_or_default();
+        let held =
+            delivery.status == DeliveryStatus::Pending && endpoint.is_some_and(|e| !e.enabled);
+        Ok(DeliveryReceipt {
+            id: delivery.id,
+            endpoint_id: delivery.endpoint_id,
+            url,
+            status: if held {
+                DeliveryStatus::Held
+            } else {
+                delivery.status
+            },
+        })
+    }
+}

@@ -1,0 +1,165 @@
+//! The engine: accepts messages, schedules deliveries, runs attempts and records outcomes.
+//!
+//! * [`accept`] turns a message into deliveries and stores them durably (group commit);
+//! * [`scheduler`] decides when deliveries are attempted, endpoint by endpoint;
+//! * [`attempt`] performs one attempt and records what came of it;
+//! * [`endpoints`] validates and changes endpoint configuration.
+//!
+//! The engine never speaks HTTP to producers or operators; `server` does that on top of it.
+
+mod accept;
+mod attempt;
+mod commit;
+mod endpoints;
+mod scheduler;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+
+use crate::api::AttemptEvent;
+use crate::error::{Error, Result};
+use crate::model::{Delivery, DeliveryId, now_ms};
+use crate::policy::PolicySet;
+use crate::store::Store;
+use crate::transport::{Client, ClientOptions};
+
+pub use commit::CommitStats;
+pub(crate) use commit::GroupCommit;
+pub(crate) use scheduler::Scheduler;
+
+/// Engine tuning; the defaults suit a sidecar.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Claimed deliveries (in flight or queued for a runner) over all endpoints, at most.
+    pub max_in_flight: usize,
+    /// Attempts in flight per endpoint, at most.
+    pub endpoint_concurrency: usize,
+    /// Added to twice the longest policy timeout to make the claim lease.
+    pub lease_margin: Duration,
+    /// How long a rotated secret keeps signing.
+    pub secret_rotation_grace: Duration,
+    /// Bytes of the response body kept with each attempt.
+    pub response_excerpt_bytes: usize,
+    /// HTTP client settings.
+    pub client: ClientOptions,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_in_flight: 1024,
+            endpoint_concurrency: 16,
+            lease_margin: Duration::from_secs(30),
+            secret_rotation_grace: Duration::from_secs(24 * 3600),
+            response_excerpt_bytes: 1024,
+            client: ClientOptions::default(),
+        }
+    }
+}
+
+/// Everything the engine's tasks share.
+pub(crate) struct Engine {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) policies: Arc<PolicySet>,
+    pub(crate) client: Client,
+    pub(crate) commit: GroupCommit,
+    pub(crate) scheduler: Scheduler,
+    pub(crate) outcomes: broadcast::Sender<AttemptEvent>,
+    pub(crate) config: EngineConfig,
+    lease: Duration,
+}
+
+impl Engine {
+    /// Builds the engine and starts its commit thread; [`Engine::start`] starts scheduling.
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        policies: PolicySet,
+        config: EngineConfig,
+    ) -> Result<Arc<Engine>> {
+        let client = Client::new(&config.client).map_err(Error::Startup)?;
+        let commit =
+            GroupCommit::start(store.clone()).map_err(|e| Error::Startup(e.to_string()))?;
+        let longest = policies
+            .iter()
+            .map(|p| p.request.timeout)
+            .max()
+            .unwrap_or(Duration::from_secs(30));
+        let (outcomes, _) = broadcast::channel(4096);
+        Ok(Arc::new(Engine {
+            scheduler: Scheduler::new(config.max_in_flight, config.endpoint_concurrency),
+            lease: longest * 2 + config.lease_margin,
+            store,
+            policies: Arc::new(policies),
+            client,
+            commit,
+            outcomes,
+            config,
+        }))
+    }
+
+    /// Loads every endpoint's earliest due entry and starts the scheduler loop.
+    pub(crate) async fn start(self: &Arc<Self>) -> Result<()> {
+        let store = self.store.clone();
+        let (endpoints, heads) = tokio::task::spawn_blocking(move || {
+            Ok::<_, Error>((store.endpoints(None)?, store.due_heads()?))
+        })
+        .await
+        .map_err(|e| Error::Startup(e.to_string()))??;
+        for endpoint in &endpoints {
+            self.scheduler
+                .set_enabled(endpoint.id, endpoint.enabled, None);
+        }
+        for (endpoint, head) in heads {
+            self.scheduler.note_due(endpoint, head);
+        }
+        tokio::spawn(scheduler::run(self.clone()));
+        Ok(())
+    }
+
+    /// How long a claim is leased: long enough for it to wait behind a full round of attempts
+    /// and then make its own.
+    pub(crate) fn lease_ms(&self, _endpoint: crate::model::EndpointId) -> u64 {
+        self.lease.as_millis() as u64
+    }
+
+    /// Starts a fresh attempt cycle for a finished delivery; the history is kept.
+    pub(crate) async fn replay(&self, id: DeliveryId) -> Result<Delivery> {
+        let store = self.store.clone();
+        let delivery = tokio::task::spawn_blocking(move || store.replay(id, now_ms()))
+            .await
+            .map_err(|e| Error::Store(crate::store::StoreError::Backend(e.to_string())))??;
+        self.commit.durable().await?;
+        if let Some(due) = delivery.next_attempt_at {
+            self.scheduler.note_due(delivery.endpoint_id, due);
+        }
+        Ok(delivery)
+    }
+
+    /// Stops scheduling, hands queued claims back to the store (due now, so a restart picks
+    /// them up at once), waits up to `grace` for attempts in flight, and flushes.
+    pub(crate) async fn shutdown(&self, grace: Duration) -> Result<()> {
+        let released = self.scheduler.stop();
+        let now = now_ms();
+        for (endpoint, claims) in released {
+            self.store.release(endpoint, &claims, Some(now))?;
+        }
+        if tokio::time::timeout(grace, self.scheduler.idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                in_flight = self.scheduler.outstanding(),
+                "attempts still in flight at shutdown; their leases bring them back after restart"
+            );
+        }
+        self.commit.durable().await?;
+        Ok(())
+    }
+
+    /// Group-commit counters.
+    pub(crate) fn commit_stats(&self) -> Arc<CommitStats> {
+        self.commit.stats()
+    }
+}

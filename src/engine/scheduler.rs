@@ -1,0 +1,353 @@
+//! The scheduler: which deliveries are attempted when, and by whom.
+//!
+//! The due index is kept per endpoint in the store (`endpoint, due time, delivery`). In memory
+//! the scheduler keeps one [`Slot`] per endpoint — its earliest due time, its claimed-but-not-
+//! finished deliveries and its runners — and an ordered set of the slots that may claim now.
+//! Memory therefore grows with the number of endpoints, never with the number of pending
+//! deliveries.
+//!
+//! * The loop sleeps until the earliest slot head or until it is notified (a new earlier entry,
+//!   freed capacity). It never polls.
+//! * A slot claims in batches: when it has at most `limit` outstanding claims it takes up to
+//!   `2 × limit - outstanding` more, so its runners always find the next delivery queued in
+//!   memory and a claim is one store batch per endpoint, not one per delivery.
+//! * Claims are leases: each claimed entry moves to the lease expiry in the store. After a crash
+//!   it comes due again by itself; nothing needs repairing at start-up.
+//! * Isolation: an endpoint never has more than `limit` attempts in flight nor `2 × limit`
+//!   claims, so a dead endpoint holds only its own budget; the global `max_in_flight` bounds the
+//!   claims of all endpoints together.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use super::Engine;
+use crate::model::{EndpointId, now_ms};
+use crate::store::Claim;
+
+/// One endpoint's scheduling state.
+#[derive(Debug)]
+struct Slot {
+    /// Earliest due entry in the store (a lower bound: it may already have been claimed).
+    head: Option<u64>,
+    /// Claimed deliveries waiting for a runner.
+    queue: VecDeque<Claim>,
+    /// Claims not yet finished: queued plus being attempted.
+    outstanding: usize,
+    /// Runner tasks alive (each attempts one delivery at a time).
+    runners: usize,
+    /// Attempts in flight at most.
+    limit: usize,
+    /// Disabled endpoints are not scheduled; their deliveries wait (held).
+    enabled: bool,
+    /// A claim for this slot is under way outside the lock.
+    claiming: bool,
+    /// The key under which the slot sits in `ready`, if it does.
+    ready_key: Option<u64>,
+}
+
+/// All slots and the ordered set of those that may claim.
+#[derive(Debug, Default)]
+struct State {
+    slots: HashMap<EndpointId, Slot>,
+    ready: BTreeSet<(u64, EndpointId)>,
+    outstanding: usize,
+    /// When the loop will next wake on its own; an earlier entry must notify it.
+    wake_at: u64,
+    stopping: bool,
+}
+
+/// Shared scheduler state; the loop and runners live in [`run`] and [`runner`].
+pub(crate) struct Scheduler {
+    state: Mutex<State>,
+    wake: Notify,
+    idle: Notify,
+    max_in_flight: usize,
+    endpoint_limit: usize,
+}
+
+impl State {
+    /// Puts the slot in `ready` (keyed by its head) iff it may claim; says whether the loop
+    /// must be woken to see it.
+    fn refresh(&mut self, endpoint: EndpointId) -> bool {
+        let Some(slot) = self.slots.get_mut(&endpoint) else {
+            return false;
+        };
+        if let Some(old) = slot.ready_key.take() {
+            self.ready.remove(&(old, endpoint));
+        }
+        let eligible = slot.enabled && !slot.claiming && slot.outstanding <= slot.limit;
+        match slot.head.filter(|_| eligible) {
+            Some(head) => {
+                slot.ready_key = Some(head);
+                self.ready.insert((head, endpoint));
+                head < self.wake_at
+            }
+            None => false,
+        }
+    }
+}
+
+impl Scheduler {
+    pub(crate) fn new(max_in_flight: usize, endpoint_limit: usize) -> Scheduler {
+        Scheduler {
+            state: Mutex::new(State {
+                wake_at: 0,
+                ..State::default()
+            }),
+            wake: Notify::new(),
+            idle: Notify::new(),
+            max_in_flight: max_in_flight.max(1),
+            endpoint_limit: endpoint_limit.max(1),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn slot<'a>(&self, state: &'a mut State, endpoint: EndpointId) -> &'a mut Slot {
+        state.slots.entry(endpoint).or_insert_with(|| Slot {
+            head: None,
+            queue: VecDeque::new(),
+            outstanding: 0,
+            runners: 0,
+            limit: self.endpoint_limit,
+            enabled: true,
+            claiming: false,
+            ready_key: None,
+        })
+    }
+
+    /// A delivery of `endpoint` is due at `due_ms` (new message, retry, replay, restart).
+    pub(crate) fn note_due(&self, endpoint: EndpointId, due_ms: u64) {
+        let mut state = self.lock();
+        let slot = self.slot(&mut state, endpoint);
+        slot.head = Some(slot.head.map_or(due_ms, |h| h.min(due_ms)));
+        if state.refresh(endpoint) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Enables or disables an endpoint's scheduling.
+    pub(crate) fn set_enabled(&self, endpoint: EndpointId, enabled: bool, head: Option<u64>) {
+        let mut state = self.lock();
+        let slot = self.slot(&mut state, endpoint);
+        slot.enabled = enabled;
+        if let Some(head) = head {
+            slot.head = Some(slot.head.map_or(head, |h| h.min(head)));
+        }
+        if state.refresh(endpoint) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Forgets a deleted endpoint (its runners finish their current attempt).
+    pub(crate) fn remove(&self, endpoint: EndpointId) {
+        let mut state = self.lock();
+        let mut dropped = 0;
+        if let Some(slot) = state.slots.get_mut(&endpoint) {
+            slot.enabled = false;
+            dropped = slot.queue.len();
+            slot.outstanding -= dropped;
+            slot.queue.clear();
+        }
+        state.outstanding -= dropped;
+        state.refresh(endpoint);
+    }
+
+    /// Attempts in flight or queued, over all endpoints.
+    pub(crate) fn outstanding(&self) -> usize {
+        self.lock().outstanding
+    }
+
+    /// Stops claiming; runners finish their current attempt and hand back queued claims.
+    pub(crate) fn stop(&self) -> Vec<(EndpointId, Vec<Claim>)> {
+        let mut state = self.lock();
+        state.stopping = true;
+        let mut released = Vec::new();
+        let mut dropped = 0;
+        for (endpoint, slot) in state.slots.iter_mut() {
+            if !slot.queue.is_empty() {
+                dropped += slot.queue.len();
+                slot.outstanding -= slot.queue.len();
+                released.push((*endpoint, slot.queue.drain(..).collect()));
+            }
+        }
+        state.outstanding -= dropped;
+        self.wake.notify_one();
+        if state.outstanding == 0 {
+            self.idle.notify_waiters();
+        }
+        released
+    }
+
+    /// Waits until no attempt is in flight.
+    pub(crate) async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.outstanding() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// What one pass of the loop decided to claim.
+struct ClaimPlan {
+    endpoint: EndpointId,
+    count: usize,
+}
+
+/// What one pass of the loop does next.
+enum Pass {
+    Stop,
+    Claim(Vec<ClaimPlan>),
+    /// Nothing to claim now: sleep until this time (or until notified).
+    Sleep(Option<u64>),
+}
+
+/// Takes every slot that is due now (within the global budget) out of `ready`, reserving
+/// its claim count; or, with nothing due, says when to wake.
+fn plan_pass(scheduler: &Scheduler, now: u64) -> Pass {
+    let mut state = scheduler.lock();
+    if state.stopping {
+        return Pass::Stop;
+    }
+    state.wake_at = 0; // awake: anyone adding work must notify
+    let mut plans = Vec::new();
+    while state.outstanding < scheduler.max_in_flight {
+        let Some(&(head, endpoint)) = state.ready.first() else {
+            break;
+        };
+        if head > now {
+            break;
+        }
+        state.ready.remove(&(head, endpoint));
+        let room = scheduler.max_in_flight - state.outstanding;
+        let slot = scheduler.slot(&mut state, endpoint);
+        slot.ready_key = None;
+        slot.claiming = true;
+        slot.head = None;
+        let count = (2 * slot.limit - slot.outstanding).min(room);
+        slot.outstanding += count;
+        state.outstanding += count;
+        plans.push(ClaimPlan { endpoint, count });
+    }
+    if !plans.is_empty() {
+        return Pass::Claim(plans);
+    }
+    let full = state.outstanding >= scheduler.max_in_flight;
+    let next = state.ready.first().map(|(head, _)| *head).filter(|_| !full);
+    state.wake_at = next.unwrap_or(u64::MAX);
+    Pass::Sleep(next)
+}
+
+/// The scheduler loop: claim what is due, start runners, sleep until the next due time.
+pub(crate) async fn run(engine: Arc<Engine>) {
+    let scheduler = &engine.scheduler;
+    loop {
+        let now = now_ms();
+        let pass = plan_pass(scheduler, now);
+        let plans = match pass {
+            Pass::Stop => return,
+            Pass::Claim(plans) => plans,
+            Pass::Sleep(Some(at)) => {
+                let delay = Duration::from_millis(at.saturating_sub(now_ms()));
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = scheduler.wake.notified() => {}
+                }
+                continue;
+            }
+            Pass::Sleep(None) => {
+                scheduler.wake.notified().await;
+                continue;
+            }
+        };
+        for plan in plans {
+            claim(&engine, plan, now).await;
+        }
+    }
+}
+
+/// Claims one slot's batch and starts runners for it.
+async fn claim(engine: &Arc<Engine>, plan: ClaimPlan, now: u64) {
+    let store = engine.store.clone();
+    let lease = now + engine.lease_ms(plan.endpoint);
+    let endpoint = plan.endpoint;
+    let count = plan.count;
+    let result = tokio::task::spawn_blocking(move || {
+        let claims = store.claim(endpoint, now, lease, count)?;
+        let head = store.due_head(endpoint)?;
+        Ok::<_, crate::store::StoreError>((claims, head))
+    })
+    .await;
+    let (claims, head) = match result {
+        Ok(Ok(found)) => found,
+        failed => {
+            let reason = match failed {
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+                Ok(Ok(_)) => String::new(),
+            };
+            tracing::error!(%endpoint, error = %reason, "claim failed; retrying in 1s");
+            (Vec::new(), Some(now + 1_000))
+        }
+    };
+    let scheduler = &engine.scheduler;
+    let mut state = scheduler.lock();
+    let unused = count - claims.len();
+    state.outstanding -= unused;
+    let slot = scheduler.slot(&mut state, endpoint);
+    slot.claiming = false;
+    slot.outstanding -= unused;
+    slot.head = match (slot.head, head) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    slot.queue.extend(claims);
+    let start = (slot.limit - slot.runners.min(slot.limit)).min(slot.queue.len());
+    slot.runners += start;
+    state.refresh(endpoint);
+    drop(state);
+    for _ in 0..start {
+        tokio::spawn(runner(engine.clone(), endpoint));
+    }
+}
+
+/// Attempts one endpoint's queued claims, one at a time, until the queue is empty.
+async fn runner(engine: Arc<Engine>, endpoint: EndpointId) {
+    let scheduler = &engine.scheduler;
+    loop {
+        let claim = {
+            let mut state = scheduler.lock();
+            let slot = scheduler.slot(&mut state, endpoint);
+            match slot.queue.pop_front() {
+                Some(claim) => claim,
+                None => {
+                    slot.runners -= 1;
+                    return;
+                }
+            }
+        };
+        let next_due = super::attempt::run(&engine, endpoint, claim).await;
+        let mut state = scheduler.lock();
+        let was_full = state.outstanding >= scheduler.max_in_flight;
+        state.outstanding -= 1;
+        let slot = scheduler.slot(&mut state, endpoint);
+        slot.outstanding -= 1;
+        if let Some(due) = next_due {
+            slot.head = Some(slot.head.map_or(due, |h| h.min(due)));
+        }
+        if state.refresh(endpoint) || was_full {
+            scheduler.wake.notify_one();
+        }
+        if state.outstanding == 0 {
+            scheduler.idle.notify_waiters();
+        }
+    }
+}

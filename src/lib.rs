@@ -1,0 +1,297 @@
+//! herald: a reliable outbound callback dispatcher — the sender side of webhooks.
+//!
+//! A TMS hands herald an event; herald stores it durably, delivers it to the customer's
+//! callback URL, retries on the schedule that customer's integration expects, signs it,
+//! enforces size limits, records every attempt and lets an operator replay what failed.
+//!
+//! # Architecture
+//!
+//! * [`policy`] — pure data and decisions: schedules, success rules, encodings, signing.
+//! * [`store`] — durable state behind the [`store::Store`] trait (sled today).
+//! * `engine` — accepts messages (group commit), schedules per endpoint, runs attempts.
+//! * [`transport`] — HTTP: encodings, signatures, URL rules, the pooled client.
+//! * [`server`] — the sidecar daemon's HTTP API over this library.
+//!
+//! # Embedding
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use herald::{Herald, NewEndpoint, NewMessage};
+//!
+//! let herald = Herald::builder()
+//!     .data_dir("./herald-data")
+//!     .policies_dir("./policies")
+//!     .open()
+//!     .await?;
+//!
+//! herald.create_endpoint(NewEndpoint {
+//!     tenant: "acme".into(),
+//!     url: "https://tms.example/callbacks".into(),
+//!     policy: "tolq".into(),
+//!     secret: Some("customer-api-key".into()),
+//!     default: true,
+//!     ..NewEndpoint::default()
+//! }).await?;
+//!
+//! let mut outcomes = herald.outcomes();
+//! // Returns once the message and its deliveries are on disk.
+//! let receipt = herald
+//!     .send(NewMessage::new("acme", "job.completed", &serde_json::json!({"job_id": 7}))?)
+//!     .await?;
+//! while let Some(event) = outcomes.next().await {
+//!     if event.message_id == receipt.id {
+//!         println!("status {:?} after attempt {}", event.status_code, event.attempt);
+//!         break;
+//!     }
+//! }
+//! herald.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+pub mod api;
+mod engine;
+pub mod error;
+pub mod model;
+pub mod policy;
+pub mod server;
+pub mod store;
+pub mod transport;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+
+pub use api::{
+    AttemptEvent, DeliveryReceipt, EndpointUpdate, EndpointView, NewEndpoint, NewMessage,
+    SendReceipt,
+};
+pub use engine::{CommitStats, EngineConfig};
+pub use error::{Error, Result};
+pub use model::{
+    Attempt, Delivery, DeliveryId, DeliveryStatus, Endpoint, EndpointId, ErrorKind, Message,
+    MessageId,
+};
+pub use policy::{Policy, PolicySet};
+pub use store::DeliveryFilter;
+
+use engine::Engine;
+use store::{SledOptions, SledStore, Store};
+
+/// Configures and opens a [`Herald`].
+#[derive(Debug, Clone)]
+pub struct HeraldBuilder {
+    data_dir: PathBuf,
+    policies_dir: Option<PathBuf>,
+    extra_policies: Vec<Policy>,
+    engine: EngineConfig,
+    sled: SledOptions,
+}
+
+impl HeraldBuilder {
+    /// Where the store lives (created if missing). Default `./herald-data`.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = dir.into();
+        self
+    }
+
+    /// A directory of policy files, loaded on top of the built-in ones.
+    pub fn policies_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.policies_dir = Some(dir.into());
+        self
+    }
+
+    /// Adds a policy directly (tests and embedders that keep policies in their own config).
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.extra_policies.push(policy);
+        self
+    }
+
+    /// Engine tuning.
+    pub fn engine_config(mut self, config: EngineConfig) -> Self {
+        self.engine = config;
+        self
+    }
+
+    /// Store tuning.
+    pub fn store_options(mut self, options: SledOptions) -> Self {
+        self.sled = options;
+        self
+    }
+
+    /// Opens the store, loads policies and starts delivering what is due.
+    pub async fn open(self) -> Result<Herald> {
+        let mut policies = match &self.policies_dir {
+            Some(dir) => PolicySet::load_dir(dir)?,
+            None => PolicySet::built_in(),
+        };
+        for policy in self.extra_policies {
+            policies.insert(policy);
+        }
+        let data_dir = self.data_dir.clone();
+        let options = self.sled.clone();
+        let store = tokio::task::spawn_blocking(move || SledStore::open(&data_dir, &options))
+            .await
+            .map_err(|e| Error::Startup(e.to_string()))??;
+        let store = Arc::new(store);
+        let engine = Engine::new(store.clone(), policies, self.engine)?;
+        engine.start().await?;
+        tracing::info!(data_dir = %self.data_dir.display(), "herald started");
+        Ok(Herald { engine, store })
+    }
+}
+
+/// A running herald: the embedding API.
+///
+/// Cheap to clone; all clones drive the same engine.
+#[derive(Clone)]
+pub struct Herald {
+    engine: Arc<Engine>,
+    store: Arc<SledStore>,
+}
+
+impl Herald {
+    /// Starts configuring an instance.
+    pub fn builder() -> HeraldBuilder {
+        HeraldBuilder {
+            data_dir: PathBuf::from("./herald-data"),
+            policies_dir: None,
+            extra_policies: Vec::new(),
+            engine: EngineConfig::default(),
+            sled: SledOptions::default(),
+        }
+    }
+
+    /// Accepts a message. Returns once it and its deliveries are durable (fsynced, shared with
+    /// concurrent sends); a repeated idempotency key returns the first receipt.
+    pub async fn send(&self, message: NewMessage) -> Result<SendReceipt> {
+        self.engine.send(message).await
+    }
+
+    /// Creates an endpoint.
+    pub async fn create_endpoint(&self, endpoint: NewEndpoint) -> Result<Endpoint> {
+        self.engine.create_endpoint(endpoint).await
+    }
+
+    /// One endpoint.
+    pub fn endpoint(&self, id: EndpointId) -> Result<Endpoint> {
+        self.engine.endpoint(id)
+    }
+
+    /// All endpoints, or one tenant's.
+    pub fn endpoints(&self, tenant: Option<&str>) -> Result<Vec<Endpoint>> {
+        Ok(self.store.endpoints(tenant)?)
+    }
+
+    /// Changes an endpoint; a new secret rotates (the old one signs during the grace period).
+    pub async fn update_endpoint(
+        &self,
+        id: EndpointId,
+        update: EndpointUpdate,
+    ) -> Result<Endpoint> {
+        self.engine.update_endpoint(id, update).await
+    }
+
+    /// Enables or disables an endpoint; enabling releases its held deliveries.
+    pub async fn set_endpoint_enabled(&self, id: EndpointId, enabled: bool) -> Result<Endpoint> {
+        self.engine.set_endpoint_enabled(id, enabled).await
+    }
+
+    /// Deletes an endpoint; its pending deliveries become `failed`.
+    pub async fn delete_endpoint(&self, id: EndpointId) -> Result<()> {
+        self.engine.delete_endpoint(id).await
+    }
+
+    /// One message (with its payload).
+    pub fn message(&self, id: MessageId) -> Result<Message> {
+        self.store
+            .message(id)?
+            .ok_or_else(|| Error::NotFound(format!("message {id}")))
+    }
+
+    /// A message's deliveries.
+    pub fn message_deliveries(&self, id: MessageId) -> Result<Vec<Delivery>> {
+        Ok(self.store.message_deliveries(id)?)
+    }
+
+    /// One delivery.
+    pub fn delivery(&self, id: DeliveryId) -> Result<Delivery> {
+        self.store
+            .delivery(id)?
+            .ok_or_else(|| Error::NotFound(format!("delivery {id}")))
+    }
+
+    /// Deliveries matching a filter, oldest first.
+    pub fn deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<Delivery>> {
+        Ok(self.store.deliveries(filter)?)
+    }
+
+    /// A delivery's attempts over all cycles, oldest first.
+    pub fn attempts(&self, id: DeliveryId) -> Result<Vec<Attempt>> {
+        self.delivery(id)?;
+        Ok(self.store.attempts(id)?)
+    }
+
+    /// Starts a fresh attempt cycle for a finished delivery; history is kept.
+    pub async fn replay(&self, id: DeliveryId) -> Result<Delivery> {
+        self.engine.replay(id).await
+    }
+
+    /// The loaded policies.
+    pub fn policies(&self) -> &PolicySet {
+        &self.engine.policies
+    }
+
+    /// A live feed of attempt outcomes from now on.
+    pub fn outcomes(&self) -> Outcomes {
+        Outcomes {
+            receiver: self.engine.outcomes.subscribe(),
+        }
+    }
+
+    /// Group-commit counters (flushes and writers served).
+    pub fn commit_stats(&self) -> Arc<CommitStats> {
+        self.engine.commit_stats()
+    }
+
+    /// Bytes the store occupies on disk.
+    pub fn disk_bytes(&self) -> Result<u64> {
+        Ok(self.store.size_on_disk()?)
+    }
+
+    /// Stops scheduling, lets attempts in flight finish (up to 10 seconds; unfinished ones come
+    /// due again after restart through their lease), and flushes the store.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.shutdown_within(Duration::from_secs(10)).await
+    }
+
+    /// [`Herald::shutdown`] with a chosen grace period.
+    pub async fn shutdown_within(&self, grace: Duration) -> Result<()> {
+        self.engine.shutdown(grace).await
+    }
+}
+
+/// A live feed of [`AttemptEvent`]s.
+///
+/// It is a convenience for keeping a TMS's own records current, not a source of truth: a
+/// subscriber that falls more than 4,096 events behind skips the oldest (a warning is logged);
+/// the store always has every attempt.
+pub struct Outcomes {
+    receiver: broadcast::Receiver<AttemptEvent>,
+}
+
+impl Outcomes {
+    /// The next event; `None` once herald has shut down.
+    pub async fn next(&mut self) -> Option<AttemptEvent> {
+        loop {
+            match self.receiver.recv().await {
+                Ok(event) => return Some(event),
+                Err(broadcast::error::RecvError::Lagged(skipped)) => {
+                    tracing::warn!(skipped, "outcome subscriber fell behind; events skipped");
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! Durable state behind one trait.
+//!
+//! The engine speaks only to [`Store`]; [`SledStore`] is the implementation shipped today. A
+//! second backend (PostgreSQL with `FOR UPDATE SKIP LOCKED` leases, for several herald nodes
+//! sharing a queue) would implement the same trait.
+//!
+//! Two rules every implementation keeps:
+//! * each method that changes state does so atomically: a crash leaves either all of it or
+//!   none of it;
+//! * writes become durable at the next [`Store::flush`]. The engine decides when to wait for
+//!   one (before acknowledging a message) and when a lazy background flush is enough (attempt
+//!   outcomes: losing one only repeats an attempt, which at-least-once allows).
+
+mod keys;
+mod sled_store;
+
+use crate::model::{
+    Attempt, Delivery, DeliveryId, DeliveryStatus, Endpoint, EndpointId, Message, MessageId,
+};
+
+pub use sled_store::{MAX_PAYLOAD_BYTES, SledOptions, SledStore};
+
+/// Errors from the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend failed (I/O, corruption).
+    #[error("storage: {0}")]
+    Backend(String),
+    /// A stored record could not be decoded.
+    #[error("stored record {key} is unreadable: {reason}")]
+    Corrupt {
+        /// Which record.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The operation does not apply in the record's current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// No such record.
+    #[error("{0} not found")]
+    NotFound(String),
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+/// Result alias for store operations.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A delivery to create with its message, and when it is first due (`None`: not scheduled,
+/// e.g. skipped by delta mode).
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    /// The record.
+    pub delivery: Delivery,
+    /// First due time (ms), for pending deliveries.
+    pub due_ms: Option<u64>,
+}
+
+/// What [`Store::insert_message`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    /// Stored.
+    Created,
+    /// The tenant already used this idempotency key; nothing was written.
+    Existing(MessageId),
+}
+
+/// A due delivery moved under a lease by [`Store::claim`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// The delivery to attempt.
+    pub delivery_id: DeliveryId,
+    /// The lease expiry: where its due entry now sits. It is the claim's token when recording.
+    pub lease_ms: u64,
+}
+
+/// What happens to a delivery after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextStep {
+    /// Try again at `due_ms`.
+    Retry {
+        /// When.
+        due_ms: u64,
+        /// The cycle's anchor from now on.
+        anchor_ms: u64,
+    },
+    /// Final state for this cycle.
+    Finish(DeliveryStatus),
+}
+
+/// One finished attempt, to record.
+#[derive(Debug, Clone)]
+pub struct AttemptOutcome {
+    /// The delivery attempted.
+    pub delivery_id: DeliveryId,
+    /// Its endpoint (its due entry lives under it).
+    pub endpoint_id: EndpointId,
+    /// The claim's lease; a mismatch means the claim was lost and only the attempt is kept.
+    pub lease_ms: u64,
+    /// The attempt (its `attempt` and `cycle` numbers are filled in by the store).
+    pub attempt: Attempt,
+    /// What happens next.
+    pub next: NextStep,
+    /// Delta mode: on success, remember this payload digest for (endpoint, dedup key).
+    pub dedup: Option<(String, [u8; 32])>,
+}
+
+/// What [`Store::record_attempt`] did.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// The delivery after the change.
+    pub delivery: Delivery,
+    /// The attempt as stored.
+    pub attempt: Attempt,
+    /// The claim had been lost (lease moved by a replay, a delete or a re-claim): the attempt was
+    /// kept but the delivery did not move.
+    pub stale: bool,
+}
+
+/// Filters for listing deliveries (admin API).
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    /// Only this status.
+    pub status: Option<DeliveryStatus>,
+    /// Only this endpoint.
+    pub endpoint_id: Option<EndpointId>,
+    /// Created at or after (ms).
+    pub since_ms: Option<u64>,
+    /// Created before (ms).
+    pub until_ms: Option<u64>,
+    /// Start after this id (exclusive), for paging.
+    pub after: Option<DeliveryId>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// The durable state of a herald instance.
+pub trait Store: Send + Sync + 'static {
+    /// Creates or replaces an endpoint.
+    fn put_endpoint(&self, endpoint: &Endpoint) -> StoreResult<()>;
+    /// One endpoint.
+    fn endpoint(&self, id: EndpointId) -> StoreResult<Option<Endpoint>>;
+    /// All endpoints, or a tenant's.
+    fn endpoints(&self, tenant: Option<&str>) -> StoreResult<Vec<Endpoint>>;
+    /// Deletes an endpoint; its pending deliveries become `failed` ("endpoint deleted").
+    /// Returns false when there was no such endpoint.
+    fn delete_endpoint(&self, id: EndpointId, now_ms: u64) -> StoreResult<bool>;
+
+    /// Stores a message with its deliveries and due entries, atomically, unless the tenant
+    /// already used its idempotency key.
+    fn insert_message(
+        &self,
+        message: &Message,
+        deliveries: &[NewDelivery],
+    ) -> StoreResult<Inserted>;
+    /// One message, with its payload.
+    fn message(&self, id: MessageId) -> StoreResult<Option<Message>>;
+    /// A message's deliveries.
+    fn message_deliveries(&self, id: MessageId) -> StoreResult<Vec<Delivery>>;
+    /// One delivery.
+    fn delivery(&self, id: DeliveryId) -> StoreResult<Option<Delivery>>;
+    /// A delivery's attempts, oldest first.
+    fn attempts(&self, id: DeliveryId) -> StoreResult<Vec<Attempt>>;
+    /// Deliveries matching a filter, oldest first.
+    fn deliveries(&self, filter: &DeliveryFilter) -> StoreResult<Vec<Delivery>>;
+    /// The payload digest of the last successful delivery for (endpoint, dedup key).
+    fn dedup_digest(&self, endpoint: EndpointId, key: &str) -> StoreResult<Option<[u8; 32]>>;
+
+    /// The earliest due entry (ms) of every endpoint that has one; read once at start-up.
+    fn due_heads(&self) -> StoreResult<Vec<(EndpointId, u64)>>;
+    /// The earliest due entry of one endpoint.
+    fn due_head(&self, endpoint: EndpointId) -> StoreResult<Option<u64>>;
+    /// Moves up to `limit` of an endpoint's entries due at or before `now_ms` to `lease_ms`.
+    fn claim(
+        &self,
+        endpoint: EndpointId,
+        now_ms: u64,
+        lease_ms: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<Claim>>;
+    /// Gives claims back without an attempt: their entries move to `due_ms`, or are removed
+    /// when `None` (a claim whose delivery no longer needs attempts).
+    fn release(
+        &self,
+        endpoint: EndpointId,
+        claims: &[Claim],
+        due_ms: Option<u64>,
+    ) -> StoreResult<()>;
+    /// Records an attempt and moves the delivery on, atomically.
+    fn record_attempt(&self, outcome: AttemptOutcome) -> StoreResult<Recorded>;
+    /// Starts a fresh cycle for a finished delivery, due at `now_ms`; history is kept.
+    fn replay(&self, id: DeliveryId, now_ms: u64) -> StoreResult<Delivery>;
+
+    /// Makes every write so far durable.
+    fn flush(&self) -> StoreResult<()>;
+}

@@ -1,0 +1,531 @@
+//! The sled implementation of [`Store`].
+//!
+//! Durability: sled's own `flush` ends, on Linux, in `sync_file_range`, which neither flushes
+//! the device's write cache nor file metadata. [`SledStore::flush`] therefore follows it with an
+//! `fdatasync` of sled's log file, so an acknowledged message survives power loss, not only a
+//! killed process. Values larger than a quarter of a segment would go to separate blob files
+//! that sled never syncs; the segment size is raised to 8 MiB and payloads are capped well
+//! below 2 MiB ([`MAX_PAYLOAD_BYTES`]) so every acknowledged byte lives in the synced log.
+//!
+//! Concurrency: read-modify-write transitions (claims, outcomes, replays, idempotent inserts)
+//! hold one mutex for the microseconds between their read and their `apply_batch`. sled holds
+//! the directory's file lock, so no other process writes the same store.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+use sled::{Batch, IVec};
+use uuid::Uuid;
+
+use super::keys;
+use super::{
+    AttemptOutcome, Claim, DeliveryFilter, Inserted, NewDelivery, NextStep, Recorded, Store,
+    StoreError, StoreResult,
+};
+use crate::model::{
+    Attempt, Delivery, DeliveryId, DeliveryStatus, Endpoint, EndpointId, Message, MessageId,
+};
+
+/// The largest payload the sled store accepts, whatever a policy allows (see module docs).
+pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+
+/// Deliveries updated per batch when an endpoint is deleted.
+const DELETE_BATCH: usize = 1_000;
+
+/// Tuning for [`SledStore::open`].
+#[derive(Debug, Clone)]
+pub struct SledOptions {
+    /// sled's page cache; bounds the store's memory.
+    pub cache_bytes: u64,
+    /// Background flush interval for writes nobody waits on (attempt outcomes).
+    pub lazy_flush_ms: u64,
+}
+
+impl Default for SledOptions {
+    fn default() -> Self {
+        SledOptions {
+            cache_bytes: 64 * 1024 * 1024,
+            lazy_flush_ms: 200,
+        }
+    }
+}
+
+/// herald's state in a sled database directory.
+pub struct SledStore {
+    db: sled::Db,
+    tree: sled::Tree,
+    log_file: File,
+    transition: Mutex<()>,
+}
+
+/// A message as stored: everything but the payload, which follows the header verbatim.
+#[derive(Serialize, serde::Deserialize)]
+struct MessageHeader {
+    id: MessageId,
+    tenant: String,
+    event_type: String,
+    callback_url: Option<String>,
+    idempotency_key: Option<String>,
+    dedup_key: Option<String>,
+    created_at: u64,
+}
+
+impl SledStore {
+    /// Opens (creating if needed) the store in `dir`.
+    pub fn open(dir: &Path, options: &SledOptions) -> StoreResult<SledStore> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Backend(format!("{}: {e}", dir.display())))?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(options.cache_bytes)
+            .segment_size(8 * 1024 * 1024)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(Some(options.lazy_flush_ms.max(1)))
+            .open()?;
+        let tree = db.open_tree("herald")?;
+        let log_path = dir.join("db");
+        let log_file = File::open(&log_path)
+            .map_err(|e| StoreError::Backend(format!("{}: {e}", log_path.display())))?;
+        Ok(SledStore {
+            db,
+            tree,
+            log_file,
+            transition: Mutex::new(()),
+        })
+    }
+
+    /// Bytes the database occupies on disk.
+    pub fn size_on_disk(&self) -> StoreResult<u64> {
+        Ok(self.db.size_on_disk()?)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        // A panic while holding the lock cannot leave sled half-written (batches are atomic),
+        // so a poisoned lock is safe to take over.
+        self.transition.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get<T: DeserializeOwned>(&self, key: &[u8]) -> StoreResult<Option<T>> {
+        match self.tree.get(key)? {
+            Some(bytes) => decode(key, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn delivery_required(&self, id: DeliveryId) -> StoreResult<Delivery> {
+        self.get(&keys::delivery(id))?
+            .ok_or_else(|| StoreError::NotFound(format!("delivery {id}")))
+    }
+
+    fn decode_message(key: &[u8], bytes: &[u8]) -> StoreResult<Message> {
+        let corrupt = |reason: &str| StoreError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: reason.to_string(),
+        };
+        let len = bytes
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_be_bytes)
+            .ok_or_else(|| corrupt("short record"))? as usize;
+        let header: MessageHeader = decode(
+            key,
+            bytes
+                .get(4..4 + len)
+                .ok_or_else(|| corrupt("short header"))?,
+        )?;
+        let payload =
+            std::str::from_utf8(&bytes[4 + len..]).map_err(|_| corrupt("payload utf-8"))?;
+        let payload =
+            RawValue::from_string(payload.to_string()).map_err(|_| corrupt("payload json"))?;
+        Ok(Message {
+            id: header.id,
+            tenant: header.tenant,
+            event_type: header.event_type,
+            payload,
+            callback_url: header.callback_url,
+            idempotency_key: header.idempotency_key,
+            dedup_key: header.dedup_key,
+            created_at: header.created_at,
+        })
+    }
+
+    fn encode_message(message: &Message) -> StoreResult<Vec<u8>> {
+        let header = encode(&MessageHeader {
+            id: message.id,
+            tenant: message.tenant.clone(),
+            event_type: message.event_type.clone(),
+            callback_url: message.callback_url.clone(),
+            idempotency_key: message.idempotency_key.clone(),
+            dedup_key: message.dedup_key.clone(),
+            created_at: message.created_at,
+        })?;
+        let payload = message.payload.get().as_bytes();
+        let mut out = Vec::with_capacity(4 + header.len() + payload.len());
+        out.extend_from_slice(&(header.len() as u32).to_be_bytes());
+        out.extend_from_slice(&header);
+        out.extend_from_slice(payload);
+        Ok(out)
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> StoreResult<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Backend(format!("encode: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> StoreResult<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// The smallest delivery id created at `ms`: UUIDv7 puts the millisecond time first.
+fn first_id_at(ms: u64) -> DeliveryId {
+    DeliveryId(Uuid::from_u128(u128::from(ms) << 80))
+}
+
+impl Store for SledStore {
+    fn put_endpoint(&self, endpoint: &Endpoint) -> StoreResult<()> {
+        let _guard = self.lock();
+        let mut batch = Batch::default();
+        if let Some(old) = self.get::<Endpoint>(&keys::endpoint(endpoint.id))?
+            && old.tenant != endpoint.tenant
+        {
+            batch.remove(keys::tenant_endpoint(&old.tenant, old.id));
+        }
+        batch.insert(keys::endpoint(endpoint.id), encode(endpoint)?);
+        batch.insert(keys::tenant_endpoint(&endpoint.tenant, endpoint.id), &[]);
+        Ok(self.tree.apply_batch(batch)?)
+    }
+
+    fn endpoint(&self, id: EndpointId) -> StoreResult<Option<Endpoint>> {
+        self.get(&keys::endpoint(id))
+    }
+
+    fn endpoints(&self, tenant: Option<&str>) -> StoreResult<Vec<Endpoint>> {
+        let mut out = Vec::new();
+        match tenant {
+            Some(tenant) => {
+                let prefix = keys::tenant_prefix(tenant);
+                for entry in self.tree.scan_prefix(&prefix) {
+                    let (key, _) = entry?;
+                    if let Some(id) = EndpointId::from_slice(&key[prefix.len()..])
+                        && let Some(endpoint) = self.endpoint(id)?
+                    {
+                        out.push(endpoint);
+                    }
+                }
+            }
+            None => {
+                for entry in self.tree.scan_prefix([keys::ENDPOINT]) {
+                    let (key, value) = entry?;
+                    out.push(decode(&key, &value)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn delete_endpoint(&self, id: EndpointId, now_ms: u64) -> StoreResult<bool> {
+        let _guard = self.lock();
+        let Some(endpoint) = self.get::<Endpoint>(&keys::endpoint(id))? else {
+            return Ok(false);
+        };
+        loop {
+            let due: Vec<IVec> = self
+                .tree
+                .scan_prefix(keys::due_prefix(id))
+                .keys()
+                .take(DELETE_BATCH)
+                .collect::<Result<_, _>>()?;
+            if due.is_empty() {
+                break;
+            }
+            let mut batch = Batch::default();
+            for key in due {
+                if let Some((_, _, delivery_id)) = keys::parse_due(&key)
+                    && let Some(mut delivery) =
+                        self.get::<Delivery>(&keys::delivery(delivery_id))?
+                {
+                    delivery.status = DeliveryStatus::Failed;
+                    delivery.next_attempt_at = None;
+                    delivery.last_error = Some("endpoint deleted".into());
+                    delivery.updated_at = now_ms;
+                    batch.insert(keys::delivery(delivery_id), encode(&delivery)?);
+                }
+                batch.remove(key);
+            }
+            self.tree.apply_batch(batch)?;
+        }
+        let mut batch = Batch::default();
+        batch.remove(keys::endpoint(id));
+        batch.remove(keys::tenant_endpoint(&endpoint.tenant, id));
+        self.tree.apply_batch(batch)?;
+        Ok(true)
+    }
+
+    fn insert_message(
+        &self,
+        message: &Message,
+        deliveries: &[NewDelivery],
+    ) -> StoreResult<Inserted> {
+        let mut batch = Batch::default();
+        batch.insert(keys::message(message.id), Self::encode_message(message)?);
+        for new in deliveries {
+            let d = &new.delivery;
+            batch.insert(keys::delivery(d.id), encode(d)?);
+            batch.insert(keys::message_delivery(message.id, d.id), &[]);
+            if let Some(due_ms) = new.due_ms {
+                batch.insert(keys::due(d.endpoint_id, due_ms, d.id), &[]);
+            }
+        }
+        let Some(idempotency_key) = &message.idempotency_key else {
+            self.tree.apply_batch(batch)?;
+            return Ok(Inserted::Created);
+        };
+        let key = keys::idempotency(&message.tenant, idempotency_key);
+        let _guard = self.lock();
+        if let Some(existing) = self.tree.get(&key)? {
+            let id = MessageId::from_slice(&existing).ok_or_else(|| StoreError::Corrupt {
+                key: String::from_utf8_lossy(&key).into_owned(),
+                reason: "not a message id".into(),
+            })?;
+            return Ok(Inserted::Existing(id));
+        }
+        batch.insert(key, message.id.as_bytes());
+        self.tree.apply_batch(batch)?;
+        Ok(Inserted::Created)
+    }
+
+    fn message(&self, id: MessageId) -> StoreResult<Option<Message>> {
+        let key = keys::message(id);
+        match self.tree.get(&key)? {
+            Some(bytes) => Self::decode_message(&key, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn message_deliveries(&self, id: MessageId) -> StoreResult<Vec<Delivery>> {
+        let prefix = keys::message_deliveries_prefix(id);
+        let mut out = Vec::new();
+        for entry in self.tree.scan_prefix(&prefix) {
+            let (key, _) = entry?;
+            if let Some(delivery_id) = DeliveryId::from_slice(&key[prefix.len()..])
+                && let Some(delivery) = self.delivery(delivery_id)?
+            {
+                out.push(delivery);
+            }
+        }
+        Ok(out)
+    }
+
+    fn delivery(&self, id: DeliveryId) -> StoreResult<Option<Delivery>> {
+        self.get(&keys::delivery(id))
+    }
+
+    fn attempts(&self, id: DeliveryId) -> StoreResult<Vec<Attempt>> {
+        self.tree
+            .scan_prefix(keys::attempts_prefix(id))
+            .map(|entry| {
+                let (key, value) = entry?;
+                decode(&key, &value)
+            })
+            .collect()
+    }
+
+    fn deliveries(&self, filter: &DeliveryFilter) -> StoreResult<Vec<Delivery>> {
+        let start = match (filter.after, filter.since_ms) {
+            (Some(after), Some(since)) => {
+                let mut key = keys::delivery(after.max(first_id_at(since)));
+                key.push(0); // exclusive of `after` itself
+                key
+            }
+            (Some(after), None) => {
+                let mut key = keys::delivery(after);
+                key.push(0);
+                key
+            }
+            (None, Some(since)) => keys::delivery(first_id_at(since)),
+            (None, None) => vec![keys::DELIVERY],
+        };
+        let end = keys::delivery(first_id_at(filter.until_ms.unwrap_or(u64::MAX >> 16)));
+        let mut out = Vec::new();
+        for entry in self.tree.range(start..end) {
+            let (key, value) = entry?;
+            let delivery: Delivery = decode(&key, &value)?;
+            let wanted = filter.status.is_none_or(|s| s == delivery.status)
+                && filter.endpoint_id.is_none_or(|e| e == delivery.endpoint_id);
+            if wanted {
+                out.push(delivery);
+                if out.len() >= filter.limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn dedup_digest(&self, endpoint: EndpointId, key: &str) -> StoreResult<Option<[u8; 32]>> {
+        Ok(self
+            .tree
+            .get(keys::dedup(endpoint, key))?
+            .and_then(|v| v.as_ref().try_into().ok()))
+    }
+
+    fn due_heads(&self) -> StoreResult<Vec<(EndpointId, u64)>> {
+        let mut heads = Vec::new();
+        for endpoint in self.endpoints(None)? {
+            if let Some(head) = self.due_head(endpoint.id)? {
+                heads.push((endpoint.id, head));
+            }
+        }
+        Ok(heads)
+    }
+
+    fn due_head(&self, endpoint: EndpointId) -> StoreResult<Option<u64>> {
+        match self
+            .tree
+            .scan_prefix(keys::due_prefix(endpoint))
+            .keys()
+            .next()
+        {
+            Some(key) => Ok(keys::parse_due(&key?).map(|(_, due_ms, _)| due_ms)),
+            None => Ok(None),
+        }
+    }
+
+    fn claim(
+        &self,
+        endpoint: EndpointId,
+        now_ms: u64,
+        lease_ms: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<Claim>> {
+        let nil = DeliveryId(Uuid::nil());
+        let start = keys::due(endpoint, 0, nil);
+        let end = keys::due(endpoint, now_ms.saturating_add(1), nil);
+        let _guard = self.lock();
+        let mut claims = Vec::new();
+        let mut batch = Batch::default();
+        for key in self.tree.range(start..end).keys().take(limit) {
+            let key = key?;
+            if let Some((_, _, delivery_id)) = keys::parse_due(&key) {
+                batch.remove(key);
+                batch.insert(keys::due(endpoint, lease_ms, delivery_id), &[]);
+                claims.push(Claim {
+                    delivery_id,
+                    lease_ms,
+                });
+            }
+        }
+        if !claims.is_empty() {
+            self.tree.apply_batch(batch)?;
+        }
+        Ok(claims)
+    }
+
+    fn release(
+        &self,
+        endpoint: EndpointId,
+        claims: &[Claim],
+        due_ms: Option<u64>,
+    ) -> StoreResult<()> {
+        let _guard = self.lock();
+        let mut batch = Batch::default();
+        for claim in claims {
+            let lease_key = keys::due(endpoint, claim.lease_ms, claim.delivery_id);
+            if self.tree.contains_key(&lease_key)? {
+                batch.remove(lease_key);
+                if let Some(due_ms) = due_ms {
+                    batch.insert(keys::due(endpoint, due_ms, claim.delivery_id), &[]);
+                }
+            }
+        }
+        Ok(self.tree.apply_batch(batch)?)
+    }
+
+    fn record_attempt(&self, outcome: AttemptOutcome) -> StoreResult<Recorded> {
+        let _guard = self.lock();
+        let mut delivery = self.delivery_required(outcome.delivery_id)?;
+        let lease_key = keys::due(outcome.endpoint_id, outcome.lease_ms, outcome.delivery_id);
+        let stale = !self.tree.contains_key(&lease_key)?;
+        let mut attempt = outcome.attempt;
+        delivery.total_attempts += 1;
+        attempt.attempt = delivery.total_attempts;
+        attempt.cycle = delivery.cycle;
+        delivery.last_status_code = attempt.status_code;
+        delivery.last_error = attempt.error_detail.clone();
+        delivery.updated_at = attempt.started_at + attempt.duration_ms;
+
+        let mut batch = Batch::default();
+        batch.insert(
+            keys::attempt(delivery.id, attempt.attempt),
+            encode(&attempt)?,
+        );
+        if !stale {
+            delivery.cycle_attempts += 1;
+            batch.remove(lease_key);
+            match outcome.next {
+                NextStep::Retry { due_ms, anchor_ms } => {
+                    delivery.status = DeliveryStatus::Pending;
+                    delivery.next_attempt_at = Some(due_ms);
+                    delivery.anchor_ms = anchor_ms;
+                    batch.insert(keys::due(outcome.endpoint_id, due_ms, delivery.id), &[]);
+                }
+                NextStep::Finish(status) => {
+                    delivery.status = status;
+                    delivery.next_attempt_at = None;
+                }
+            }
+            if let (true, Some((key, digest))) = (attempt.success, &outcome.dedup) {
+                batch.insert(keys::dedup(outcome.endpoint_id, key), digest.as_slice());
+            }
+        }
+        batch.insert(keys::delivery(delivery.id), encode(&delivery)?);
+        self.tree.apply_batch(batch)?;
+        Ok(Recorded {
+            delivery,
+            attempt,
+            stale,
+        })
+    }
+
+    fn replay(&self, id: DeliveryId, now_ms: u64) -> StoreResult<Delivery> {
+        let _guard = self.lock();
+        let mut delivery = self.delivery_required(id)?;
+        if !delivery.status.is_final() {
+            return Err(StoreError::Conflict(format!(
+                "delivery {id} is {}; only finished deliveries can be replayed",
+                delivery.status.as_str()
+            )));
+        }
+        if !self.tree.contains_key(keys::message(delivery.message_id))? {
+            return Err(StoreError::Conflict(format!(
+                "the payload of message {} has been purged; delivery {id} cannot be replayed",
+                delivery.message_id
+            )));
+        }
+        delivery.status = DeliveryStatus::Pending;
+        delivery.cycle += 1;
+        delivery.cycle_attempts = 0;
+        delivery.anchor_ms = now_ms;
+        delivery.next_attempt_at = Some(now_ms);
+        delivery.updated_at = now_ms;
+        let mut batch = Batch::default();
+        batch.insert(keys::delivery(id), encode(&delivery)?);
+        batch.insert(keys::due(delivery.endpoint_id, now_ms, id), &[]);
+        self.tree.apply_batch(batch)?;
+        Ok(delivery)
+    }
+
+    fn flush(&self) -> StoreResult<()> {
+        self.db.flush()?;
+        self.log_file
+            .sync_data()
+            .map_err(|e| StoreError::Backend(format!("fdatasync: {e}")))
+    }
+}

@@ -1,0 +1,237 @@
+//! The HTTP client: one pooled reqwest client, no redirects, bounded response reads.
+
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+
+use super::Body;
+use crate::model::ErrorKind;
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Route every request through this HTTP(S) proxy (one egress IP for allow-lists).
+    pub proxy: Option<String>,
+    /// Response bytes read at most (enough for a `body_json` success rule).
+    pub max_response_bytes: usize,
+    /// Idle connections kept per host.
+    pub pool_idle_per_host: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            proxy: None,
+            max_response_bytes: 64 * 1024,
+            pool_idle_per_host: 64,
+        }
+    }
+}
+
+/// One request to send.
+pub struct Request<'a> {
+    /// Target.
+    pub url: &'a str,
+    /// Extra headers (signatures, herald ids, the endpoint's own).
+    pub headers: &'a [(String, String)],
+    /// Encoded body.
+    pub body: Body,
+    /// Whole-exchange limit.
+    pub timeout: Duration,
+}
+
+/// A response, read up to the cap.
+#[derive(Debug, Clone)]
+pub struct ResponseSummary {
+    /// Status code.
+    pub status: u16,
+    /// The first `max_response_bytes` of the body.
+    pub body: Vec<u8>,
+    /// `Retry-After`, as a duration from now.
+    pub retry_after: Option<Duration>,
+}
+
+/// What came of one request.
+#[derive(Debug, Clone)]
+pub enum Exchange {
+    /// The receiver answered.
+    Response(ResponseSummary),
+    /// No usable answer.
+    Failed {
+        /// Why, coarsely.
+        kind: ErrorKind,
+        /// Why, for people (never contains the URL).
+        detail: String,
+    },
+}
+
+/// herald's outbound HTTP client.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    max_response_bytes: usize,
+}
+
+impl Client {
+    /// Builds the client. Fails only on a malformed proxy URL.
+    pub fn new(options: &ClientOptions) -> Result<Client, String> {
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(options.pool_idle_per_host)
+            .tcp_nodelay(true)
+            .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
+            .no_proxy();
+        if let Some(proxy) = &options.proxy {
+            let proxy = reqwest::Proxy::all(proxy).map_err(|e| format!("proxy: {e}"))?;
+            builder = builder.proxy(proxy);
+        }
+        let http = builder.build().map_err(|e| format!("http client: {e}"))?;
+        Ok(Client {
+            http,
+            max_response_bytes: options.max_response_bytes,
+        })
+    }
+
+    /// Sends one request and reads the answer up to the cap.
+    pub async fn send(&self, request: Request<'_>) -> Exchange {
+        let mut headers = HeaderMap::with_capacity(request.headers.len() + 1);
+        headers.insert(
+            reqwest::header::CONTENT_TYPE,
+            HeaderValue::from_static(request.body.content_type),
+        );
+        for (name, value) in request.headers {
+            match (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                (Ok(name), Ok(value)) => {
+                    headers.append(name, value);
+                }
+                _ => {
+                    return Exchange::Failed {
+                        kind: ErrorKind::Refused,
+                        detail: format!("header {name:?} is not a valid HTTP header"),
+                    };
+                }
+            }
+        }
+        let sent = self
+            .http
+            .post(request.url)
+            .headers(headers)
+            .body(request.body.bytes)
+            .timeout(request.timeout)
+            .send()
+            .await;
+        let mut response = match sent {
+            Ok(response) => response,
+            Err(e) => return failure(&e),
+        };
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    let room = self.max_response_bytes - body.len();
+                    body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    if body.len() >= self.max_response_bytes {
+                        break; // the rest is not needed; the connection is not reused
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return failure(&e),
+            }
+        }
+        Exchange::Response(ResponseSummary {
+            status,
+            body,
+            retry_after,
+        })
+    }
+}
+
+fn failure(e: &reqwest::Error) -> Exchange {
+    let chain = error_chain(e);
+    let kind = if e.is_timeout() {
+        ErrorKind::Timeout
+    } else if chain.to_ascii_lowercase().contains("certificate")
+        || chain.to_ascii_lowercase().contains("tls")
+    {
+        ErrorKind::Tls
+    } else if e.is_connect() {
+        ErrorKind::Connect
+    } else {
+        ErrorKind::Transport
+    };
+    Exchange::Failed {
+        kind,
+        detail: chain,
+    }
+}
+
+/// The error and its sources, without the URL reqwest likes to include.
+fn error_chain(e: &reqwest::Error) -> String {
+    let without_url = e.without_url_ref();
+    let mut text = without_url.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+trait WithoutUrl {
+    fn without_url_ref(&self) -> String;
+}
+
+impl WithoutUrl for reqwest::Error {
+    fn without_url_ref(&self) -> String {
+        let text = self.to_string();
+        match self.url() {
+            Some(url) => text
+                .replace(&format!(" ({url})"), "")
+                .replace(url.as_str(), "<url>"),
+            None => text,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3600));
+        let parsed = parse_retry_after(&later).unwrap();
+        assert!(parsed > Duration::from_secs(3500), "{parsed:?}");
+        assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(parse_retry_after("-1"), None);
+    }
+}
