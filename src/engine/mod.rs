@@ -68,7 +68,7 @@ pub(crate) struct Engine {
     pub(crate) scheduler: Scheduler,
     pub(crate) outcomes: broadcast::Sender<AttemptEvent>,
     pub(crate) config: EngineConfig,
-    lease: Duration,
+    longest_lease: Duration,
 }
 
 impl Engine {
@@ -89,7 +89,7 @@ impl Engine {
         let (outcomes, _) = broadcast::channel(4096);
         Ok(Arc::new(Engine {
             scheduler: Scheduler::new(config.max_in_flight, config.endpoint_concurrency),
-            lease: longest * 2 + config.lease_margin,
+            longest_lease: longest * 2 + config.lease_margin,
             store,
             policies: Arc::new(policies),
             client,
@@ -118,10 +118,20 @@ impl Engine {
         Ok(())
     }
 
-    /// How long a claim is leased: long enough for it to wait behind a full round of attempts
-    /// and then make its own.
-    pub(crate) fn lease_ms(&self, _endpoint: crate::model::EndpointId) -> u64 {
-        self.lease.as_millis() as u64
+    /// How long a claim is leased: long enough for it to wait behind one full round of the
+    /// endpoint's attempts and then make its own (twice its policy's timeout, plus a margin).
+    /// After a crash, the deliveries that were claimed come due again when it expires.
+    pub(crate) fn lease_ms(&self, endpoint: crate::model::EndpointId) -> u64 {
+        let timeout = self
+            .store
+            .endpoint(endpoint)
+            .ok()
+            .flatten()
+            .and_then(|e| self.policies.get(&e.policy).map(|p| p.request.timeout));
+        match timeout {
+            Some(timeout) => (timeout * 2 + self.config.lease_margin).as_millis() as u64,
+            None => self.longest_lease.as_millis() as u64,
+        }
     }
 
     /// Starts a fresh attempt cycle for a finished delivery; the history is kept.

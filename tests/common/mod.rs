@@ -1,0 +1,209 @@
+//! Test harness: real HTTP receivers on 127.0.0.1 and herald instances on temporary dirs.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use herald::{Herald, Policy};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+/// One request as the receiver saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub at: Instant,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> String {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+/// How the receiver answers the n-th request (0-based).
+pub enum Reply {
+    Status(u16, &'static str),
+    /// Accept the request and never answer.
+    Hang,
+}
+
+type Script = Arc<dyn Fn(usize, &Received) -> Reply + Send + Sync>;
+
+#[derive(Clone)]
+struct Shared {
+    requests: Arc<Mutex<Vec<Received>>>,
+    arrived: Arc<Notify>,
+    script: Script,
+}
+
+/// A local HTTP receiver that records requests.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    shared: Shared,
+}
+
+impl Receiver {
+    /// Starts on a fresh port.
+    pub async fn start(
+        script: impl Fn(usize, &Received) -> Reply + Send + Sync + 'static,
+    ) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(listener, script)
+    }
+
+    /// Starts on a given listener.
+    pub fn start_on(
+        listener: TcpListener,
+        script: impl Fn(usize, &Received) -> Reply + Send + Sync + 'static,
+    ) -> Receiver {
+        let addr = listener.local_addr().unwrap();
+        let shared = Shared {
+            requests: Arc::default(),
+            arrived: Arc::new(Notify::new()),
+            script: Arc::new(script),
+        };
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(shared.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Receiver { addr, shared }
+    }
+
+    /// Always answers 200.
+    pub async fn ok() -> Receiver {
+        Self::start(|_, _| Reply::Status(200, "ok")).await
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Received> {
+        self.shared.requests.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.shared.requests.lock().unwrap().len()
+    }
+
+    /// Waits until at least `n` requests arrived; false on timeout.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.shared.arrived.notified();
+            if self.count() >= n {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.count() >= n;
+            }
+        }
+    }
+
+    /// Distinct `herald-message-id` values seen.
+    pub fn message_ids(&self) -> std::collections::HashSet<String> {
+        self.requests()
+            .iter()
+            .map(|r| r.header("herald-message-id"))
+            .collect()
+    }
+}
+
+async fn handle(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> impl IntoResponse {
+    let received = Received {
+        at: Instant::now(),
+        headers,
+        body,
+    };
+    let reply = {
+        let mut requests = shared.requests.lock().unwrap();
+        let reply = (shared.script)(requests.len(), &received);
+        requests.push(received);
+        reply
+    };
+    shared.arrived.notify_waiters();
+    match reply {
+        Reply::Status(code, body) => (StatusCode::from_u16(code).unwrap(), body).into_response(),
+        Reply::Hang => std::future::pending().await,
+    }
+}
+
+/// A policy from a TOML snippet with `name` set.
+pub fn policy(name: &str, body: &str) -> Policy {
+    Policy::from_toml(name, &format!("name = \"{name}\"\n{body}")).unwrap()
+}
+
+/// A quick fixed-interval policy.
+pub fn quick_policy(name: &str, interval: &str, attempts: u32) -> Policy {
+    policy(
+        name,
+        &format!(
+            "[schedule]\nkind = \"fixed\"\ninterval = \"{interval}\"\nmax_attempts = {attempts}\n[request]\ntimeout = \"2s\"\n"
+        ),
+    )
+}
+
+/// Opens herald on `dir` with extra policies and a short lease.
+pub async fn open(dir: &std::path::Path, policies: Vec<Policy>) -> Herald {
+    open_with(dir, policies, herald::EngineConfig::default()).await
+}
+
+pub async fn open_with(
+    dir: &std::path::Path,
+    policies: Vec<Policy>,
+    mut config: herald::EngineConfig,
+) -> Herald {
+    config.lease_margin = Duration::from_millis(500);
+    let mut builder = Herald::builder().data_dir(dir).engine_config(config);
+    for p in policies {
+        builder = builder.policy(p);
+    }
+    // A previous instance in this process releases the store's file lock once its last task
+    // has ended; give it a moment.
+    for _ in 0..50 {
+        match builder.clone().open().await {
+            Ok(herald) => return herald,
+            Err(e) if e.to_string().contains("lock") => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("open: {e}"),
+        }
+    }
+    panic!("store still locked after 5s")
+}
+
+/// Waits for the outcome feed to report `n` final deliveries; returns them.
+pub async fn wait_final(
+    outcomes: &mut herald::Outcomes,
+    n: usize,
+    timeout: Duration,
+) -> Vec<herald::AttemptEvent> {
+    let mut finals = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while finals.len() < n {
+        match tokio::time::timeout_at(deadline, outcomes.next()).await {
+            Ok(Some(event)) if event.delivery_status.is_final() => finals.push(event),
+            Ok(Some(_)) => {}
+            _ => panic!(
+                "only {} of {n} deliveries finished in {timeout:?}",
+                finals.len()
+            ),
+        }
+    }
+    finals
+}

@@ -1,0 +1,349 @@
+//! The delivery core against real local receivers.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Receiver, Reply, open, open_with, quick_policy, wait_final};
+use herald::{DeliveryFilter, DeliveryStatus, EngineConfig, Error, NewEndpoint, NewMessage};
+use serde_json::json;
+
+fn endpoint(tenant: &str, url: String, policy: &str) -> NewEndpoint {
+    NewEndpoint {
+        tenant: tenant.into(),
+        url,
+        policy: policy.into(),
+        default: true,
+        ..NewEndpoint::default()
+    }
+}
+
+#[tokio::test]
+async fn a_receiver_that_fails_twice_gets_exactly_three_requests_on_schedule() {
+    let receiver = Receiver::start(|n, _| {
+        if n < 2 {
+            Reply::Status(500, "down")
+        } else {
+            Reply::Status(200, "ok")
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let herald = open(dir.path(), vec![quick_policy("quick", "300ms", 5)]).await;
+    herald
+        .create_endpoint(endpoint("acme", receiver.url(), "quick"))
+        .await
+        .unwrap();
+    let mut outcomes = herald.outcomes();
+
+    let receipt = herald
+        .send(NewMessage::new("acme", "job.completed", &json!({"job": 1})).unwrap())
+        .await
+        .unwrap();
+    let finals = wait_final(&mut outcomes, 1, Duration::from_secs(10)).await;
+
+    assert_eq!(finals[0].delivery_status, DeliveryStatus::Succeeded);
+    assert_eq!(finals[0].attempt, 3);
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 3);
+    for pair in requests.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(
+            gap >= Duration::from_millis(280) && gap < Duration::from_millis(1500),
+            "gap {gap:?}"
+        );
+    }
+    let id = receipt.id.to_string();
+    for (i, request) in requests.iter().enumerate() {
+        assert_eq!(request.header("herald-message-id"), id);
+        assert_eq!(request.header("herald-attempt"), (i + 1).to_string());
+        assert_eq!(request.body.as_ref(), br#"{"job":1}"#);
+    }
+    let delivery = herald.delivery(receipt.deliveries[0].id).unwrap();
+    assert_eq!(delivery.status, DeliveryStatus::Succeeded);
+    let attempts = herald.attempts(delivery.id).unwrap();
+    let codes: Vec<_> = attempts.iter().map(|a| a.status_code).collect();
+    assert_eq!(codes, vec![Some(500), Some(500), Some(200)]);
+    assert!(attempts[2].success && !attempts[0].success);
+}
+
+#[tokio::test]
+async fn exhaustion_fails_after_the_policy_count_and_replay_starts_a_fresh_cycle() {
+    let receiver = Receiver::start(|_, _| Reply::Status(503, "busy")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let herald = open(dir.path(), vec![quick_policy("three", "100ms", 3)]).await;
+    herald
+        .create_endpoint(endpoint("acme", receiver.url(), "three"))
+        .await
+        .unwrap();
+    let mut outcomes = herald.outcomes();
+    let receipt = herald
+        .send(NewMessage::new("acme", "job.completed", &json!({"n": 1})).unwrap())
+        .await
+        .unwrap();
+    let delivery_id = receipt.deliveries[0].id;
+
+    let finals = wait_final(&mut outcomes, 1, Duration::from_secs(10)).await;
+    assert_eq!(finals[0].delivery_status, DeliveryStatus::Failed);
+    assert_eq!(receiver.count(), 3);
+    assert!(matches!(
+        herald.replay(delivery_id).await,
+        Ok(d) if d.status == DeliveryStatus::Pending && d.cycle == 2
+    ));
+    let finals = wait_final(&mut outcomes, 1, Duration::from_secs(10)).await;
+    assert_eq!(finals[0].delivery_status, DeliveryStatus::Failed);
+    assert_eq!(receiver.count(), 6);
+
+    let attempts = herald.attempts(delivery_id).unwrap();
+    let cycles: Vec<_> = attempts.iter().map(|a| (a.attempt, a.cycle)).collect();
+    assert_eq!(cycles, vec![(1, 1), (2, 1), (3, 1), (4, 2), (5, 2), (6, 2)]);
+    let ids = receiver.message_ids();
+    assert_eq!(
+        ids.len(),
+        1,
+        "the message id is stable across retries and replays"
+    );
+}
+
+#[tokio::test]
+async fn replaying_a_pending_delivery_is_a_conflict() {
+    let receiver = Receiver::start(|_, _| Reply::Hang).await;
+    let dir = tempfile::tempdir().unwrap();
+    let herald = open(dir.path(), vec![quick_policy("slow", "1h", 2)]).await;
+    herald
+        .create_endpoint(endpoint("acme", receiver.url(), "slow"))
+        .await
+        .unwrap();
+    let receipt = herald
+        .send(NewMessage::new("acme", "e", &json!({})).unwrap())
+        .await
+        .unwrap();
+    let err = herald.replay(receipt.deliveries[0].id).await.unwrap_err();
+    assert!(matches!(err, Error::Conflict(_)), "{err}");
+}
+
+#[tokio::test]
+async fn a_hanging_endpoint_cannot_starve_a_healthy_one() {
+    let dead = Receiver::start(|_, _| Reply::Hang).await;
+    let healthy = Receiver::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let slow = common::policy(
+        "slow",
+        "[schedule]\nkind = \"fixed\"\ninterval = \"1s\"\nmax_attempts = 2\n[request]\ntimeout = \"30s\"\n",
+    );
+    let config = EngineConfig {
+        endpoint_concurrency: 4,
+        max_in_flight: 64,
+        ..EngineConfig::default()
+    };
+    let herald = open_with(dir.path(), vec![slow], config).await;
+    herald
+        .create_endpoint(endpoint("dead", dead.url(), "slow"))
+        .await
+        .unwrap();
+    herald
+        .create_endpoint(endpoint("live", healthy.url(), "slow"))
+        .await
+        .unwrap();
+
+    for i in 0..200 {
+        herald
+            .send(NewMessage::new("dead", "e", &json!({ "i": i })).unwrap())
+            .await
+            .unwrap();
+    }
+    assert!(dead.wait_for(4, Duration::from_secs(5)).await);
+    for i in 0..200 {
+        herald
+            .send(NewMessage::new("live", "e", &json!({ "i": i })).unwrap())
+            .await
+            .unwrap();
+    }
+    assert!(
+        healthy.wait_for(200, Duration::from_secs(10)).await,
+        "healthy endpoint got {} of 200",
+        healthy.count()
+    );
+    assert_eq!(
+        dead.count(),
+        4,
+        "the dead endpoint holds only its own budget"
+    );
+}
+
+/// CPU time (user + system) of this process, from /proc.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+#[tokio::test]
+async fn deliveries_due_in_an_hour_cost_no_cpu_meanwhile() {
+    let receiver = Receiver::start(|_, _| Reply::Status(500, "first attempt fails")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let hourly = quick_policy("hourly", "1h", 2);
+    let herald = open(dir.path(), vec![hourly]).await;
+    herald
+        .create_endpoint(endpoint("acme", receiver.url(), "hourly"))
+        .await
+        .unwrap();
+    let mut outcomes = herald.outcomes();
+    let sends = (0..1000).map(|i| {
+        let herald = herald.clone();
+        async move {
+            herald
+                .send(NewMessage::new("acme", "e", &json!({ "i": i })).unwrap())
+                .await
+                .unwrap()
+        }
+    });
+    futures_util::future::join_all(sends).await;
+    for _ in 0..1000 {
+        tokio::time::timeout(Duration::from_secs(20), outcomes.next())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let pending = herald
+        .deliveries(&DeliveryFilter {
+            status: Some(DeliveryStatus::Pending),
+            limit: 2000,
+            ..DeliveryFilter::default()
+        })
+        .unwrap();
+    assert_eq!(pending.len(), 1000);
+
+    // Let the lazy flush of the outcomes settle, then measure an idle stretch.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = cpu_time();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let used = cpu_time() - before;
+    assert!(
+        used <= Duration::from_millis(150),
+        "idle for 3s used {used:?} of CPU"
+    );
+    assert_eq!(receiver.count(), 1000);
+}
+
+#[tokio::test]
+async fn bad_input_is_a_typed_error_and_stores_nothing() {
+    let receiver = Receiver::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let herald = open(dir.path(), vec![]).await;
+
+    let unknown = herald
+        .create_endpoint(endpoint("acme", receiver.url(), "no-such-policy"))
+        .await;
+    assert!(matches!(unknown, Err(Error::UnknownPolicy(ref p)) if p == "no-such-policy"));
+    for url in [
+        "ftp://x.example/",
+        "not a url",
+        "https://user:pw@x.example/",
+    ] {
+        let bad = herald
+            .create_endpoint(endpoint("acme", url.into(), "gengo-15m-12h"))
+            .await;
+        assert!(
+            matches!(bad, Err(Error::InvalidUrl { .. })),
+            "{url}: {bad:?}"
+        );
+    }
+    assert!(herald.endpoints(None).unwrap().is_empty());
+
+    herald
+        .create_endpoint(endpoint("acme", receiver.url(), "ovesio"))
+        .await
+        .unwrap();
+    let big = "x".repeat(70_000);
+    let too_large = herald
+        .send(NewMessage::new("acme", "e", &json!({ "blob": big })).unwrap())
+        .await;
+    match too_large {
+        Err(Error::PayloadTooLarge { size, limit }) => {
+            assert_eq!(limit, 61_440);
+            assert!(size > 70_000);
+        }
+        other => panic!("{other:?}"),
+    }
+    let bad_callback = herald
+        .send(
+            NewMessage::new("acme", "e", &json!({}))
+                .unwrap()
+                .callback_url("gopher://x.example/"),
+        )
+        .await;
+    assert!(matches!(bad_callback, Err(Error::InvalidUrl { .. })));
+    let empty_tenant = herald
+        .send(NewMessage::new("", "e", &json!({})).unwrap())
+        .await;
+    assert!(matches!(empty_tenant, Err(Error::InvalidRequest(_))));
+
+    let all = DeliveryFilter {
+        limit: 100,
+        ..DeliveryFilter::default()
+    };
+    assert!(herald.deliveries(&all).unwrap().is_empty());
+    assert_eq!(receiver.count(), 0);
+}
+
+#[tokio::test]
+async fn an_idempotency_key_returns_the_first_receipt_and_sends_once() {
+    let receiver = Receiver::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let herald = open(dir.path(), vec![quick_policy("quick", "100ms", 2)]).await;
+    herald
+        .create_endpoint(endpoint("acme", receiver.url(), "quick"))
+        .await
+        .unwrap();
+    let message = || {
+        NewMessage::new("acme", "e", &json!({"v": 1}))
+            .unwrap()
+            .idempotency_key("k-1")
+    };
+    let first = herald.send(message()).await.unwrap();
+    let second = herald.send(message()).await.unwrap();
+    assert!(first.created && !second.created);
+    assert_eq!(first.id, second.id);
+    assert_eq!(first.deliveries[0].id, second.deliveries[0].id);
+    assert!(receiver.wait_for(1, Duration::from_secs(5)).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.count(), 1);
+}
+
+#[tokio::test]
+async fn pending_deliveries_survive_a_clean_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener); // nothing listens yet: attempts fail with connect errors
+    let policies = || vec![quick_policy("quick", "200ms", 100)];
+    let herald = open(dir.path(), policies()).await;
+    herald
+        .create_endpoint(endpoint("acme", format!("http://{addr}/hook"), "quick"))
+        .await
+        .unwrap();
+    for i in 0..20 {
+        herald
+            .send(NewMessage::new("acme", "e", &json!({ "i": i })).unwrap())
+            .await
+            .unwrap();
+    }
+    herald.shutdown().await.unwrap();
+    drop(herald);
+
+    let receiver = Receiver::start_on(
+        tokio::net::TcpListener::bind(addr).await.unwrap(),
+        |_, _| Reply::Status(200, "ok"),
+    );
+    let herald = open(dir.path(), policies()).await;
+    assert!(receiver.wait_for(20, Duration::from_secs(10)).await);
+    assert_eq!(receiver.message_ids().len(), 20);
+    herald.shutdown().await.unwrap();
+}
