@@ -49,6 +49,7 @@
 //! ```
 
 pub mod api;
+pub mod config;
 mod engine;
 pub mod error;
 pub mod model;

@@ -134,7 +134,16 @@ impl Engine {
             });
         }
 
-        match self.store.insert_message(&message, &deliveries)? {
+        // On the blocking pool: sled writers may wait while the commit thread's flush has the
+        // log buffer sealed, and that wait must not stall the runtime's worker threads.
+        let store = self.store.clone();
+        let (inserted, message, deliveries) = tokio::task::spawn_blocking(move || {
+            let inserted = store.insert_message(&message, &deliveries);
+            (inserted, message, deliveries)
+        })
+        .await
+        .map_err(|e| Error::Store(crate::store::StoreError::Backend(e.to_string())))?;
+        match inserted? {
             Inserted::Existing(id) => {
                 // The first answer, not a second send. It was acknowledged, hence durable.
                 let deliveries = self.store.message_deliveries(id)?;

@@ -1,0 +1,295 @@
+//! Daemon configuration: `herald.toml`, then `HERALD_*` environment variables, then defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Everything `herald serve` can be told. Every key may be overridden by the environment
+/// variable `HERALD_<KEY>` (upper case), e.g. `HERALD_LISTEN=0.0.0.0:8088`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to serve on.
+    pub listen: SocketAddr,
+    /// Store directory.
+    pub data_dir: PathBuf,
+    /// Policy files loaded on top of the built-in ones (a missing directory is fine).
+    pub policies_dir: PathBuf,
+    /// Bearer token for everything.
+    pub admin_token: Option<String>,
+    /// Bearer token for `/v1/messages` only.
+    pub producer_token: Option<String>,
+    /// Where operator notifications (`endpoint.disabled`) go.
+    pub notify_url: Option<String>,
+    /// Egress proxy for every delivery.
+    pub proxy: Option<String>,
+    /// Allow deliveries to loopback and private addresses (tests, trusted networks).
+    pub allow_private_targets: bool,
+    /// `tracing` filter, e.g. `info` or `herald=debug`.
+    pub log: String,
+    /// How long attempts and finished messages are kept.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// Claimed deliveries over all endpoints, at most.
+    pub max_in_flight: usize,
+    /// Attempts in flight per endpoint, at most.
+    pub endpoint_concurrency: usize,
+    /// sled page cache in bytes.
+    pub cache_bytes: u64,
+    /// How long shutdown waits for attempts in flight.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8088)),
+            data_dir: PathBuf::from("./herald-data"),
+            policies_dir: PathBuf::from("./policies"),
+            admin_token: None,
+            producer_token: None,
+            notify_url: None,
+            proxy: None,
+            allow_private_targets: false,
+            log: "info".into(),
+            retention: Duration::from_secs(14 * 24 * 3600),
+            max_in_flight: 1024,
+            endpoint_concurrency: 16,
+            cache_bytes: 64 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid (toml's message carries the line).
+    #[error("{path}: {reason}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// An environment variable has a value of the wrong shape.
+    #[error("{var}: {reason}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// Why.
+        reason: String,
+    },
+    /// The combination is unsafe (e.g. a public address without tokens).
+    #[error("{0}")]
+    Unsafe(String),
+}
+
+impl Config {
+    /// Reads `path` (if given), then applies `HERALD_*` overrides from `env`.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut config = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(env)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn parse<T: std::str::FromStr>(var: &str, value: &str) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            value.parse().map_err(|e: T::Err| ConfigError::Env {
+                var: var.to_string(),
+                reason: e.to_string(),
+            })
+        }
+        fn duration(var: &str, value: &str) -> Result<Duration, ConfigError> {
+            humantime::parse_duration(value).map_err(|e| ConfigError::Env {
+                var: var.to_string(),
+                reason: e.to_string(),
+            })
+        }
+        let optional = |value: String| (!value.is_empty()).then_some(value);
+        for (var, key) in ENV_KEYS {
+            let Some(value) = env(var) else { continue };
+            match *key {
+                "listen" => self.listen = parse(var, &value)?,
+                "data_dir" => self.data_dir = PathBuf::from(value),
+                "policies_dir" => self.policies_dir = PathBuf::from(value),
+                "admin_token" => self.admin_token = optional(value),
+                "producer_token" => self.producer_token = optional(value),
+                "notify_url" => self.notify_url = optional(value),
+                "proxy" => self.proxy = optional(value),
+                "allow_private_targets" => self.allow_private_targets = parse(var, &value)?,
+                "log" => self.log = value,
+                "retention" => self.retention = duration(var, &value)?,
+                "max_in_flight" => self.max_in_flight = parse(var, &value)?,
+                "endpoint_concurrency" => self.endpoint_concurrency = parse(var, &value)?,
+                "cache_bytes" => self.cache_bytes = parse(var, &value)?,
+                "shutdown_grace" => self.shutdown_grace = duration(var, &value)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses to serve a non-loopback address without tokens.
+    fn check(&self) -> Result<(), ConfigError> {
+        let open = self.admin_token.is_none() && self.producer_token.is_none();
+        if open && !self.listen.ip().is_loopback() {
+            return Err(ConfigError::Unsafe(format!(
+                "refusing to listen on {} without tokens: set HERALD_ADMIN_TOKEN (and \
+                 HERALD_PRODUCER_TOKEN for producers), or listen on 127.0.0.1",
+                self.listen
+            )));
+        }
+        for (name, token) in [
+            ("admin_token", &self.admin_token),
+            ("producer_token", &self.producer_token),
+        ] {
+            if token.as_ref().is_some_and(|t| t.len() < 16) {
+                return Err(ConfigError::Unsafe(format!(
+                    "{name} must be at least 16 characters"
+                )));
+            }
+        }
+        if self.max_in_flight == 0 || self.endpoint_concurrency == 0 {
+            return Err(ConfigError::Unsafe(
+                "max_in_flight and endpoint_concurrency must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Environment variables and the keys they override.
+pub const ENV_KEYS: &[(&str, &str)] = &[
+    ("HERALD_LISTEN", "listen"),
+    ("HERALD_DATA_DIR", "data_dir"),
+    ("HERALD_POLICIES_DIR", "policies_dir"),
+    ("HERALD_ADMIN_TOKEN", "admin_token"),
+    ("HERALD_PRODUCER_TOKEN", "producer_token"),
+    ("HERALD_NOTIFY_URL", "notify_url"),
+    ("HERALD_PROXY", "proxy"),
+    ("HERALD_ALLOW_PRIVATE_TARGETS", "allow_private_targets"),
+    ("HERALD_LOG", "log"),
+    ("HERALD_RETENTION", "retention"),
+    ("HERALD_MAX_IN_FLIGHT", "max_in_flight"),
+    ("HERALD_ENDPOINT_CONCURRENCY", "endpoint_concurrency"),
+    ("HERALD_CACHE_BYTES", "cache_bytes"),
+    ("HERALD_SHUTDOWN_GRACE", "shutdown_grace"),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let config = Config::load(None, env(&[])).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8088");
+        assert_eq!(config.data_dir, PathBuf::from("./herald-data"));
+        assert_eq!(config.retention, Duration::from_secs(14 * 86400));
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("herald.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\nretention = \"7d\"\nlog = \"debug\"\n",
+        )
+        .unwrap();
+        let config = Config::load(
+            Some(&file),
+            env(&[
+                ("HERALD_LISTEN", "127.0.0.1:9100"),
+                ("HERALD_RETENTION", "1h"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.listen.port(), 9100);
+        assert_eq!(config.retention, Duration::from_secs(3600));
+        assert_eq!(config.log, "debug");
+    }
+
+    #[test]
+    fn unsafe_or_malformed_configurations_are_refused() {
+        let table: &[(&[(&str, &str)], &str)] = &[
+            (&[("HERALD_LISTEN", "0.0.0.0:8088")], "without tokens"),
+            (&[("HERALD_LISTEN", "nope")], "HERALD_LISTEN"),
+            (&[("HERALD_RETENTION", "forever")], "HERALD_RETENTION"),
+            (&[("HERALD_ADMIN_TOKEN", "short")], "at least 16"),
+            (
+                &[("HERALD_ALLOW_PRIVATE_TARGETS", "yes please")],
+                "HERALD_ALLOW_PRIVATE_TARGETS",
+            ),
+            (&[("HERALD_MAX_IN_FLIGHT", "0")], "at least 1"),
+        ];
+        for (vars, needle) in table {
+            let err = Config::load(None, env(vars)).unwrap_err().to_string();
+            assert!(err.contains(needle), "{vars:?}: {err}");
+        }
+        let public_with_token = Config::load(
+            None,
+            env(&[
+                ("HERALD_LISTEN", "0.0.0.0:8088"),
+                ("HERALD_ADMIN_TOKEN", "0123456789abcdef"),
+            ]),
+        );
+        assert!(public_with_token.is_ok());
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused_with_their_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("herald.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\nlisten_adress = \"x\"\n",
+        )
+        .unwrap();
+        let err = Config::load(Some(&file), env(&[])).unwrap_err().to_string();
+        assert!(
+            err.contains("line 2") && err.contains("listen_adress"),
+            "{err}"
+        );
+    }
+}

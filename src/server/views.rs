@@ -1,0 +1,83 @@
+//! JSON shapes of the HTTP API, built from library records.
+
+use serde::Serialize;
+
+use crate::model::{Attempt, Delivery, DeliveryStatus, Endpoint, rfc3339};
+use crate::transport::redact;
+
+/// One attempt.
+#[derive(Debug, Serialize)]
+pub struct AttemptView {
+    attempt: u32,
+    cycle: u32,
+    started_at: String,
+    duration_ms: u64,
+    status_code: Option<u16>,
+    error: Option<&'static str>,
+    error_detail: Option<String>,
+    response_excerpt: String,
+    success: bool,
+}
+
+impl From<&Attempt> for AttemptView {
+    fn from(a: &Attempt) -> Self {
+        AttemptView {
+            attempt: a.attempt,
+            cycle: a.cycle,
+            started_at: rfc3339(a.started_at),
+            duration_ms: a.duration_ms,
+            status_code: a.status_code,
+            error: a.error.map(|e| e.as_str()),
+            error_detail: a.error_detail.clone(),
+            response_excerpt: a.response_excerpt.clone(),
+            success: a.success,
+        }
+    }
+}
+
+/// One delivery; `attempts` only on the single-delivery route.
+#[derive(Debug, Serialize)]
+pub struct DeliveryView {
+    id: String,
+    message_id: String,
+    endpoint_id: String,
+    url: String,
+    pub(crate) status: DeliveryStatus,
+    cycle: u32,
+    attempt_count: u32,
+    next_attempt_at: Option<String>,
+    last_status_code: Option<u16>,
+    last_error: Option<String>,
+    created_at: String,
+    updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempts: Option<Vec<AttemptView>>,
+}
+
+impl DeliveryView {
+    /// A delivery as shown; pending deliveries of a disabled endpoint show as `held`.
+    pub fn new(d: &Delivery, endpoint: Option<&Endpoint>, attempts: Option<&[Attempt]>) -> Self {
+        let held = d.status == DeliveryStatus::Pending && endpoint.is_some_and(|e| !e.enabled);
+        let url = d
+            .url_override
+            .as_deref()
+            .or(endpoint.map(|e| e.url.as_str()))
+            .map(redact)
+            .unwrap_or_default();
+        DeliveryView {
+            id: d.id.to_string(),
+            message_id: d.message_id.to_string(),
+            endpoint_id: d.endpoint_id.to_string(),
+            url,
+            status: if held { DeliveryStatus::Held } else { d.status },
+            cycle: d.cycle,
+            attempt_count: d.total_attempts,
+            next_attempt_at: d.next_attempt_at.map(rfc3339),
+            last_status_code: d.last_status_code,
+            last_error: d.last_error.clone(),
+            created_at: rfc3339(d.created_at),
+            updated_at: rfc3339(d.updated_at),
+            attempts: attempts.map(|a| a.iter().map(AttemptView::from).collect()),
+        }
+    }
+}
