@@ -12,7 +12,7 @@ use super::Engine;
 use crate::api::{DeliveryReceipt, NewMessage, SendReceipt};
 use crate::error::{Error, Result};
 use crate::model::{Delivery, DeliveryId, DeliveryStatus, Endpoint, Message, MessageId, now_ms};
-use crate::store::{Inserted, MAX_PAYLOAD_BYTES, NewDelivery};
+use crate::store::{Inserted, MAX_PAYLOAD_BYTES, MessageWrite, NewDelivery};
 use crate::transport::{check_url, encode, redact};
 
 /// Longest tenant or event type.
@@ -134,32 +134,27 @@ impl Engine {
             });
         }
 
-        // On the blocking pool: sled writers may wait while the commit thread's flush has the
-        // log buffer sealed, and that wait must not stall the runtime's worker threads.
-        let store = self.store.clone();
-        let (inserted, message, deliveries) = tokio::task::spawn_blocking(move || {
-            let inserted = store.insert_message(&message, &deliveries);
-            (inserted, message, deliveries)
-        })
-        .await
-        .map_err(|e| Error::Store(crate::store::StoreError::Backend(e.to_string())))?;
-        match inserted? {
-            Inserted::Existing(id) => {
-                // The first answer, not a second send. It was acknowledged, hence durable.
-                let deliveries = self.store.message_deliveries(id)?;
-                let receipts = deliveries
-                    .iter()
-                    .map(|d| self.receipt(d, None))
-                    .collect::<Result<_>>()?;
-                return Ok(SendReceipt {
-                    id,
-                    created: false,
-                    deliveries: receipts,
-                });
-            }
-            Inserted::Created => {}
+        let (inserted, write) = self
+            .commit
+            .insert(MessageWrite {
+                message,
+                deliveries,
+            })
+            .await?;
+        let (message, deliveries) = (write.message, write.deliveries);
+        if let Inserted::Existing(id) = inserted {
+            // The first answer, not a second send. It was acknowledged, hence durable.
+            let deliveries = self.store.message_deliveries(id)?;
+            let receipts = deliveries
+                .iter()
+                .map(|d| self.receipt(d, None))
+                .collect::<Result<_>>()?;
+            return Ok(SendReceipt {
+                id,
+                created: false,
+                deliveries: receipts,
+            });
         }
-        self.commit.durable().await?;
         metrics::counter!("herald_messages_accepted_total").increment(1);
 
         let mut receipts = Vec::with_capacity(deliveries.len());

@@ -61,7 +61,16 @@ pub struct NewDelivery {
     pub due_ms: Option<u64>,
 }
 
-/// What [`Store::insert_message`] did.
+/// A message and its deliveries, to be stored together.
+#[derive(Debug)]
+pub struct MessageWrite {
+    /// The message.
+    pub message: Message,
+    /// Its deliveries.
+    pub deliveries: Vec<NewDelivery>,
+}
+
+/// What [`Store::insert_messages`] did with one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inserted {
     /// Stored.
@@ -151,13 +160,11 @@ pub trait Store: Send + Sync + 'static {
     /// Returns false when there was no such endpoint.
     fn delete_endpoint(&self, id: EndpointId, now_ms: u64) -> StoreResult<bool>;
 
-    /// Stores a message with its deliveries and due entries, atomically, unless the tenant
-    /// already used its idempotency key.
-    fn insert_message(
-        &self,
-        message: &Message,
-        deliveries: &[NewDelivery],
-    ) -> StoreResult<Inserted>;
+    /// Stores a group of messages with their deliveries and due entries in one atomic write.
+    /// A message whose tenant already used its idempotency key (before, or earlier in the same
+    /// group) is not written; its answer is [`Inserted::Existing`]. Answers follow the order of
+    /// `writes`.
+    fn insert_messages(&self, writes: &[MessageWrite]) -> StoreResult<Vec<Inserted>>;
     /// One message, with its payload.
     fn message(&self, id: MessageId) -> StoreResult<Option<Message>>;
     /// A message's deliveries.

@@ -11,6 +11,7 @@
 //! hold one mutex for the microseconds between their read and their `apply_batch`. sled holds
 //! the directory's file lock, so no other process writes the same store.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -23,7 +24,7 @@ use uuid::Uuid;
 
 use super::keys;
 use super::{
-    AttemptOutcome, Claim, DeliveryFilter, Inserted, NewDelivery, NextStep, Recorded, Store,
+    AttemptOutcome, Claim, DeliveryFilter, Inserted, MessageWrite, NextStep, Recorded, Store,
     StoreError, StoreResult,
 };
 use crate::model::{
@@ -268,37 +269,49 @@ impl Store for SledStore {
         Ok(true)
     }
 
-    fn insert_message(
-        &self,
-        message: &Message,
-        deliveries: &[NewDelivery],
-    ) -> StoreResult<Inserted> {
+    fn insert_messages(&self, writes: &[MessageWrite]) -> StoreResult<Vec<Inserted>> {
         let mut batch = Batch::default();
-        batch.insert(keys::message(message.id), Self::encode_message(message)?);
-        for new in deliveries {
-            let d = &new.delivery;
-            batch.insert(keys::delivery(d.id), encode(d)?);
-            batch.insert(keys::message_delivery(message.id, d.id), &[]);
-            if let Some(due_ms) = new.due_ms {
-                batch.insert(keys::due(d.endpoint_id, due_ms, d.id), &[]);
-            }
-        }
-        let Some(idempotency_key) = &message.idempotency_key else {
-            self.tree.apply_batch(batch)?;
-            return Ok(Inserted::Created);
-        };
-        let key = keys::idempotency(&message.tenant, idempotency_key);
+        let mut answers = Vec::with_capacity(writes.len());
+        let mut claimed_keys: HashMap<Vec<u8>, MessageId> = HashMap::new();
         let _guard = self.lock();
-        if let Some(existing) = self.tree.get(&key)? {
-            let id = MessageId::from_slice(&existing).ok_or_else(|| StoreError::Corrupt {
-                key: String::from_utf8_lossy(&key).into_owned(),
-                reason: "not a message id".into(),
-            })?;
-            return Ok(Inserted::Existing(id));
+        for write in writes {
+            let message = &write.message;
+            if let Some(idempotency_key) = &message.idempotency_key {
+                let key = keys::idempotency(&message.tenant, idempotency_key);
+                let earlier = match claimed_keys.get(&key) {
+                    Some(id) => Some(*id),
+                    None => match self.tree.get(&key)? {
+                        Some(existing) => {
+                            Some(MessageId::from_slice(&existing).ok_or_else(|| {
+                                StoreError::Corrupt {
+                                    key: String::from_utf8_lossy(&key).into_owned(),
+                                    reason: "not a message id".into(),
+                                }
+                            })?)
+                        }
+                        None => None,
+                    },
+                };
+                if let Some(id) = earlier {
+                    answers.push(Inserted::Existing(id));
+                    continue;
+                }
+                batch.insert(key.as_slice(), message.id.as_bytes());
+                claimed_keys.insert(key, message.id);
+            }
+            batch.insert(keys::message(message.id), Self::encode_message(message)?);
+            for new in &write.deliveries {
+                let d = &new.delivery;
+                batch.insert(keys::delivery(d.id), encode(d)?);
+                batch.insert(keys::message_delivery(message.id, d.id), &[]);
+                if let Some(due_ms) = new.due_ms {
+                    batch.insert(keys::due(d.endpoint_id, due_ms, d.id), &[]);
+                }
+            }
+            answers.push(Inserted::Created);
         }
-        batch.insert(key, message.id.as_bytes());
         self.tree.apply_batch(batch)?;
-        Ok(Inserted::Created)
+        Ok(answers)
     }
 
     fn message(&self, id: MessageId) -> StoreResult<Option<Message>> {
