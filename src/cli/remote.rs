@@ -157,7 +157,7 @@ impl Remote {
                         "{:<36}  {:<9}  {:>8}  {:<24}  {}",
                         text(&d["id"]),
                         text(&d["status"]),
-                        d["attempt_count"],
+                        text(&d["attempt_count"]),
                         text(&d["created_at"]),
                         text(&d["url"])
                     );
@@ -189,10 +189,10 @@ impl Remote {
                 for a in d["attempts"].as_array().into_iter().flatten() {
                     println!(
                         "{:>3} {:>5}  {:<24}  {:>7}  {:>6}  {:<9}  {}",
-                        a["attempt"],
-                        a["cycle"],
+                        text(&a["attempt"]),
+                        text(&a["cycle"]),
                         text(&a["started_at"]),
-                        a["duration_ms"],
+                        text(&a["duration_ms"]),
                         text(&a["status_code"]),
                         text(&a["error"]),
                         text(&a["error_detail"])
@@ -226,7 +226,7 @@ impl Remote {
                             text(&e["id"]),
                             text(&e["tenant"]),
                             text(&e["policy"]),
-                            e["enabled"],
+                            text(&e["enabled"]),
                             text(&e["url"])
                         );
                     }

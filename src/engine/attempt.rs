@@ -32,7 +32,7 @@ pub(crate) async fn run(engine: &Engine, endpoint_id: EndpointId, claim: Claim) 
         "attempt",
         delivery = %claim.delivery_id,
         endpoint = %endpoint_id,
-        message = tracing::field::Empty,
+        message_id = tracing::field::Empty,
     );
     match attempt(engine, endpoint_id, claim).instrument(span).await {
         Ok(next) => next,
@@ -62,7 +62,7 @@ async fn attempt(
             return Ok(None);
         }
     };
-    tracing::Span::current().record("message", tracing::field::display(delivery.message_id));
+    tracing::Span::current().record("message_id", tracing::field::display(delivery.message_id));
     let message = store.message(delivery.message_id)?;
     let policy = engine.policies.get(&endpoint.policy).cloned();
     let started_at = now_ms();
@@ -198,7 +198,7 @@ async fn attempt(
             status = ?judged.status_code,
             error = outcome_label,
             detail = recorded.attempt.error_detail.as_deref().unwrap_or(""),
-            next = ?delivery_after.next_attempt_at,
+            next = delivery_after.next_attempt_at.map(crate::model::rfc3339).unwrap_or_default(),
             "attempt failed"
         );
     }
