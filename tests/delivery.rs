@@ -4,19 +4,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Receiver, Reply, open, open_with, quick_policy, wait_final};
-use herald::{DeliveryFilter, DeliveryStatus, EngineConfig, Error, NewEndpoint, NewMessage};
+use common::{Receiver, Reply, endpoint, open, open_with, quick_policy, wait_final};
+use herald::{DeliveryFilter, DeliveryStatus, EngineConfig, Error, NewMessage};
 use serde_json::json;
-
-fn endpoint(tenant: &str, url: String, policy: &str) -> NewEndpoint {
-    NewEndpoint {
-        tenant: tenant.into(),
-        url,
-        policy: policy.into(),
-        default: true,
-        ..NewEndpoint::default()
-    }
-}
 
 #[tokio::test]
 async fn a_receiver_that_fails_twice_gets_exactly_three_requests_on_schedule() {

@@ -4,22 +4,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Receiver, Reply, open, wait_final};
+use common::{Receiver, Reply, endpoint, open, wait_final};
 use herald::policy::Backoff;
 use herald::{
     DeliveryStatus, EndpointUpdate, Error, Herald, NewEndpoint, NewMessage, Policy, PolicySet,
 };
 use serde_json::{Value, json};
-
-fn endpoint(tenant: &str, url: String, policy: &str) -> NewEndpoint {
-    NewEndpoint {
-        tenant: tenant.into(),
-        url,
-        policy: policy.into(),
-        default: true,
-        ..NewEndpoint::default()
-    }
-}
 
 /// A shipped policy with its schedule shortened to `delays` (same success rule, encoding, ...).
 fn shipped_with_quick_schedule(name: &str, delays_ms: &[u64]) -> Policy {

@@ -155,6 +155,30 @@ async fn open(dir: &Scratch, config: EngineConfig) -> Result<Herald, String> {
         .map_err(|e| e.to_string())
 }
 
+/// A disabled `tolq` endpoint: its deliveries are stored (held) but not attempted until it is
+/// enabled, so enqueueing and delivering can be measured apart.
+async fn disabled_endpoint(
+    herald: &Herald,
+    tenant: String,
+    url: String,
+) -> Result<herald::EndpointId, String> {
+    let endpoint = herald
+        .create_endpoint(NewEndpoint {
+            tenant,
+            url,
+            policy: "tolq".into(),
+            secret: Some("bench-secret".into()),
+            ..NewEndpoint::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    herald
+        .set_endpoint_enabled(endpoint.id, false)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(endpoint.id)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -173,20 +197,7 @@ async fn send(messages: usize, senders: usize) -> Result<Row, String> {
     let herald = open(&dir, EngineConfig::default()).await?;
     // A disabled endpoint: every delivery is stored (and held), none is attempted, so the
     // figure is the durable accept path alone.
-    let endpoint = herald
-        .create_endpoint(NewEndpoint {
-            tenant: "bench".into(),
-            url: "http://127.0.0.1:9/unused".into(),
-            policy: "tolq".into(),
-            secret: Some("bench-secret".into()),
-            ..NewEndpoint::default()
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    herald
-        .set_endpoint_enabled(endpoint.id, false)
-        .await
-        .map_err(|e| e.to_string())?;
+    disabled_endpoint(&herald, "bench".into(), "http://127.0.0.1:9/unused".into()).await?;
     let payload = serde_json::json!({"job_id": 123456, "status": "completed", "target_language": "de", "words": 1200});
     let stats = herald.commit_stats();
     let flushes_before = stats.flushes.load(Ordering::Relaxed);
@@ -346,21 +357,8 @@ async fn deliver(
     let herald = open(&dir, config).await?;
     let mut ids = Vec::new();
     for e in 0..endpoints {
-        let endpoint = herald
-            .create_endpoint(NewEndpoint {
-                tenant: format!("t{e}"),
-                url: format!("http://{}/hook/{e}", sink.addr),
-                policy: "tolq".into(),
-                secret: Some("bench-secret".into()),
-                ..NewEndpoint::default()
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        herald
-            .set_endpoint_enabled(endpoint.id, false)
-            .await
-            .map_err(|e| e.to_string())?;
-        ids.push(endpoint.id);
+        let url = format!("http://{}/hook/{e}", sink.addr);
+        ids.push(disabled_endpoint(&herald, format!("t{e}"), url).await?);
     }
     // Enqueue everything while the endpoints are disabled, then release them at once: the
     // figure is delivery throughput, not enqueue throughput.

@@ -143,6 +143,17 @@ async fn handle(
     }
 }
 
+/// A tenant's default endpoint.
+pub fn endpoint(tenant: &str, url: String, policy: &str) -> herald::NewEndpoint {
+    herald::NewEndpoint {
+        tenant: tenant.into(),
+        url,
+        policy: policy.into(),
+        default: true,
+        ..herald::NewEndpoint::default()
+    }
+}
+
 /// A policy from a TOML snippet with `name` set.
 pub fn policy(name: &str, body: &str) -> Policy {
     Policy::from_toml(name, &format!("name = \"{name}\"\n{body}")).unwrap()
