@@ -14,6 +14,9 @@ pub async fn serve(config_path: Option<&Path>) -> Result<(), String> {
     let config =
         Config::load(config_path, |var| std::env::var(var).ok()).map_err(|e| e.to_string())?;
     let filter = EnvFilter::try_new(&config.log).map_err(|e| format!("HERALD_LOG: {e}"))?;
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     herald::server::serve(config).await
 }

@@ -1,0 +1,667 @@
+//! The real `herald serve` binary, driven over HTTP and through its CLI.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{Receiver, Reply};
+use serde_json::{Value, json};
+
+const ADMIN: &str = "admin-token-0123456789";
+const PRODUCER: &str = "producer-token-0123456789";
+
+/// A running daemon on a free port; killed on drop.
+struct Daemon {
+    child: Child,
+    base: String,
+}
+
+impl Daemon {
+    fn start(data: &Path) -> Daemon {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let policies = data.join("policies");
+        std::fs::create_dir_all(&policies).unwrap();
+        std::fs::write(
+            policies.join("quick.toml"),
+            "name = \"quick\"\n[schedule]\nkind = \"fixed\"\ninterval = \"200ms\"\nmax_attempts = 50\n[request]\ntimeout = \"2s\"\n",
+        )
+        .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .arg("serve")
+            .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
+            .env("HERALD_DATA_DIR", data.join("store"))
+            .env("HERALD_POLICIES_DIR", &policies)
+            .env("HERALD_ADMIN_TOKEN", ADMIN)
+            .env("HERALD_PRODUCER_TOKEN", PRODUCER)
+            .env("HERALD_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait for the "serving" log line (not a sleep); keep draining stderr afterwards.
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut told = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !told && line.contains("herald serving") {
+                    let _ = tx.send(());
+                    told = true;
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("daemon did not start in 20s");
+        Daemon {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, Value, String) {
+        let client = reqwest::Client::new();
+        let mut request = client.request(method.parse().unwrap(), format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::Null),
+            content_type,
+        )
+    }
+
+    async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let body = body.map(|b| b.to_string());
+        let (status, value, _) = self.call(method, path, Some(ADMIN), body.as_deref()).await;
+        (status, value)
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn create_endpoint(daemon: &Daemon, tenant: &str, url: &str) -> String {
+    let (status, endpoint) = daemon
+        .admin(
+            "POST",
+            "/admin/endpoints",
+            Some(json!({"tenant": tenant, "url": url, "policy": "quick", "default": true, "secret": "never-shown"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{endpoint}");
+    assert!(endpoint.get("secret").is_none());
+    endpoint["id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn end_to_end_through_the_api_and_the_cli() {
+    let receiver = Receiver::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path());
+    create_endpoint(&daemon, "acme", &receiver.url()).await;
+
+    let body = json!({"tenant": "acme", "event_type": "job.completed", "payload": {"job_id": 7}})
+        .to_string();
+    let (status, receipt, _) = daemon
+        .call("POST", "/v1/messages", Some(PRODUCER), Some(&body))
+        .await;
+    assert_eq!(status, 202, "{receipt}");
+    assert!(receiver.wait_for(1, Duration::from_secs(10)).await);
+    assert_eq!(receiver.requests()[0].body.as_ref(), br#"{"job_id":7}"#);
+
+    let delivery_id = receipt["deliveries"][0]["id"].as_str().unwrap().to_string();
+    let mut delivery = json!(null);
+    for _ in 0..50 {
+        delivery = daemon
+            .admin("GET", &format!("/admin/deliveries/{delivery_id}"), None)
+            .await
+            .1;
+        if delivery["status"] == "succeeded" {
+            break;
+        }
+        receiver.wait_for(2, Duration::from_millis(100)).await; // bounded wait for the outcome write
+    }
+    assert_eq!(delivery["status"], "succeeded", "{delivery}");
+    assert_eq!(delivery["attempts"][0]["status_code"], 200);
+
+    let output = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["deliveries", "--url", &daemon.base, "show", &delivery_id])
+        .env("HERALD_ADMIN_TOKEN", ADMIN)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    assert!(
+        text.contains("succeeded") && text.contains(&delivery_id),
+        "{text}"
+    );
+
+    let (status, message, _) = daemon
+        .call(
+            "GET",
+            &format!("/v1/messages/{}", receipt["id"].as_str().unwrap()),
+            Some(PRODUCER),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(message["payload"], json!({"job_id": 7}));
+}
+
+#[tokio::test]
+async fn auth_matrix() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path());
+    let message = json!({"tenant": "nobody", "event_type": "e", "payload": {}}).to_string();
+    let table: &[(&str, &str, Option<&str>, Option<&str>, u16)] = &[
+        ("GET", "/admin/endpoints", None, None, 401),
+        (
+            "GET",
+            "/admin/endpoints",
+            Some("wrong-token-0123456789"),
+            None,
+            401,
+        ),
+        ("GET", "/admin/endpoints", Some(PRODUCER), None, 403),
+        ("GET", "/admin/endpoints", Some(ADMIN), None, 200),
+        ("GET", "/admin/deliveries", Some(PRODUCER), None, 403),
+        ("GET", "/admin/policies", Some(PRODUCER), None, 403),
+        ("POST", "/v1/messages", None, Some(&message), 401),
+        (
+            "POST",
+            "/v1/messages",
+            Some("wrong-token-0123456789"),
+            Some(&message),
+            401,
+        ),
+        ("POST", "/v1/messages", Some(PRODUCER), Some(&message), 202),
+        ("POST", "/v1/messages", Some(ADMIN), Some(&message), 202),
+        ("GET", "/healthz", None, None, 200),
+    ];
+    for (method, path, token, body, expected) in table {
+        let (status, value, content_type) = daemon.call(method, path, *token, *body).await;
+        assert_eq!(status, *expected, "{method} {path} with {token:?}: {value}");
+        if status == 401 || status == 403 {
+            assert_eq!(content_type, "application/problem+json");
+            let kind = if status == 401 {
+                "unauthorized"
+            } else {
+                "forbidden"
+            };
+            assert_eq!(value["type"], kind);
+        }
+    }
+}
+
+#[tokio::test]
+async fn bad_inputs_get_a_clear_problem_and_change_nothing() {
+    let receiver = Receiver::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path());
+    let endpoint_id = create_endpoint(&daemon, "acme", &receiver.url()).await;
+    let gengo = daemon
+        .admin(
+            "POST",
+            "/admin/endpoints",
+            Some(json!({"tenant": "gengo", "url": "https://tms.example/cb", "policy": "gengo-3x-hourly", "default": true})),
+        )
+        .await;
+    assert_eq!(gengo.0, 201);
+    let before_endpoints = daemon.admin("GET", "/admin/endpoints", None).await.1;
+    let before_deliveries = daemon.admin("GET", "/admin/deliveries", None).await.1;
+
+    let long = "t".repeat(300);
+    let big = "x".repeat(70_000);
+    let msg = |v: Value| Some(v.to_string());
+    let ep = |v: Value| Some(v.to_string());
+    let table: Vec<(&str, String, Option<String>, u16, &str)> = vec![
+        (
+            "POST",
+            "/v1/messages".into(),
+            Some("{not json".into()),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/messages".into(),
+            Some("[]".into()),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/messages".into(),
+            msg(json!({"event_type": "e", "payload": {}})),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/messages".into(),
+            msg(json!({"tenant": 5, "event_type": "e", "payload": {}})),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/messages".into(),
+            msg(json!({"tenant": "acme", "event_type": "e"})),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/messages".into(),
+            msg(json!({"tenant": "", "event_type": "e", "payload": {}})),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/messages".into(),
+            msg(json!({"tenant": long, "event_type": "e", "payload": {}})),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/messages".into(),
+            msg(json!({"tenant": "acme", "event_type": "e\n", "payload": {}})),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/messages".into(),
+            msg(json!({"tenant": "acme", "event_type": "e", "payload": {}, "extra": 1})),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/messages".into(),
+            msg(json!({"tenant": "acme", "event_type": "e", "payload": {"b": big}})),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "POST",
+            "/v1/messages".into(),
+            msg(
+                json!({"tenant": "acme", "event_type": "e", "payload": {}, "callback_url": "ftp://x.example/"}),
+            ),
+            400,
+            "invalid_url",
+        ),
+        (
+            "POST",
+            "/v1/messages".into(),
+            msg(
+                json!({"tenant": "gengo", "event_type": "e", "payload": {}, "callback_url": "https://u:p@x.example/"}),
+            ),
+            400,
+            "invalid_url",
+        ),
+        (
+            "POST",
+            "/admin/endpoints".into(),
+            ep(json!({"tenant": "acme", "url": "gopher://x.example/", "policy": "quick"})),
+            400,
+            "invalid_url",
+        ),
+        (
+            "POST",
+            "/admin/endpoints".into(),
+            ep(
+                json!({"tenant": "acme", "url": "https://u:p@x.example/", "policy": "gengo-15m-12h"}),
+            ),
+            400,
+            "invalid_url",
+        ),
+        (
+            "POST",
+            "/admin/endpoints".into(),
+            ep(json!({"tenant": "acme", "url": "https://x.example/", "policy": "nope"})),
+            400,
+            "unknown_policy",
+        ),
+        (
+            "POST",
+            "/admin/endpoints".into(),
+            ep(
+                json!({"tenant": "acme", "url": "https://x.example/", "policy": "quick", "headers": {"X-A": "a\r\nInjected: 1"}}),
+            ),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/admin/endpoints".into(),
+            ep(
+                json!({"tenant": "acme", "url": "https://x.example/", "policy": "quick", "headers": {"Bad\nName": "v"}}),
+            ),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/admin/endpoints".into(),
+            ep(
+                json!({"tenant": "acme", "url": "https://x.example/", "policy": "quick", "headers": {"Host": "evil"}}),
+            ),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/admin/endpoints".into(),
+            ep(json!({"tenant": "acme", "url": "https://x.example/", "policy": "tolq"})),
+            400,
+            "invalid_request",
+        ),
+        (
+            "GET",
+            "/admin/endpoints/not-an-id".into(),
+            None,
+            404,
+            "not_found",
+        ),
+        (
+            "GET",
+            "/admin/endpoints/01a205f8-61c4-7282-a4e6-a73672472c08".into(),
+            None,
+            404,
+            "not_found",
+        ),
+        (
+            "GET",
+            "/admin/deliveries/01a205f8-61c4-7282-a4e6-a73672472c08".into(),
+            None,
+            404,
+            "not_found",
+        ),
+        (
+            "POST",
+            "/admin/deliveries/01a205f8-61c4-7282-a4e6-a73672472c08/replay".into(),
+            None,
+            404,
+            "not_found",
+        ),
+        (
+            "GET",
+            "/admin/deliveries?cursor=garbage".into(),
+            None,
+            400,
+            "invalid_request",
+        ),
+        (
+            "GET",
+            "/admin/deliveries?since=2026-01-02T00:00:00Z&until=2026-01-01T00:00:00Z".into(),
+            None,
+            400,
+            "invalid_request",
+        ),
+        (
+            "GET",
+            "/admin/deliveries?since=yesterday-ish".into(),
+            None,
+            400,
+            "invalid_request",
+        ),
+        (
+            "GET",
+            "/admin/deliveries?status=lost".into(),
+            None,
+            400,
+            "invalid_request",
+        ),
+        (
+            "GET",
+            "/admin/deliveries?limit=0".into(),
+            None,
+            400,
+            "invalid_request",
+        ),
+        ("GET", "/admin/policies/nope".into(), None, 404, "not_found"),
+        (
+            "PATCH",
+            format!("/admin/endpoints/{endpoint_id}"),
+            ep(json!({"policy": "nope"})),
+            400,
+            "unknown_policy",
+        ),
+        (
+            "PATCH",
+            format!("/admin/endpoints/{endpoint_id}"),
+            ep(json!({"url": "not a url"})),
+            400,
+            "invalid_url",
+        ),
+        ("GET", "/no/such/route".into(), None, 404, "not_found"),
+    ];
+    assert!(table.len() >= 20);
+    for (method, path, body, expected, kind) in &table {
+        let token = if path.starts_with("/v1") {
+            PRODUCER
+        } else {
+            ADMIN
+        };
+        let (status, value, content_type) = daemon
+            .call(method, path, Some(token), body.as_deref())
+            .await;
+        assert_eq!(status, *expected, "{method} {path} {body:?}: {value}");
+        assert_eq!(content_type, "application/problem+json", "{method} {path}");
+        assert_eq!(value["type"], *kind, "{method} {path}: {value}");
+        assert!(value["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    }
+    let too_large = daemon
+        .call(
+            "POST",
+            "/v1/messages",
+            Some(PRODUCER),
+            table[9].2.as_deref(),
+        )
+        .await
+        .1;
+    assert_eq!(too_large["limit"], 61_440);
+    assert!(too_large["size"].as_u64().unwrap() > 70_000);
+
+    assert_eq!(
+        daemon.admin("GET", "/admin/endpoints", None).await.1,
+        before_endpoints
+    );
+    assert_eq!(
+        daemon.admin("GET", "/admin/deliveries", None).await.1,
+        before_deliveries
+    );
+    assert_eq!(receiver.count(), 0);
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_gives_one_message_and_one_delivery() {
+    let receiver = Receiver::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path());
+    create_endpoint(&daemon, "acme", &receiver.url()).await;
+    let body =
+        json!({"tenant": "acme", "event_type": "e", "payload": {"v": 1}, "idempotency_key": "k-1"})
+            .to_string();
+    let (first_status, first, _) = daemon
+        .call("POST", "/v1/messages", Some(PRODUCER), Some(&body))
+        .await;
+    let (second_status, second, _) = daemon
+        .call("POST", "/v1/messages", Some(PRODUCER), Some(&body))
+        .await;
+    assert_eq!((first_status, second_status), (202, 200));
+    assert_eq!(first["id"], second["id"]);
+    assert_eq!(first["deliveries"][0]["id"], second["deliveries"][0]["id"]);
+    assert!(receiver.wait_for(1, Duration::from_secs(10)).await);
+    assert!(!receiver.wait_for(2, Duration::from_millis(500)).await);
+    let list = daemon.admin("GET", "/admin/deliveries", None).await.1;
+    assert_eq!(list["deliveries"].as_array().unwrap().len(), 1);
+}
+
+fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn metrics_agree_with_what_happened() {
+    let receiver = Receiver::start(|n, _| {
+        if n % 3 == 0 {
+            Reply::Status(500, "flaky")
+        } else {
+            Reply::Status(200, "ok")
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path());
+    create_endpoint(&daemon, "acme", &receiver.url()).await;
+    for i in 0..12 {
+        let body = json!({"tenant": "acme", "event_type": "e", "payload": {"i": i}}).to_string();
+        assert_eq!(
+            daemon
+                .call("POST", "/v1/messages", Some(PRODUCER), Some(&body))
+                .await
+                .0,
+            202
+        );
+    }
+    // Every message succeeds eventually; wait until 12 distinct ids got a 200.
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = reqwest::get(format!("{}/metrics", daemon.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metric(
+            &text,
+            "herald_deliveries_finished_total",
+            &["status=\"succeeded\""],
+        ) >= 12.0
+        {
+            break;
+        }
+        receiver
+            .wait_for(receiver.count() + 1, Duration::from_millis(100))
+            .await;
+    }
+    let requests = receiver.count() as f64;
+    let failures = receiver
+        .requests()
+        .iter()
+        .enumerate()
+        .filter(|(n, _)| n % 3 == 0)
+        .count() as f64;
+    assert_eq!(
+        metric(&text, "herald_messages_accepted_total", &[]),
+        12.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "herald_deliveries_finished_total",
+            &["status=\"succeeded\""]
+        ),
+        12.0
+    );
+    assert_eq!(
+        metric(&text, "herald_attempts_total", &["outcome=\"success\""]),
+        requests - failures
+    );
+    assert_eq!(
+        metric(&text, "herald_attempts_total", &["outcome=\"rejected\""]),
+        failures
+    );
+    assert!(
+        !text.contains(&receiver.addr.to_string()),
+        "no URLs in metrics"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_while_messages_flow_exits_0_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let url = format!("http://{addr}/hook"); // nothing listens yet
+    let mut daemon = Daemon::start(dir.path());
+    create_endpoint(&daemon, "acme", &url).await;
+    let mut acked = std::collections::HashSet::new();
+    for i in 0..200 {
+        let body = json!({"tenant": "acme", "event_type": "e", "payload": {"i": i}}).to_string();
+        let (status, receipt, _) = daemon
+            .call("POST", "/v1/messages", Some(PRODUCER), Some(&body))
+            .await;
+        assert_eq!(status, 202);
+        acked.insert(receipt["id"].as_str().unwrap().to_string());
+    }
+    let status = daemon.terminate();
+    assert_eq!(status.code(), Some(0), "exit status {status:?}");
+
+    let receiver = Receiver::start_on(
+        tokio::net::TcpListener::bind(addr).await.unwrap(),
+        |_, _| Reply::Status(200, "ok"),
+    );
+    let _daemon = Daemon::start(dir.path());
+    assert!(
+        receiver
+            .wait_for(acked.len(), Duration::from_secs(30))
+            .await
+    );
+    let seen = receiver.message_ids();
+    assert!(
+        acked.iter().all(|id| seen.contains(id)),
+        "every acknowledged message arrives"
+    );
+}
