@@ -188,12 +188,15 @@ async fn end_to_end_through_the_api_and_the_cli() {
     assert_eq!(message["payload"], json!({"job_id": 7}));
 }
 
+/// (method, path, token, body, expected status)
+type AuthCase<'a> = (&'a str, &'a str, Option<&'a str>, Option<&'a str>, u16);
+
 #[tokio::test]
 async fn auth_matrix() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(dir.path());
     let message = json!({"tenant": "nobody", "event_type": "e", "payload": {}}).to_string();
-    let table: &[(&str, &str, Option<&str>, Option<&str>, u16)] = &[
+    let table: &[AuthCase] = &[
         ("GET", "/admin/endpoints", None, None, 401),
         (
             "GET",
