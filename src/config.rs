@@ -27,6 +27,9 @@ pub struct Config {
     pub proxy: Option<String>,
     /// Allow deliveries to loopback and private addresses (tests, trusted networks).
     pub allow_private_targets: bool,
+    /// Private networks allowed all the same, e.g. `["10.1.2.0/24"]`
+    /// (`HERALD_ALLOW_CIDRS=10.1.2.0/24,fd00::/64`).
+    pub allow_cidrs: Vec<ipnet::IpNet>,
     /// `tracing` filter, e.g. `info` or `herald=debug`.
     pub log: String,
     /// How long attempts and finished messages are kept.
@@ -54,6 +57,7 @@ impl Default for Config {
             notify_url: None,
             proxy: None,
             allow_private_targets: false,
+            allow_cidrs: Vec::new(),
             log: "info".into(),
             retention: Duration::from_secs(14 * 24 * 3600),
             max_in_flight: 1024,
@@ -148,6 +152,14 @@ impl Config {
                 "notify_url" => self.notify_url = optional(value),
                 "proxy" => self.proxy = optional(value),
                 "allow_private_targets" => self.allow_private_targets = parse(var, &value)?,
+                "allow_cidrs" => {
+                    self.allow_cidrs = value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|v| !v.is_empty())
+                        .map(|v| parse(var, v))
+                        .collect::<Result<_, _>>()?
+                }
                 "log" => self.log = value,
                 "retention" => self.retention = duration(var, &value)?,
                 "max_in_flight" => self.max_in_flight = parse(var, &value)?,
@@ -199,6 +211,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("HERALD_NOTIFY_URL", "notify_url"),
     ("HERALD_PROXY", "proxy"),
     ("HERALD_ALLOW_PRIVATE_TARGETS", "allow_private_targets"),
+    ("HERALD_ALLOW_CIDRS", "allow_cidrs"),
     ("HERALD_LOG", "log"),
     ("HERALD_RETENTION", "retention"),
     ("HERALD_MAX_IN_FLIGHT", "max_in_flight"),
@@ -262,6 +275,10 @@ mod tests {
                 "HERALD_ALLOW_PRIVATE_TARGETS",
             ),
             (&[("HERALD_MAX_IN_FLIGHT", "0")], "at least 1"),
+            (
+                &[("HERALD_ALLOW_CIDRS", "10.0.0.0/33")],
+                "HERALD_ALLOW_CIDRS",
+            ),
         ];
         for (vars, needle) in table {
             let err = Config::load(None, env(vars)).unwrap_err().to_string();

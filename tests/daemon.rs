@@ -41,6 +41,7 @@ impl Daemon {
             .env("HERALD_ADMIN_TOKEN", ADMIN)
             .env("HERALD_PRODUCER_TOKEN", PRODUCER)
             .env("HERALD_LOG", "info")
+            .env("HERALD_ALLOW_PRIVATE_TARGETS", "true")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

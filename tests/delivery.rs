@@ -337,3 +337,39 @@ async fn pending_deliveries_survive_a_clean_restart() {
     assert_eq!(receiver.message_ids().len(), 20);
     herald.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_ssrf_guard_is_on_by_default() {
+    let receiver = Receiver::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let herald = herald::Herald::builder()
+        .data_dir(dir.path())
+        .policy(quick_policy("quick", "100ms", 5))
+        .open()
+        .await
+        .unwrap();
+    // A literal private address is refused when the endpoint is created.
+    let literal = herald
+        .create_endpoint(endpoint("acme", receiver.url(), "quick"))
+        .await;
+    match literal {
+        Err(Error::InvalidUrl { reason, .. }) => assert!(reason.contains("loopback"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    // A name is checked on the addresses it resolves to, when connecting: refused, not retried.
+    let by_name = format!("http://localhost:{}/hook", receiver.addr.port());
+    herald
+        .create_endpoint(endpoint("acme", by_name, "quick"))
+        .await
+        .unwrap();
+    let mut outcomes = herald.outcomes();
+    herald
+        .send(NewMessage::new("acme", "e", &json!({})).unwrap())
+        .await
+        .unwrap();
+    let finals = wait_final(&mut outcomes, 1, Duration::from_secs(5)).await;
+    assert_eq!(finals[0].delivery_status, DeliveryStatus::Failed);
+    assert_eq!(finals[0].attempt, 1, "a refused target is not retried");
+    assert_eq!(finals[0].error, Some(herald::ErrorKind::Refused));
+    assert_eq!(receiver.count(), 0);
+}

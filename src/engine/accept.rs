@@ -13,7 +13,7 @@ use crate::api::{DeliveryReceipt, NewMessage, SendReceipt};
 use crate::error::{Error, Result};
 use crate::model::{Delivery, DeliveryId, DeliveryStatus, Endpoint, Message, MessageId, now_ms};
 use crate::store::{Inserted, MAX_PAYLOAD_BYTES, MessageWrite, NewDelivery};
-use crate::transport::{check_url, encode, redact};
+use crate::transport::{encode, redact};
 
 /// Longest tenant or event type.
 pub const MAX_NAME_LEN: usize = 128;
@@ -88,10 +88,7 @@ impl Engine {
                 .get(&endpoint.policy)
                 .ok_or_else(|| Error::UnknownPolicy(endpoint.policy.clone()))?;
             let url = message.callback_url.as_deref().unwrap_or(&endpoint.url);
-            check_url(url, &policy.url).map_err(|reason| Error::InvalidUrl {
-                url: redact(url),
-                reason,
-            })?;
+            self.check_target(url, &policy.url)?;
             let size = encode(&policy.request, &message.event_type, payload)
                 .bytes
                 .len();

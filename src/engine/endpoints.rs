@@ -8,7 +8,7 @@ use crate::api::{EndpointUpdate, NewEndpoint};
 use crate::error::{Error, Result};
 use crate::model::{Endpoint, EndpointId, RotatedSecret, now_ms};
 use crate::policy::{Policy, Signing};
-use crate::transport::{check_url, redact, standard_webhooks_key};
+use crate::transport::standard_webhooks_key;
 
 /// Headers herald sets itself or that would break the request; endpoints may not set them.
 const RESERVED_HEADERS: &[&str] = &[
@@ -114,10 +114,7 @@ impl Engine {
     fn validate_endpoint(&self, endpoint: &Endpoint) -> Result<()> {
         check_name("tenant", &endpoint.tenant, MAX_NAME_LEN)?;
         let policy = self.policy(&endpoint.policy)?;
-        check_url(&endpoint.url, &policy.url).map_err(|reason| Error::InvalidUrl {
-            url: redact(&endpoint.url),
-            reason,
-        })?;
+        self.check_target(&endpoint.url, &policy.url)?;
         check_headers(&endpoint.headers, &policy.signing)?;
         for event_type in &endpoint.event_types {
             check_name("event_types[]", event_type, MAX_NAME_LEN)?;

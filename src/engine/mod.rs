@@ -168,6 +168,18 @@ impl Engine {
         Ok(())
     }
 
+    /// Checks a callback URL against a policy's URL rules and, for literal IP hosts, the SSRF
+    /// guard, so a refused target is a 4xx at once instead of a failed attempt later.
+    pub(crate) fn check_target(&self, url: &str, rules: &crate::policy::UrlRules) -> Result<()> {
+        let invalid = |reason: String| Error::InvalidUrl {
+            url: crate::transport::redact(url),
+            reason,
+        };
+        let parsed = crate::transport::check_url(url, rules).map_err(invalid)?;
+        crate::transport::check_literal(&self.config.client.targets, &parsed)
+            .map_err(|refused| invalid(refused.to_string()))
+    }
+
     /// Group-commit counters.
     pub(crate) fn commit_stats(&self) -> Arc<CommitStats> {
         self.commit.stats()

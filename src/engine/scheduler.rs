@@ -302,6 +302,7 @@ async fn claim(engine: &Arc<Engine>, plan: ClaimPlan, now: u64) {
     let mut state = scheduler.lock();
     let unused = count - claims.len();
     state.outstanding -= unused;
+    metrics::gauge!("herald_in_flight").set(state.outstanding as f64);
     let slot = scheduler.slot(&mut state, endpoint);
     slot.claiming = false;
     slot.outstanding -= unused;
@@ -338,6 +339,7 @@ async fn runner(engine: Arc<Engine>, endpoint: EndpointId) {
         let mut state = scheduler.lock();
         let was_full = state.outstanding >= scheduler.max_in_flight;
         state.outstanding -= 1;
+        metrics::gauge!("herald_in_flight").set(state.outstanding as f64);
         let slot = scheduler.slot(&mut state, endpoint);
         slot.outstanding -= 1;
         if let Some(due) = next_due {

@@ -94,6 +94,10 @@ pub async fn serve(config: Config) -> Result<(), String> {
             endpoint_concurrency: config.endpoint_concurrency,
             client: crate::transport::ClientOptions {
                 proxy: config.proxy.clone(),
+                targets: crate::transport::TargetPolicy {
+                    allow_private: config.allow_private_targets,
+                    allow: config.allow_cidrs.clone(),
+                },
                 ..Default::default()
             },
             ..EngineConfig::default()
@@ -112,6 +116,11 @@ pub async fn serve(config: Config) -> Result<(), String> {
         admin: config.admin_token.clone(),
         producer: config.producer_token.clone(),
     };
+    if config.allow_private_targets {
+        tracing::warn!(
+            "HERALD_ALLOW_PRIVATE_TARGETS is on: deliveries may reach loopback, private and metadata addresses"
+        );
+    }
     if tokens.admin.is_none() && tokens.producer.is_none() {
         tracing::warn!(listen = %config.listen, "no tokens configured: the API is open to anyone who can reach this loopback address");
     }

@@ -1,10 +1,12 @@
 //! The HTTP client: one pooled reqwest client, no redirects, bounded response reads.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 
 use super::Body;
+use super::guard::{ForbiddenTarget, GuardedResolver, TargetPolicy, check_literal};
 use crate::model::ErrorKind;
 
 /// Client settings.
@@ -16,6 +18,8 @@ pub struct ClientOptions {
     pub max_response_bytes: usize,
     /// Idle connections kept per host.
     pub pool_idle_per_host: usize,
+    /// Which addresses may be contacted (the SSRF guard; private ranges refused by default).
+    pub targets: TargetPolicy,
 }
 
 impl Default for ClientOptions {
@@ -24,6 +28,7 @@ impl Default for ClientOptions {
             proxy: None,
             max_response_bytes: 64 * 1024,
             pool_idle_per_host: 64,
+            targets: TargetPolicy::default(),
         }
     }
 }
@@ -70,6 +75,7 @@ pub enum Exchange {
 pub struct Client {
     http: reqwest::Client,
     max_response_bytes: usize,
+    targets: Arc<TargetPolicy>,
 }
 
 impl Client {
@@ -81,19 +87,40 @@ impl Client {
             .tcp_nodelay(true)
             .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
             .no_proxy();
-        if let Some(proxy) = &options.proxy {
-            let proxy = reqwest::Proxy::all(proxy).map_err(|e| format!("proxy: {e}"))?;
-            builder = builder.proxy(proxy);
+        let targets = Arc::new(options.targets.clone());
+        match &options.proxy {
+            // Names are resolved by the proxy, which enforces egress; literals are still checked.
+            Some(proxy) => {
+                let proxy = reqwest::Proxy::all(proxy).map_err(|e| format!("proxy: {e}"))?;
+                builder = builder.proxy(proxy);
+            }
+            None => builder = builder.dns_resolver(Arc::new(GuardedResolver::new(targets.clone()))),
         }
         let http = builder.build().map_err(|e| format!("http client: {e}"))?;
         Ok(Client {
             http,
             max_response_bytes: options.max_response_bytes,
+            targets,
         })
     }
 
     /// Sends one request and reads the answer up to the cap.
     pub async fn send(&self, request: Request<'_>) -> Exchange {
+        let url = match url::Url::parse(request.url) {
+            Ok(url) => url,
+            Err(e) => {
+                return Exchange::Failed {
+                    kind: ErrorKind::Refused,
+                    detail: format!("invalid URL: {e}"),
+                };
+            }
+        };
+        if let Err(refused) = check_literal(&self.targets, &url) {
+            return Exchange::Failed {
+                kind: ErrorKind::Refused,
+                detail: refused.to_string(),
+            };
+        }
         let mut headers = HeaderMap::with_capacity(request.headers.len() + 1);
         headers.insert(
             reqwest::header::CONTENT_TYPE,
@@ -117,7 +144,7 @@ impl Client {
         }
         let sent = self
             .http
-            .post(request.url)
+            .post(url)
             .headers(headers)
             .body(request.body.bytes)
             .timeout(request.timeout)
@@ -157,6 +184,16 @@ impl Client {
 
 fn failure(e: &reqwest::Error) -> Exchange {
     let chain = error_chain(e);
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(refused) = s.downcast_ref::<ForbiddenTarget>() {
+            return Exchange::Failed {
+                kind: ErrorKind::Refused,
+                detail: refused.to_string(),
+            };
+        }
+        source = s.source();
+    }
     let kind = if e.is_timeout() {
         ErrorKind::Timeout
     } else if chain.to_ascii_lowercase().contains("certificate")

@@ -180,6 +180,7 @@ pub async fn open_with(
     mut config: herald::EngineConfig,
 ) -> Herald {
     config.lease_margin = Duration::from_millis(500);
+    config.client.targets.allow_private = true; // receivers live on 127.0.0.1
     let mut builder = Herald::builder().data_dir(dir).engine_config(config);
     for p in policies {
         builder = builder.policy(p);
