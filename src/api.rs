@@ -162,6 +162,8 @@ pub struct EndpointView {
     pub default: bool,
     /// Whether it receives deliveries.
     pub enabled: bool,
+    /// Consecutive failed attempts (reset by a success or by enabling).
+    pub consecutive_failures: u32,
     /// Whether a secret is set (its value is write-only).
     pub has_secret: bool,
     /// Whether a token is set.
@@ -182,6 +184,7 @@ impl From<&Endpoint> for EndpointView {
             event_types: e.event_types.clone(),
             default: e.default,
             enabled: e.enabled,
+            consecutive_failures: e.consecutive_failures,
             has_secret: e.secret.is_some(),
             has_token: e.token.is_some(),
             header_names: e.headers.keys().cloned().collect(),

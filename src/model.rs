@@ -114,6 +114,10 @@ pub struct Endpoint {
     pub default: bool,
     /// Disabled endpoints receive nothing; their deliveries are held.
     pub enabled: bool,
+    /// Consecutive failed attempts (reset by a success or by enabling). Kept in the store as
+    /// its own counter, updated atomically with each attempt; filled in when read.
+    #[serde(skip)]
+    pub consecutive_failures: u32,
     /// Creation time (ms).
     pub created_at: u64,
     /// Last change (ms).

@@ -50,6 +50,13 @@ impl Engine {
     /// Accepts a message: returns once it and its deliveries are durable.
     pub(crate) async fn send(&self, new: NewMessage) -> Result<SendReceipt> {
         check_name("tenant", &new.tenant, MAX_NAME_LEN)?;
+        let system = new.tenant == super::SYSTEM_TENANT && new.event_type.starts_with("endpoint.");
+        if new.tenant.starts_with(super::SYSTEM_TENANT) && !system {
+            return Err(Error::InvalidRequest(format!(
+                "tenant names starting with {:?} are reserved for herald",
+                super::SYSTEM_TENANT
+            )));
+        }
         check_name("event_type", &new.event_type, MAX_NAME_LEN)?;
         for (field, key) in [
             ("idempotency_key", &new.idempotency_key),

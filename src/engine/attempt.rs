@@ -171,7 +171,18 @@ async fn attempt(
         },
         next,
         dedup,
+        counts_toward_health: true,
     })?;
+    if let Some(policy) = &policy {
+        let threshold = policy.endpoint.deactivate_after;
+        let gone = error == Some(ErrorKind::Gone);
+        if gone || (threshold > 0 && recorded.consecutive_failures >= threshold) {
+            let reason = recorded.attempt.error_detail.as_deref().unwrap_or("");
+            engine
+                .deactivate(&endpoint, recorded.consecutive_failures, reason)
+                .await?;
+        }
+    }
 
     let policy_label = policy
         .as_ref()

@@ -138,6 +138,17 @@ impl Engine {
     }
 
     pub(crate) async fn create_endpoint(&self, new: NewEndpoint) -> Result<Endpoint> {
+        if new.tenant.starts_with(super::SYSTEM_TENANT) {
+            return Err(Error::InvalidRequest(format!(
+                "tenant names starting with {:?} are reserved for herald",
+                super::SYSTEM_TENANT
+            )));
+        }
+        self.create_endpoint_unchecked(new).await
+    }
+
+    /// Creates an endpoint without the reserved-tenant check (herald's own endpoints).
+    pub(crate) async fn create_endpoint_unchecked(&self, new: NewEndpoint) -> Result<Endpoint> {
         let now = now_ms();
         let endpoint = Endpoint {
             id: EndpointId::new(),
@@ -151,6 +162,7 @@ impl Engine {
             event_types: new.event_types,
             default: new.default,
             enabled: true,
+            consecutive_failures: 0,
             created_at: now,
             updated_at: now,
         };
@@ -210,20 +222,24 @@ impl Engine {
         Ok(endpoint)
     }
 
-    /// Enables or disables an endpoint. Enabling makes its held deliveries due again.
+    /// Enables or disables an endpoint. Enabling resets its consecutive-failure count and
+    /// makes its held deliveries due again.
     pub(crate) async fn set_endpoint_enabled(
         &self,
         id: EndpointId,
         enabled: bool,
     ) -> Result<Endpoint> {
-        let mut endpoint = self.endpoint(id)?;
-        endpoint.enabled = enabled;
-        endpoint.updated_at = now_ms();
-        self.store.put_endpoint(&endpoint)?;
+        if enabled {
+            self.store
+                .enable_endpoint(id, now_ms())?
+                .ok_or_else(|| Error::NotFound(format!("endpoint {id}")))?;
+        } else if !self.store.disable_endpoint(id, now_ms())? {
+            self.endpoint(id)?; // not found → 404; already disabled is fine
+        }
         self.commit.durable().await?;
         let head = self.store.due_head(id)?;
         self.scheduler.set_enabled(id, enabled, head);
-        Ok(endpoint)
+        self.endpoint(id)
     }
 
     pub(crate) async fn delete_endpoint(&self, id: EndpointId) -> Result<()> {

@@ -11,6 +11,7 @@ mod accept;
 mod attempt;
 mod commit;
 mod endpoints;
+mod health;
 mod scheduler;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use crate::transport::{Client, ClientOptions};
 
 pub use commit::CommitStats;
 pub(crate) use commit::GroupCommit;
+pub use health::SYSTEM_TENANT;
 pub(crate) use scheduler::Scheduler;
 
 /// Engine tuning; the defaults suit a sidecar.
@@ -44,6 +46,8 @@ pub struct EngineConfig {
     pub response_excerpt_bytes: usize,
     /// HTTP client settings.
     pub client: ClientOptions,
+    /// Where operator notifications (`endpoint.disabled`) are delivered, if anywhere.
+    pub notify_url: Option<String>,
 }
 
 impl Default for EngineConfig {
@@ -55,6 +59,7 @@ impl Default for EngineConfig {
             secret_rotation_grace: Duration::from_secs(24 * 3600),
             response_excerpt_bytes: 1024,
             client: ClientOptions::default(),
+            notify_url: None,
         }
     }
 }
@@ -113,6 +118,9 @@ impl Engine {
         }
         for (endpoint, head) in heads {
             self.scheduler.note_due(endpoint, head);
+        }
+        if let Some(url) = &self.config.notify_url {
+            self.ensure_notify_endpoint(url).await?;
         }
         tokio::spawn(scheduler::run(self.clone()));
         Ok(())

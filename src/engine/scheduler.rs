@@ -320,19 +320,39 @@ async fn claim(engine: &Arc<Engine>, plan: ClaimPlan, now: u64) {
     }
 }
 
-/// Attempts one endpoint's queued claims, one at a time, until the queue is empty.
+/// Attempts one endpoint's queued claims, one at a time, until the queue is empty. When the
+/// endpoint is disabled meanwhile, the rest of its queue goes back to the store, due now: held
+/// there until the endpoint is enabled.
 async fn runner(engine: Arc<Engine>, endpoint: EndpointId) {
     let scheduler = &engine.scheduler;
     loop {
-        let claim = {
+        let next = {
             let mut state = scheduler.lock();
             let slot = scheduler.slot(&mut state, endpoint);
-            match slot.queue.pop_front() {
-                Some(claim) => claim,
-                None => {
-                    slot.runners -= 1;
-                    return;
+            if slot.enabled {
+                slot.queue.pop_front().ok_or_else(Vec::new)
+            } else {
+                let returned: Vec<Claim> = slot.queue.drain(..).collect();
+                slot.outstanding -= returned.len();
+                state.outstanding -= returned.len();
+                Err(returned)
+            }
+        };
+        let claim = match next {
+            Ok(claim) => claim,
+            Err(returned) => {
+                if !returned.is_empty()
+                    && let Err(e) = engine.store.release(endpoint, &returned, Some(now_ms()))
+                {
+                    // Their leases bring them back when they expire.
+                    tracing::error!(%endpoint, error = %e, "could not hand back queued claims");
                 }
+                let mut state = scheduler.lock();
+                scheduler.slot(&mut state, endpoint).runners -= 1;
+                if state.outstanding == 0 {
+                    scheduler.idle.notify_waiters();
+                }
+                return;
             }
         };
         let next_due = super::attempt::run(&engine, endpoint, claim).await;

@@ -23,6 +23,10 @@ const BUILT_IN: &[(&str, &str)] = &[
         "standard-webhooks.toml",
         include_str!("../../policies/standard-webhooks.toml"),
     ),
+    (
+        "herald-notify.toml",
+        include_str!("../../policies/herald-notify.toml"),
+    ),
 ];
 
 /// Why a policy could not be loaded.

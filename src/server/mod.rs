@@ -92,6 +92,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
         .engine_config(EngineConfig {
             max_in_flight: config.max_in_flight,
             endpoint_concurrency: config.endpoint_concurrency,
+            notify_url: config.notify_url.clone(),
             client: crate::transport::ClientOptions {
                 proxy: config.proxy.clone(),
                 targets: crate::transport::TargetPolicy {

@@ -15,6 +15,7 @@
 //! | `A`    | delivery id, attempt number           | attempt (JSON)                |
 //! | `I`    | tenant, 0, idempotency key            | message id                    |
 //! | `K`    | endpoint id, dedup key                | payload SHA-256 of last success |
+//! | `F`    | endpoint id                           | consecutive failures (u32 BE) |
 
 use crate::model::{DeliveryId, EndpointId, MessageId};
 
@@ -27,6 +28,7 @@ pub(crate) const DUE: u8 = b'Q';
 pub(crate) const ATTEMPT: u8 = b'A';
 pub(crate) const IDEMPOTENCY: u8 = b'I';
 pub(crate) const DEDUP: u8 = b'K';
+pub(crate) const FAILURES: u8 = b'F';
 
 fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     let len = 1 + parts.iter().map(|p| p.len()).sum::<usize>();
@@ -105,6 +107,10 @@ pub(crate) fn idempotency(tenant: &str, idempotency_key: &str) -> Vec<u8> {
         IDEMPOTENCY,
         &[tenant.as_bytes(), &[0], idempotency_key.as_bytes()],
     )
+}
+
+pub(crate) fn failures(endpoint: EndpointId) -> Vec<u8> {
+    key(FAILURES, &[endpoint.as_bytes()])
 }
 
 pub(crate) fn dedup(endpoint: EndpointId, dedup_key: &str) -> Vec<u8> {

@@ -117,6 +117,8 @@ pub struct AttemptOutcome {
     pub next: NextStep,
     /// Delta mode: on success, remember this payload digest for (endpoint, dedup key).
     pub dedup: Option<(String, [u8; 32])>,
+    /// Whether the attempt moves the endpoint's consecutive-failure count.
+    pub counts_toward_health: bool,
 }
 
 /// What [`Store::record_attempt`] did.
@@ -129,6 +131,8 @@ pub struct Recorded {
     /// The claim had been lost (lease moved by a replay, a delete or a re-claim): the attempt was
     /// kept but the delivery did not move.
     pub stale: bool,
+    /// The endpoint's consecutive failures after this attempt.
+    pub consecutive_failures: u32,
 }
 
 /// Filters for listing deliveries (admin API).
@@ -156,6 +160,11 @@ pub trait Store: Send + Sync + 'static {
     fn endpoint(&self, id: EndpointId) -> StoreResult<Option<Endpoint>>;
     /// All endpoints, or a tenant's.
     fn endpoints(&self, tenant: Option<&str>) -> StoreResult<Vec<Endpoint>>;
+    /// Disables an enabled endpoint; false when it was already disabled (or is gone), so that
+    /// concurrent callers agree on who disabled it.
+    fn disable_endpoint(&self, id: EndpointId, now_ms: u64) -> StoreResult<bool>;
+    /// Enables an endpoint and resets its consecutive-failure count.
+    fn enable_endpoint(&self, id: EndpointId, now_ms: u64) -> StoreResult<Option<Endpoint>>;
     /// Deletes an endpoint; its pending deliveries become `failed` ("endpoint deleted").
     /// Returns false when there was no such endpoint.
     fn delete_endpoint(&self, id: EndpointId, now_ms: u64) -> StoreResult<bool>;

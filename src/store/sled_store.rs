@@ -117,6 +117,15 @@ impl SledStore {
         }
     }
 
+    fn failures(&self, endpoint: EndpointId) -> StoreResult<u32> {
+        Ok(self
+            .tree
+            .get(keys::failures(endpoint))?
+            .and_then(|v| v.as_ref().try_into().ok())
+            .map(u32::from_be_bytes)
+            .unwrap_or(0))
+    }
+
     fn delivery_required(&self, id: DeliveryId) -> StoreResult<Delivery> {
         self.get(&keys::delivery(id))?
             .ok_or_else(|| StoreError::NotFound(format!("delivery {id}")))
@@ -219,7 +228,41 @@ impl Store for SledStore {
     }
 
     fn endpoint(&self, id: EndpointId) -> StoreResult<Option<Endpoint>> {
-        self.get(&keys::endpoint(id))
+        match self.get::<Endpoint>(&keys::endpoint(id))? {
+            Some(mut endpoint) => {
+                endpoint.consecutive_failures = self.failures(id)?;
+                Ok(Some(endpoint))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn disable_endpoint(&self, id: EndpointId, now_ms: u64) -> StoreResult<bool> {
+        let _guard = self.lock();
+        match self.get::<Endpoint>(&keys::endpoint(id))? {
+            Some(mut endpoint) if endpoint.enabled => {
+                endpoint.enabled = false;
+                endpoint.updated_at = now_ms;
+                self.tree.insert(keys::endpoint(id), encode(&endpoint)?)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn enable_endpoint(&self, id: EndpointId, now_ms: u64) -> StoreResult<Option<Endpoint>> {
+        let _guard = self.lock();
+        let Some(mut endpoint) = self.get::<Endpoint>(&keys::endpoint(id))? else {
+            return Ok(None);
+        };
+        endpoint.enabled = true;
+        endpoint.updated_at = now_ms;
+        let mut batch = Batch::default();
+        batch.insert(keys::endpoint(id), encode(&endpoint)?);
+        batch.remove(keys::failures(id));
+        self.tree.apply_batch(batch)?;
+        endpoint.consecutive_failures = 0;
+        Ok(Some(endpoint))
     }
 
     fn endpoints(&self, tenant: Option<&str>) -> StoreResult<Vec<Endpoint>> {
@@ -239,7 +282,9 @@ impl Store for SledStore {
             None => {
                 for entry in self.tree.scan_prefix([keys::ENDPOINT]) {
                     let (key, value) = entry?;
-                    out.push(decode(&key, &value)?);
+                    let mut endpoint: Endpoint = decode(&key, &value)?;
+                    endpoint.consecutive_failures = self.failures(endpoint.id)?;
+                    out.push(endpoint);
                 }
             }
         }
@@ -279,6 +324,7 @@ impl Store for SledStore {
         }
         let mut batch = Batch::default();
         batch.remove(keys::endpoint(id));
+        batch.remove(keys::failures(id));
         batch.remove(keys::tenant_endpoint(&endpoint.tenant, id));
         self.tree.apply_batch(batch)?;
         Ok(true)
@@ -513,12 +559,24 @@ impl Store for SledStore {
                 batch.insert(keys::dedup(outcome.endpoint_id, key), digest.as_slice());
             }
         }
+        let mut consecutive_failures = self.failures(outcome.endpoint_id)?;
+        if outcome.counts_toward_health {
+            let failures_key = keys::failures(outcome.endpoint_id);
+            if attempt.success {
+                consecutive_failures = 0;
+                batch.remove(failures_key);
+            } else {
+                consecutive_failures = consecutive_failures.saturating_add(1);
+                batch.insert(failures_key, &consecutive_failures.to_be_bytes());
+            }
+        }
         batch.insert(keys::delivery(delivery.id), encode(&delivery)?);
         self.tree.apply_batch(batch)?;
         Ok(Recorded {
             delivery,
             attempt,
             stale,
+            consecutive_failures,
         })
     }
 
