@@ -220,3 +220,36 @@ pub struct AttemptEvent {
     /// Request duration.
     pub duration_ms: u64,
 }
+
+/// What a test-send to an endpoint came back with.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TestSendResult {
+    /// Whether the endpoint's policy counts the answer a success.
+    pub success: bool,
+    /// The response status, if there was a response.
+    pub status_code: Option<u16>,
+    /// The failure kind, if it failed.
+    pub error: Option<ErrorKind>,
+    /// Why it failed, for people.
+    pub error_detail: Option<String>,
+    /// Request duration.
+    pub duration_ms: u64,
+    /// The first bytes of the response body.
+    pub response_excerpt: String,
+}
+
+/// One day of an endpoint's attempts (UTC).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DayStats {
+    /// `YYYY-MM-DD`.
+    pub date: String,
+    /// Attempts made.
+    pub attempts: u64,
+    /// Attempts the policy counted a success.
+    pub successes: u64,
+    /// The others.
+    pub failures: u64,
+    /// Median attempt duration, to within ±10% (from a log-scale histogram); `None` without
+    /// attempts.
+    pub median_latency_ms: Option<u64>,
+}

@@ -65,8 +65,8 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 
 pub use api::{
-    AttemptEvent, DeliveryReceipt, EndpointUpdate, EndpointView, NewEndpoint, NewMessage,
-    SendReceipt,
+    AttemptEvent, DayStats, DeliveryReceipt, EndpointUpdate, EndpointView, NewEndpoint, NewMessage,
+    SendReceipt, TestSendResult,
 };
 pub use engine::{CommitStats, EngineConfig};
 pub use error::{Error, Result};
@@ -197,6 +197,38 @@ impl Herald {
     /// Enables or disables an endpoint; enabling releases its held deliveries.
     pub async fn set_endpoint_enabled(&self, id: EndpointId, enabled: bool) -> Result<Endpoint> {
         self.engine.set_endpoint_enabled(id, enabled).await
+    }
+
+    /// Sends a `herald.test` event to an endpoint now and reports the answer. Nothing is stored
+    /// and the endpoint's failure count does not move.
+    pub async fn test_endpoint(&self, id: EndpointId) -> Result<TestSendResult> {
+        self.engine.test_endpoint(id).await
+    }
+
+    /// An endpoint's attempts per UTC day for the last `days` days (today included), oldest
+    /// first, days without attempts included as zeros. Served from a daily roll-up.
+    pub fn endpoint_stats(&self, id: EndpointId, days: u32) -> Result<Vec<DayStats>> {
+        self.endpoint(id)?;
+        let today = store::day_of(model::now_ms());
+        let first = today.saturating_sub(days.saturating_sub(1));
+        let stored: std::collections::HashMap<u32, store::DailyRollup> = self
+            .store
+            .endpoint_days(id, first, today)?
+            .into_iter()
+            .collect();
+        Ok((first..=today)
+            .map(|day| {
+                let rollup = stored.get(&day).cloned().unwrap_or_default();
+                let date = model::rfc3339(u64::from(day) * 86_400_000);
+                DayStats {
+                    date: date[..10].to_string(),
+                    attempts: rollup.attempts,
+                    successes: rollup.successes,
+                    failures: rollup.failures(),
+                    median_latency_ms: rollup.median_ms(),
+                }
+            })
+            .collect())
     }
 
     /// Deletes an endpoint; its pending deliveries become `failed`.

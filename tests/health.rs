@@ -138,3 +138,185 @@ async fn gone_disables_at_once_under_disable_on_gone() {
         "410 is an ordinary failure otherwise"
     );
 }
+
+#[tokio::test]
+async fn test_send_reports_the_answer_and_does_not_move_the_failure_count() {
+    let receiver = Receiver::start(|_, _| Reply::Status(503, "busy")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let fragile = policy(
+        "fragile",
+        "[schedule]\nkind = \"fixed\"\ninterval = \"1h\"\nmax_attempts = 2\n[endpoint]\ndeactivate_after = 1\n",
+    );
+    let herald = open_with(dir.path(), vec![fragile], EngineConfig::default()).await;
+    let created = herald
+        .create_endpoint(endpoint("acme", receiver.url(), "fragile"))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let result = herald.test_endpoint(created.id).await.unwrap();
+        assert_eq!(result.status_code, Some(503));
+        assert!(!result.success);
+        assert_eq!(result.response_excerpt, "busy");
+    }
+    let after = herald.endpoint(created.id).unwrap();
+    assert!(
+        after.enabled,
+        "test-sends never disable (deactivate_after = 1)"
+    );
+    assert_eq!(after.consecutive_failures, 0);
+    assert_eq!(
+        receiver.requests()[0].header("herald-event-type"),
+        "herald.test"
+    );
+    assert_eq!(herald.endpoint_stats(created.id, 1).unwrap()[0].attempts, 0);
+}
+
+#[tokio::test]
+async fn todays_stats_count_exactly_what_the_receiver_saw() {
+    let receiver = Receiver::start(|n, _| {
+        if n % 3 == 0 {
+            Reply::Status(500, "flaky")
+        } else {
+            Reply::Status(200, "ok")
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let quick = common::quick_policy("quick", "50ms", 10);
+    let herald = open_with(dir.path(), vec![quick], EngineConfig::default()).await;
+    let created = herald
+        .create_endpoint(endpoint("acme", receiver.url(), "quick"))
+        .await
+        .unwrap();
+    let mut outcomes = herald.outcomes();
+    for i in 0..8 {
+        herald
+            .send(NewMessage::new("acme", "e", &json!({ "i": i })).unwrap())
+            .await
+            .unwrap();
+    }
+    wait_final(&mut outcomes, 8, Duration::from_secs(10)).await;
+    let days = herald.endpoint_stats(created.id, 14).unwrap();
+    assert_eq!(days.len(), 14);
+    let today = days.last().unwrap();
+    let requests = receiver.count() as u64;
+    let failures = (0..requests).filter(|n| n % 3 == 0).count() as u64;
+    assert_eq!(
+        (today.attempts, today.successes, today.failures),
+        (requests, requests - failures, failures)
+    );
+    assert!(today.median_latency_ms.is_some());
+    assert!(
+        days[..13]
+            .iter()
+            .all(|d| d.attempts == 0 && d.median_latency_ms.is_none())
+    );
+}
+
+#[test]
+fn the_roll_up_is_exact_per_day() {
+    use herald::model::{Attempt, Delivery, DeliveryId, Endpoint, EndpointId, Message, MessageId};
+    use herald::store::{
+        AttemptOutcome, MessageWrite, NewDelivery, NextStep, SledOptions, SledStore, Store,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path(), &SledOptions::default()).unwrap();
+    let endpoint = EndpointId::new();
+    store
+        .put_endpoint(&Endpoint {
+            id: endpoint,
+            tenant: "acme".into(),
+            url: "https://tms.example/cb".into(),
+            policy: "tolq".into(),
+            secret: None,
+            previous_secret: None,
+            token: None,
+            headers: Default::default(),
+            event_types: vec![],
+            default: true,
+            enabled: true,
+            consecutive_failures: 0,
+            created_at: 0,
+            updated_at: 0,
+        })
+        .unwrap();
+    let message = MessageId::new();
+    let delivery = DeliveryId::new();
+    store
+        .insert_messages(&[MessageWrite {
+            message: Message {
+                id: message,
+                tenant: "acme".into(),
+                event_type: "e".into(),
+                payload: serde_json::value::to_raw_value(&json!({})).unwrap(),
+                callback_url: None,
+                idempotency_key: None,
+                dedup_key: None,
+                created_at: 0,
+            },
+            deliveries: vec![NewDelivery {
+                delivery: Delivery {
+                    id: delivery,
+                    message_id: message,
+                    endpoint_id: endpoint,
+                    url_override: None,
+                    status: DeliveryStatus::Pending,
+                    cycle: 1,
+                    cycle_attempts: 0,
+                    total_attempts: 0,
+                    anchor_ms: 0,
+                    next_attempt_at: Some(0),
+                    last_status_code: None,
+                    last_error: None,
+                    created_at: 0,
+                    updated_at: 0,
+                },
+                due_ms: Some(0),
+            }],
+        }])
+        .unwrap();
+    let day = 86_400_000_u64;
+    // (day index, success) for a known mix over three days.
+    let mix = [
+        (100, true),
+        (100, false),
+        (100, false),
+        (101, true),
+        (103, true),
+        (103, true),
+        (103, false),
+    ];
+    for (d, success) in mix {
+        store
+            .record_attempt(AttemptOutcome {
+                delivery_id: delivery,
+                endpoint_id: endpoint,
+                lease_ms: 0,
+                attempt: Attempt {
+                    attempt: 0,
+                    cycle: 0,
+                    started_at: d * day + 3_600_000,
+                    duration_ms: 20,
+                    status_code: Some(if success { 200 } else { 500 }),
+                    error: None,
+                    error_detail: None,
+                    response_excerpt: String::new(),
+                    success,
+                },
+                next: NextStep::Retry {
+                    due_ms: 0,
+                    anchor_ms: 0,
+                },
+                dedup: None,
+                counts_toward_health: true,
+            })
+            .unwrap();
+    }
+    let days: Vec<(u32, u64, u64, u64)> = store
+        .endpoint_days(endpoint, 99, 104)
+        .unwrap()
+        .into_iter()
+        .map(|(d, r)| (d, r.attempts, r.successes, r.failures()))
+        .collect();
+    assert_eq!(days, vec![(100, 3, 1, 2), (101, 1, 1, 0), (103, 3, 2, 1)]);
+}

@@ -12,18 +12,18 @@ use tracing::Instrument;
 use super::Engine;
 use super::accept::digest;
 use crate::api::AttemptEvent;
-use crate::model::{Attempt, DeliveryStatus, EndpointId, ErrorKind, now_ms};
+use crate::model::{Attempt, DeliveryStatus, Endpoint, EndpointId, ErrorKind, now_ms};
 use crate::policy::{Policy, Verdict, classify};
 use crate::store::{AttemptOutcome, Claim, NextStep};
 use crate::transport::{Exchange, Request, SignInput, encode, sign};
 
 /// The verdict on one attempt, before it is recorded.
-struct Judged {
-    status_code: Option<u16>,
-    error: Option<(ErrorKind, String)>,
-    excerpt: String,
-    retryable: bool,
-    retry_after: Option<std::time::Duration>,
+pub(crate) struct Judged {
+    pub(crate) status_code: Option<u16>,
+    pub(crate) error: Option<(ErrorKind, String)>,
+    pub(crate) excerpt: String,
+    pub(crate) retryable: bool,
+    pub(crate) retry_after: Option<std::time::Duration>,
 }
 
 /// Attempts a claimed delivery. Returns the next due time if the delivery was rescheduled.
@@ -72,49 +72,15 @@ async fn attempt(
         (None, _) => refused("the message payload has been purged"),
         (_, None) => refused(&format!("policy {:?} is not loaded", endpoint.policy)),
         (Some(message), Some(policy)) => {
-            let body = encode(&policy.request, &message.event_type, message.payload.get());
-            let secrets = endpoint.signing_secrets(started_at);
-            let message_id = message.id.to_string();
-            let signed = sign(
-                &policy.signing,
-                &SignInput {
-                    message_id: &message_id,
-                    timestamp: SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map(|d| d.as_secs())
-                        .unwrap_or(0),
-                    body: &body.bytes,
-                    secrets: &secrets,
-                    token: endpoint.token.as_deref(),
-                },
-            );
-            match signed {
-                Err(e) => refused(&e.to_string()),
-                Ok(signature) => {
-                    let mut headers =
-                        Vec::with_capacity(4 + signature.len() + endpoint.headers.len());
-                    headers.push(("herald-message-id".to_string(), message_id));
-                    headers.push(("herald-delivery-id".to_string(), delivery.id.to_string()));
-                    headers.push((
-                        "herald-attempt".to_string(),
-                        (delivery.total_attempts + 1).to_string(),
-                    ));
-                    headers.push(("herald-event-type".to_string(), message.event_type.clone()));
-                    headers.extend(endpoint.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
-                    headers.extend(signature);
-                    let url = delivery.url_override.as_deref().unwrap_or(&endpoint.url);
-                    let exchange = engine
-                        .client
-                        .send(Request {
-                            url,
-                            headers: &headers,
-                            body,
-                            timeout: policy.request.timeout,
-                        })
-                        .await;
-                    judge(policy, exchange, engine.config.response_excerpt_bytes)
-                }
-            }
+            let url = delivery.url_override.as_deref().unwrap_or(&endpoint.url);
+            let outgoing = Outgoing {
+                message_id: message.id.to_string(),
+                delivery_id: delivery.id.to_string(),
+                attempt: delivery.total_attempts + 1,
+                event_type: &message.event_type,
+                payload: message.payload.get(),
+            };
+            exchange(engine, &endpoint, policy, url, &outgoing).await
         }
     };
 
@@ -230,6 +196,67 @@ async fn attempt(
         NextStep::Retry { due_ms, .. } if !recorded.stale => Some(due_ms),
         _ => None,
     })
+}
+
+/// What identifies one outgoing request to its receiver.
+pub(crate) struct Outgoing<'a> {
+    pub(crate) message_id: String,
+    pub(crate) delivery_id: String,
+    pub(crate) attempt: u32,
+    pub(crate) event_type: &'a str,
+    pub(crate) payload: &'a str,
+}
+
+/// Encodes, signs and sends one request to `url` under `policy`, and judges the answer.
+pub(crate) async fn exchange(
+    engine: &Engine,
+    endpoint: &Endpoint,
+    policy: &Policy,
+    url: &str,
+    outgoing: &Outgoing<'_>,
+) -> Judged {
+    let body = encode(&policy.request, outgoing.event_type, outgoing.payload);
+    let secrets = endpoint.signing_secrets(now_ms());
+    let signed = sign(
+        &policy.signing,
+        &SignInput {
+            message_id: &outgoing.message_id,
+            timestamp: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            body: &body.bytes,
+            secrets: &secrets,
+            token: endpoint.token.as_deref(),
+        },
+    );
+    let signature = match signed {
+        Ok(signature) => signature,
+        Err(e) => return refused(&e.to_string()),
+    };
+    let mut headers = Vec::with_capacity(4 + signature.len() + endpoint.headers.len());
+    headers.push(("herald-message-id".to_string(), outgoing.message_id.clone()));
+    headers.push((
+        "herald-delivery-id".to_string(),
+        outgoing.delivery_id.clone(),
+    ));
+    headers.push(("herald-attempt".to_string(), outgoing.attempt.to_string()));
+    headers.push((
+        "herald-event-type".to_string(),
+        outgoing.event_type.to_string(),
+    ));
+    headers.extend(endpoint.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+    headers.extend(signature);
+    let exchange = engine
+        .client
+        .send(Request {
+            url,
+            headers: &headers,
+            body,
+            timeout: policy.request.timeout,
+        })
+        .await;
+    judge(policy, exchange, engine.config.response_excerpt_bytes)
 }
 
 /// A failure that no retry can fix.

@@ -12,6 +12,7 @@ mod attempt;
 mod commit;
 mod endpoints;
 mod health;
+mod probe;
 mod scheduler;
 
 use std::sync::Arc;

@@ -116,6 +116,31 @@ pub async fn disable_endpoint(State(herald): State<Herald>, Path(raw): Path<Stri
     Ok(Json(EndpointView::from(&endpoint)).into_response())
 }
 
+pub async fn test_endpoint(State(herald): State<Herald>, Path(raw): Path<String>) -> ApiResult {
+    let result = herald.test_endpoint(id("endpoint", &raw)?).await?;
+    Ok(Json(result).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsQuery {
+    days: Option<u32>,
+}
+
+pub async fn endpoint_stats(
+    State(herald): State<Herald>,
+    Path(raw): Path<String>,
+    Query(query): Query<StatsQuery>,
+) -> ApiResult {
+    let days = query.days.unwrap_or(14);
+    if !(1..=90).contains(&days) {
+        return Err(ApiError::invalid("`days` must be 1-90"));
+    }
+    let endpoint_id: EndpointId = id("endpoint", &raw)?;
+    let stats = herald.endpoint_stats(endpoint_id, days)?;
+    Ok(Json(json!({ "endpoint_id": endpoint_id, "days": stats })).into_response())
+}
+
 /// Deliveries at most per page.
 const MAX_PAGE: usize = 1000;
 

@@ -16,6 +16,7 @@
 //! | `I`    | tenant, 0, idempotency key            | message id                    |
 //! | `K`    | endpoint id, dedup key                | payload SHA-256 of last success |
 //! | `F`    | endpoint id                           | consecutive failures (u32 BE) |
+//! | `S`    | endpoint id, day (u32 BE)             | daily roll-up                 |
 
 use crate::model::{DeliveryId, EndpointId, MessageId};
 
@@ -29,6 +30,7 @@ pub(crate) const ATTEMPT: u8 = b'A';
 pub(crate) const IDEMPOTENCY: u8 = b'I';
 pub(crate) const DEDUP: u8 = b'K';
 pub(crate) const FAILURES: u8 = b'F';
+pub(crate) const STATS: u8 = b'S';
 
 fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     let len = 1 + parts.iter().map(|p| p.len()).sum::<usize>();
@@ -111,6 +113,10 @@ pub(crate) fn idempotency(tenant: &str, idempotency_key: &str) -> Vec<u8> {
 
 pub(crate) fn failures(endpoint: EndpointId) -> Vec<u8> {
     key(FAILURES, &[endpoint.as_bytes()])
+}
+
+pub(crate) fn stats(endpoint: EndpointId, day: u32) -> Vec<u8> {
+    key(STATS, &[endpoint.as_bytes(), &day.to_be_bytes()])
 }
 
 pub(crate) fn dedup(endpoint: EndpointId, dedup_key: &str) -> Vec<u8> {

@@ -12,12 +12,14 @@
 //!   outcomes: losing one only repeats an attempt, which at-least-once allows).
 
 mod keys;
+mod rollup;
 mod sled_store;
 
 use crate::model::{
     Attempt, Delivery, DeliveryId, DeliveryStatus, Endpoint, EndpointId, Message, MessageId,
 };
 
+pub use rollup::{DailyRollup, day_of};
 pub use sled_store::{MAX_PAYLOAD_BYTES, SledOptions, SledStore};
 
 /// Errors from the storage layer.
@@ -184,6 +186,14 @@ pub trait Store: Send + Sync + 'static {
     fn attempts(&self, id: DeliveryId) -> StoreResult<Vec<Attempt>>;
     /// Deliveries matching a filter, oldest first.
     fn deliveries(&self, filter: &DeliveryFilter) -> StoreResult<Vec<Delivery>>;
+    /// An endpoint's daily roll-ups for days `first..=last` (days since the epoch, UTC); days
+    /// without attempts are absent.
+    fn endpoint_days(
+        &self,
+        endpoint: EndpointId,
+        first: u32,
+        last: u32,
+    ) -> StoreResult<Vec<(u32, DailyRollup)>>;
     /// The payload digest of the last successful delivery for (endpoint, dedup key).
     fn dedup_digest(&self, endpoint: EndpointId, key: &str) -> StoreResult<Option<[u8; 32]>>;
 

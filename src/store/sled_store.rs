@@ -23,9 +23,10 @@ use sled::{Batch, IVec};
 use uuid::Uuid;
 
 use super::keys;
+use super::rollup::day_of;
 use super::{
-    AttemptOutcome, Claim, DeliveryFilter, Inserted, MessageWrite, NextStep, Recorded, Store,
-    StoreError, StoreResult,
+    AttemptOutcome, Claim, DailyRollup, DeliveryFilter, Inserted, MessageWrite, NextStep, Recorded,
+    Store, StoreError, StoreResult,
 };
 use crate::model::{
     Attempt, Delivery, DeliveryId, DeliveryStatus, Endpoint, EndpointId, Message, MessageId,
@@ -443,6 +444,28 @@ impl Store for SledStore {
         Ok(out)
     }
 
+    fn endpoint_days(
+        &self,
+        endpoint: EndpointId,
+        first: u32,
+        last: u32,
+    ) -> StoreResult<Vec<(u32, DailyRollup)>> {
+        let start = keys::stats(endpoint, first);
+        let end = keys::stats(endpoint, last.saturating_add(1));
+        self.tree
+            .range(start..end)
+            .map(|entry| {
+                let (key, value) = entry?;
+                let day = key
+                    .get(17..21)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u32::from_be_bytes)
+                    .unwrap_or(0);
+                Ok((day, decode(&key, &value)?))
+            })
+            .collect()
+    }
+
     fn dedup_digest(&self, endpoint: EndpointId, key: &str) -> StoreResult<Option<[u8; 32]>> {
         Ok(self
             .tree
@@ -558,6 +581,12 @@ impl Store for SledStore {
             if let (true, Some((key, digest))) = (attempt.success, &outcome.dedup) {
                 batch.insert(keys::dedup(outcome.endpoint_id, key), digest.as_slice());
             }
+        }
+        if outcome.counts_toward_health {
+            let stats_key = keys::stats(outcome.endpoint_id, day_of(attempt.started_at));
+            let mut day: DailyRollup = self.get(&stats_key)?.unwrap_or_default();
+            day.add(attempt.duration_ms, attempt.success);
+            batch.insert(stats_key, encode(&day)?);
         }
         let mut consecutive_failures = self.failures(outcome.endpoint_id)?;
         if outcome.counts_toward_health {
