@@ -68,14 +68,14 @@ pub use api::{
     AttemptEvent, DayStats, DeliveryReceipt, EndpointUpdate, EndpointView, NewEndpoint, NewMessage,
     SendReceipt, TestSendResult,
 };
-pub use engine::{CommitStats, EngineConfig};
+pub use engine::{CommitStats, EngineConfig, ReplayRequest};
 pub use error::{Error, Result};
 pub use model::{
     Attempt, Delivery, DeliveryId, DeliveryStatus, Endpoint, EndpointId, ErrorKind, Message,
     MessageId,
 };
 pub use policy::{Policy, PolicySet};
-pub use store::DeliveryFilter;
+pub use store::{DeliveryFilter, ReplayJob, ReplayState};
 
 use engine::Engine;
 use store::{SledOptions, SledStore, Store};
@@ -269,6 +269,19 @@ impl Herald {
     /// Starts a fresh attempt cycle for a finished delivery; history is kept.
     pub async fn replay(&self, id: DeliveryId) -> Result<Delivery> {
         self.engine.replay(id).await
+    }
+
+    /// Starts a durable bulk replay of finished deliveries matching `request`; it survives
+    /// restarts. Poll it with [`Herald::replay_job`].
+    pub async fn replay_many(&self, request: ReplayRequest) -> Result<ReplayJob> {
+        self.engine.start_replay(request).await
+    }
+
+    /// A bulk replay job.
+    pub fn replay_job(&self, id: uuid::Uuid) -> Result<ReplayJob> {
+        self.store
+            .job(id)?
+            .ok_or_else(|| Error::NotFound(format!("replay {id}")))
     }
 
     /// The loaded policies.

@@ -46,12 +46,15 @@ enum Command {
         #[command(subcommand)]
         command: cli::remote::EndpointCommand,
     },
-    /// Replay a finished delivery on a running daemon (a fresh attempt cycle; history is kept).
+    /// Replay on a running daemon: one delivery by id, or in bulk by filter (a durable job).
+    ///
+    /// Examples: `herald replay 01a2...` ·
+    /// `herald replay --endpoint 01a2... --status failed --since 2h`
     Replay {
         #[command(flatten)]
         remote: cli::remote::Remote,
-        /// The delivery to replay.
-        delivery_id: String,
+        #[command(flatten)]
+        target: cli::remote::ReplayTarget,
     },
     /// Send a message through a running daemon's producer API.
     Send {
@@ -95,10 +98,7 @@ fn main() -> ExitCode {
             Command::Policies { command } => cli::policies::run(command),
             Command::Deliveries { remote, command } => remote.deliveries(command).await,
             Command::Endpoints { remote, command } => remote.endpoints(command).await,
-            Command::Replay {
-                remote,
-                delivery_id,
-            } => remote.replay(&delivery_id).await,
+            Command::Replay { remote, target } => remote.replay(target).await,
             Command::Send {
                 remote,
                 tenant,

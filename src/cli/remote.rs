@@ -42,6 +42,29 @@ pub enum DeliveryCommand {
     },
 }
 
+/// What `herald replay` replays.
+#[derive(Args)]
+pub struct ReplayTarget {
+    /// One delivery to replay.
+    #[arg(conflicts_with_all = ["endpoint", "tenant", "since", "until"])]
+    delivery_id: Option<String>,
+    /// Bulk: only this endpoint.
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// Bulk: only this tenant.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Bulk: deliveries in this status.
+    #[arg(long, default_value = "failed")]
+    status: String,
+    /// Bulk: created since (RFC 3339 or an age such as 2h).
+    #[arg(long)]
+    since: Option<String>,
+    /// Bulk: created until.
+    #[arg(long)]
+    until: Option<String>,
+}
+
 /// `herald endpoints ...`
 #[derive(Subcommand)]
 pub enum EndpointCommand {
@@ -253,22 +276,41 @@ impl Remote {
         self.print_json(&value)
     }
 
-    /// `herald replay ID`
-    pub async fn replay(&self, id: &str) -> Result<(), String> {
+    /// `herald replay ID` or `herald replay --endpoint ... --status failed --since 2h`
+    pub async fn replay(&self, target: ReplayTarget) -> Result<(), String> {
+        if let Some(id) = &target.delivery_id {
+            let path = format!("/admin/deliveries/{id}/replay");
+            let value = self.call(reqwest::Method::POST, &path, None).await?;
+            if self.json {
+                return self.print_json(&value);
+            }
+            println!(
+                "replaying {} (cycle {})",
+                text(&value["id"]),
+                text(&value["cycle"])
+            );
+            return Ok(());
+        }
+        if target.endpoint.is_none() && target.tenant.is_none() {
+            return Err(
+                "give a delivery id, or --endpoint and/or --tenant for a bulk replay".into(),
+            );
+        }
+        let body = serde_json::json!({
+            "endpoint_id": target.endpoint, "tenant": target.tenant, "status": target.status,
+            "since": target.since, "until": target.until,
+        });
         let value = self
-            .call(
-                reqwest::Method::POST,
-                &format!("/admin/deliveries/{id}/replay"),
-                None,
-            )
+            .call(reqwest::Method::POST, "/admin/replay", Some(body))
             .await?;
         if self.json {
             return self.print_json(&value);
         }
         println!(
-            "replaying {} (cycle {})",
+            "bulk replay {} started: {} deliveries matched; follow it with GET /admin/replays/{}",
             text(&value["id"]),
-            value["cycle"]
+            text(&value["matched"]),
+            text(&value["id"])
         );
         Ok(())
     }

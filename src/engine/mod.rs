@@ -13,6 +13,7 @@ mod commit;
 mod endpoints;
 mod health;
 mod probe;
+mod replay;
 mod scheduler;
 
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use crate::transport::{Client, ClientOptions};
 pub use commit::CommitStats;
 pub(crate) use commit::GroupCommit;
 pub use health::SYSTEM_TENANT;
+pub use replay::ReplayRequest;
 pub(crate) use scheduler::Scheduler;
 
 /// Engine tuning; the defaults suit a sidecar.
@@ -49,6 +51,8 @@ pub struct EngineConfig {
     pub client: ClientOptions,
     /// Where operator notifications (`endpoint.disabled`) are delivered, if anywhere.
     pub notify_url: Option<String>,
+    /// Bulk replays queue at most this many deliveries per second.
+    pub replay_per_second: u32,
 }
 
 impl Default for EngineConfig {
@@ -61,6 +65,7 @@ impl Default for EngineConfig {
             response_excerpt_bytes: 1024,
             client: ClientOptions::default(),
             notify_url: None,
+            replay_per_second: 1000,
         }
     }
 }
@@ -124,6 +129,7 @@ impl Engine {
             self.ensure_notify_endpoint(url).await?;
         }
         tokio::spawn(scheduler::run(self.clone()));
+        self.resume_replays()?;
         Ok(())
     }
 

@@ -158,6 +158,11 @@ impl Scheduler {
         state.refresh(endpoint);
     }
 
+    /// True once shutdown has begun.
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.lock().stopping
+    }
+
     /// Attempts in flight or queued, over all endpoints.
     pub(crate) fn outstanding(&self) -> usize {
         self.lock().outstanding

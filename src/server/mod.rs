@@ -62,6 +62,8 @@ pub fn router(herald: Herald, tokens: Tokens, metrics: Option<PrometheusHandle>)
             "/admin/deliveries/{id}/replay",
             post(routes::replay_delivery),
         )
+        .route("/admin/replay", post(routes::bulk_replay))
+        .route("/admin/replays/{id}", get(routes::replay_job))
         .route("/admin/policies", get(routes::list_policies))
         .route("/admin/policies/{name}", get(routes::get_policy))
         .route_layer(middleware::from_fn_with_state(tokens, auth::admin));

@@ -149,6 +149,7 @@ const MAX_PAGE: usize = 1000;
 pub struct DeliveryQuery {
     status: Option<String>,
     endpoint_id: Option<String>,
+    tenant: Option<String>,
     since: Option<String>,
     until: Option<String>,
     limit: Option<usize>,
@@ -218,9 +219,24 @@ pub async fn list_deliveries(
         DeliveryStatus::Held => DeliveryStatus::Pending,
         other => other,
     });
+    let endpoint_ids = match &query.tenant {
+        Some(tenant) => {
+            let ids: Vec<EndpointId> = herald
+                .endpoints(Some(tenant))?
+                .iter()
+                .map(|e| e.id)
+                .collect();
+            if ids.is_empty() {
+                return Ok(Json(json!({ "deliveries": [], "next_cursor": null })).into_response());
+            }
+            ids
+        }
+        None => Vec::new(),
+    };
     let deliveries = herald.deliveries(&DeliveryFilter {
         status: stored_status,
         endpoint_id,
+        endpoint_ids,
         since_ms,
         until_ms,
         after,
@@ -257,6 +273,77 @@ pub async fn replay_delivery(State(herald): State<Herald>, Path(raw): Path<Strin
         Json(DeliveryView::new(&delivery, endpoint.as_ref(), None)),
     )
         .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkReplay {
+    endpoint_id: Option<String>,
+    tenant: Option<String>,
+    status: String,
+    since: Option<String>,
+    until: Option<String>,
+}
+
+fn job_json(job: &crate::ReplayJob) -> Value {
+    let remaining = match job.state {
+        crate::ReplayState::Done => 0,
+        crate::ReplayState::Running => job.matched.saturating_sub(job.queued + job.skipped),
+    };
+    json!({
+        "id": job.id,
+        "state": job.state,
+        "matched": job.matched,
+        "queued": job.queued,
+        "skipped": job.skipped,
+        "remaining": remaining,
+        "created_at": rfc3339(job.created_at),
+    })
+}
+
+pub async fn bulk_replay(
+    State(herald): State<Herald>,
+    ApiJson(body): ApiJson<BulkReplay>,
+) -> ApiResult {
+    let status = body
+        .status
+        .parse::<DeliveryStatus>()
+        .map_err(ApiError::invalid)?;
+    let endpoint_id = body
+        .endpoint_id
+        .as_deref()
+        .map(|raw| id::<EndpointId>("endpoint", raw))
+        .transpose()?;
+    let since_ms = body
+        .since
+        .as_deref()
+        .map(|r| parse_time("since", r))
+        .transpose()?;
+    let until_ms = body
+        .until
+        .as_deref()
+        .map(|r| parse_time("until", r))
+        .transpose()?;
+    if let (Some(since), Some(until)) = (since_ms, until_ms)
+        && since > until
+    {
+        return Err(ApiError::invalid("`since` is after `until`"));
+    }
+    let job = herald
+        .replay_many(crate::ReplayRequest {
+            endpoint_id,
+            tenant: body.tenant,
+            status,
+            since_ms,
+            until_ms,
+        })
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(job_json(&job))).into_response())
+}
+
+pub async fn replay_job(State(herald): State<Herald>, Path(raw): Path<String>) -> ApiResult {
+    let job = herald.replay_job(id("replay", &raw)?)?;
+    Ok(Json(job_json(&job)).into_response())
 }
 
 /// A policy with its computed schedule.

@@ -17,6 +17,7 @@
 //! | `K`    | endpoint id, dedup key                | payload SHA-256 of last success |
 //! | `F`    | endpoint id                           | consecutive failures (u32 BE) |
 //! | `S`    | endpoint id, day (u32 BE)             | daily roll-up                 |
+//! | `J`    | job id                                | bulk replay job               |
 
 use crate::model::{DeliveryId, EndpointId, MessageId};
 
@@ -31,6 +32,7 @@ pub(crate) const IDEMPOTENCY: u8 = b'I';
 pub(crate) const DEDUP: u8 = b'K';
 pub(crate) const FAILURES: u8 = b'F';
 pub(crate) const STATS: u8 = b'S';
+pub(crate) const JOB: u8 = b'J';
 
 fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     let len = 1 + parts.iter().map(|p| p.len()).sum::<usize>();
@@ -117,6 +119,10 @@ pub(crate) fn failures(endpoint: EndpointId) -> Vec<u8> {
 
 pub(crate) fn stats(endpoint: EndpointId, day: u32) -> Vec<u8> {
     key(STATS, &[endpoint.as_bytes(), &day.to_be_bytes()])
+}
+
+pub(crate) fn job(id: &uuid::Uuid) -> Vec<u8> {
+    key(JOB, &[id.as_bytes()])
 }
 
 pub(crate) fn dedup(endpoint: EndpointId, dedup_key: &str) -> Vec<u8> {

@@ -144,6 +144,8 @@ pub struct DeliveryFilter {
     pub status: Option<DeliveryStatus>,
     /// Only this endpoint.
     pub endpoint_id: Option<EndpointId>,
+    /// Only these endpoints (a tenant's); empty = no restriction.
+    pub endpoint_ids: Vec<EndpointId>,
     /// Created at or after (ms).
     pub since_ms: Option<u64>,
     /// Created before (ms).
@@ -152,6 +154,43 @@ pub struct DeliveryFilter {
     pub after: Option<DeliveryId>,
     /// At most this many.
     pub limit: usize,
+}
+
+/// A bulk replay, as stored: it survives restarts and resumes from `cursor`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ReplayJob {
+    /// Job id.
+    pub id: uuid::Uuid,
+    /// `running` or `done`.
+    pub state: ReplayState,
+    /// Which deliveries it replays.
+    pub status: DeliveryStatus,
+    /// Only these endpoints (from `endpoint_id` or `tenant`); empty = all.
+    pub endpoint_ids: Vec<EndpointId>,
+    /// Created at or after (ms).
+    pub since_ms: Option<u64>,
+    /// Created before (ms).
+    pub until_ms: Option<u64>,
+    /// Deliveries that matched when the job was created.
+    pub matched: u64,
+    /// Deliveries replayed so far.
+    pub queued: u64,
+    /// Matching deliveries that could not be replayed (e.g. their payload was purged).
+    pub skipped: u64,
+    /// The last delivery handled; the job resumes after it.
+    pub cursor: Option<DeliveryId>,
+    /// Creation time (ms).
+    pub created_at: u64,
+}
+
+/// Where a bulk replay stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplayState {
+    /// Still replaying.
+    Running,
+    /// Finished.
+    Done,
 }
 
 /// The durable state of a herald instance.
@@ -221,6 +260,13 @@ pub trait Store: Send + Sync + 'static {
     fn record_attempt(&self, outcome: AttemptOutcome) -> StoreResult<Recorded>;
     /// Starts a fresh cycle for a finished delivery, due at `now_ms`; history is kept.
     fn replay(&self, id: DeliveryId, now_ms: u64) -> StoreResult<Delivery>;
+
+    /// Creates or updates a bulk replay job.
+    fn put_job(&self, job: &ReplayJob) -> StoreResult<()>;
+    /// One bulk replay job.
+    fn job(&self, id: uuid::Uuid) -> StoreResult<Option<ReplayJob>>;
+    /// Every job not yet done (resumed at start-up).
+    fn running_jobs(&self) -> StoreResult<Vec<ReplayJob>>;
 
     /// Makes every write so far durable.
     fn flush(&self) -> StoreResult<()>;

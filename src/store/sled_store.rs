@@ -26,7 +26,7 @@ use super::keys;
 use super::rollup::day_of;
 use super::{
     AttemptOutcome, Claim, DailyRollup, DeliveryFilter, Inserted, MessageWrite, NextStep, Recorded,
-    Store, StoreError, StoreResult,
+    ReplayJob, ReplayState, Store, StoreError, StoreResult,
 };
 use crate::model::{
     Attempt, Delivery, DeliveryId, DeliveryStatus, Endpoint, EndpointId, Message, MessageId,
@@ -433,7 +433,9 @@ impl Store for SledStore {
             let (key, value) = entry?;
             let delivery: Delivery = decode(&key, &value)?;
             let wanted = filter.status.is_none_or(|s| s == delivery.status)
-                && filter.endpoint_id.is_none_or(|e| e == delivery.endpoint_id);
+                && filter.endpoint_id.is_none_or(|e| e == delivery.endpoint_id)
+                && (filter.endpoint_ids.is_empty()
+                    || filter.endpoint_ids.contains(&delivery.endpoint_id));
             if wanted {
                 out.push(delivery);
                 if out.len() >= filter.limit {
@@ -635,6 +637,27 @@ impl Store for SledStore {
         batch.insert(keys::due(delivery.endpoint_id, now_ms, id), &[]);
         self.tree.apply_batch(batch)?;
         Ok(delivery)
+    }
+
+    fn put_job(&self, job: &ReplayJob) -> StoreResult<()> {
+        self.tree.insert(keys::job(&job.id), encode(job)?)?;
+        Ok(())
+    }
+
+    fn job(&self, id: Uuid) -> StoreResult<Option<ReplayJob>> {
+        self.get(&keys::job(&id))
+    }
+
+    fn running_jobs(&self) -> StoreResult<Vec<ReplayJob>> {
+        let mut jobs = Vec::new();
+        for entry in self.tree.scan_prefix([keys::JOB]) {
+            let (key, value) = entry?;
+            let job: ReplayJob = decode(&key, &value)?;
+            if job.state == ReplayState::Running {
+                jobs.push(job);
+            }
+        }
+        Ok(jobs)
     }
 
     fn flush(&self) -> StoreResult<()> {
