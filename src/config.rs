@@ -35,6 +35,8 @@ pub struct Config {
     /// How long attempts and finished messages are kept.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
+    /// When housekeeping (the retention purge) runs: a cron expression with seconds, UTC.
+    pub housekeeping_cron: String,
     /// Claimed deliveries over all endpoints, at most.
     pub max_in_flight: usize,
     /// Attempts in flight per endpoint, at most.
@@ -60,6 +62,7 @@ impl Default for Config {
             allow_cidrs: Vec::new(),
             log: "info".into(),
             retention: Duration::from_secs(14 * 24 * 3600),
+            housekeeping_cron: "0 17 3 * * *".into(),
             max_in_flight: 1024,
             endpoint_concurrency: 16,
             cache_bytes: 64 * 1024 * 1024,
@@ -162,6 +165,7 @@ impl Config {
                 }
                 "log" => self.log = value,
                 "retention" => self.retention = duration(var, &value)?,
+                "housekeeping_cron" => self.housekeeping_cron = value,
                 "max_in_flight" => self.max_in_flight = parse(var, &value)?,
                 "endpoint_concurrency" => self.endpoint_concurrency = parse(var, &value)?,
                 "cache_bytes" => self.cache_bytes = parse(var, &value)?,
@@ -214,6 +218,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("HERALD_ALLOW_CIDRS", "allow_cidrs"),
     ("HERALD_LOG", "log"),
     ("HERALD_RETENTION", "retention"),
+    ("HERALD_HOUSEKEEPING_CRON", "housekeeping_cron"),
     ("HERALD_MAX_IN_FLIGHT", "max_in_flight"),
     ("HERALD_ENDPOINT_CONCURRENCY", "endpoint_concurrency"),
     ("HERALD_CACHE_BYTES", "cache_bytes"),

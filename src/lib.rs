@@ -68,7 +68,7 @@ pub use api::{
     AttemptEvent, DayStats, DeliveryReceipt, EndpointUpdate, EndpointView, NewEndpoint, NewMessage,
     SendReceipt, TestSendResult,
 };
-pub use engine::{CommitStats, EngineConfig, ReplayRequest};
+pub use engine::{CommitStats, EngineConfig, PurgeReport, ReplayRequest};
 pub use error::{Error, Result};
 pub use model::{
     Attempt, Delivery, DeliveryId, DeliveryStatus, Endpoint, EndpointId, ErrorKind, Message,
@@ -282,6 +282,13 @@ impl Herald {
         self.store
             .job(id)?
             .ok_or_else(|| Error::NotFound(format!("replay {id}")))
+    }
+
+    /// Purges finished messages, attempts and daily roll-ups older than `retention`, in bounded
+    /// pages while deliveries continue. Pending deliveries are never purged. The daemon runs
+    /// this on a cron schedule; embedders call it when they like.
+    pub async fn housekeeping(&self, retention: Duration) -> Result<PurgeReport> {
+        self.engine.housekeeping(retention).await
     }
 
     /// The loaded policies.

@@ -215,66 +215,12 @@ async fn todays_stats_count_exactly_what_the_receiver_saw() {
 
 #[test]
 fn the_roll_up_is_exact_per_day() {
-    use herald::model::{Attempt, Delivery, DeliveryId, Endpoint, EndpointId, Message, MessageId};
-    use herald::store::{
-        AttemptOutcome, MessageWrite, NewDelivery, NextStep, SledOptions, SledStore, Store,
-    };
+    use common::fixtures::{put_endpoint, put_message, record_attempt};
+    use herald::store::{SledOptions, SledStore, Store};
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path(), &SledOptions::default()).unwrap();
-    let endpoint = EndpointId::new();
-    store
-        .put_endpoint(&Endpoint {
-            id: endpoint,
-            tenant: "acme".into(),
-            url: "https://tms.example/cb".into(),
-            policy: "tolq".into(),
-            secret: None,
-            previous_secret: None,
-            token: None,
-            headers: Default::default(),
-            event_types: vec![],
-            default: true,
-            enabled: true,
-            consecutive_failures: 0,
-            created_at: 0,
-            updated_at: 0,
-        })
-        .unwrap();
-    let message = MessageId::new();
-    let delivery = DeliveryId::new();
-    store
-        .insert_messages(&[MessageWrite {
-            message: Message {
-                id: message,
-                tenant: "acme".into(),
-                event_type: "e".into(),
-                payload: serde_json::value::to_raw_value(&json!({})).unwrap(),
-                callback_url: None,
-                idempotency_key: None,
-                dedup_key: None,
-                created_at: 0,
-            },
-            deliveries: vec![NewDelivery {
-                delivery: Delivery {
-                    id: delivery,
-                    message_id: message,
-                    endpoint_id: endpoint,
-                    url_override: None,
-                    status: DeliveryStatus::Pending,
-                    cycle: 1,
-                    cycle_attempts: 0,
-                    total_attempts: 0,
-                    anchor_ms: 0,
-                    next_attempt_at: Some(0),
-                    last_status_code: None,
-                    last_error: None,
-                    created_at: 0,
-                    updated_at: 0,
-                },
-                due_ms: Some(0),
-            }],
-        }])
-        .unwrap();
+    let endpoint = put_endpoint(&store);
+    let (_, delivery) = put_message(&store, endpoint, 0, DeliveryStatus::Pending);
     let day = 86_400_000_u64;
     // (day index, success) for a known mix over three days.
     let mix = [
@@ -287,30 +233,7 @@ fn the_roll_up_is_exact_per_day() {
         (103, false),
     ];
     for (d, success) in mix {
-        store
-            .record_attempt(AttemptOutcome {
-                delivery_id: delivery,
-                endpoint_id: endpoint,
-                lease_ms: 0,
-                attempt: Attempt {
-                    attempt: 0,
-                    cycle: 0,
-                    started_at: d * day + 3_600_000,
-                    duration_ms: 20,
-                    status_code: Some(if success { 200 } else { 500 }),
-                    error: None,
-                    error_detail: None,
-                    response_excerpt: String::new(),
-                    success,
-                },
-                next: NextStep::Retry {
-                    due_ms: 0,
-                    anchor_ms: 0,
-                },
-                dedup: None,
-                counts_toward_health: true,
-            })
-            .unwrap();
+        record_attempt(&store, endpoint, delivery, d * day + 3_600_000, success);
     }
     let days: Vec<(u32, u64, u64, u64)> = store
         .endpoint_days(endpoint, 99, 104)

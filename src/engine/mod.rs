@@ -14,6 +14,7 @@ mod endpoints;
 mod health;
 mod probe;
 mod replay;
+mod retention;
 mod scheduler;
 
 use std::sync::Arc;
@@ -32,6 +33,7 @@ pub use commit::CommitStats;
 pub(crate) use commit::GroupCommit;
 pub use health::SYSTEM_TENANT;
 pub use replay::ReplayRequest;
+pub use retention::PurgeReport;
 pub(crate) use scheduler::Scheduler;
 
 /// Engine tuning; the defaults suit a sidecar.

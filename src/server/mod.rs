@@ -127,6 +127,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     if tokens.admin.is_none() && tokens.producer.is_none() {
         tracing::warn!(listen = %config.listen, "no tokens configured: the API is open to anyone who can reach this loopback address");
     }
+    let _housekeeping = schedule_housekeeping(&herald, &config).await?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -144,6 +145,38 @@ pub async fn serve(config: Config) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Runs the retention purge on `housekeeping_cron` (tokio-cron-scheduler). Its ticker wakes
+/// twice a second: the one timer in the daemon that herald does not control.
+async fn schedule_housekeeping(
+    herald: &Herald,
+    config: &Config,
+) -> Result<tokio_cron_scheduler::JobScheduler, String> {
+    use tokio_cron_scheduler::{Job, JobScheduler};
+    let scheduler = JobScheduler::new()
+        .await
+        .map_err(|e| format!("housekeeping scheduler: {e}"))?;
+    let (herald, retention) = (herald.clone(), config.retention);
+    let job = Job::new_async(config.housekeeping_cron.as_str(), move |_, _| {
+        let herald = herald.clone();
+        Box::pin(async move {
+            if let Err(e) = herald.housekeeping(retention).await {
+                tracing::error!(error = %e, "housekeeping failed; it runs again at its next time");
+            }
+        })
+    })
+    .map_err(|e| format!("housekeeping_cron {:?}: {e}", config.housekeeping_cron))?;
+    scheduler
+        .add(job)
+        .await
+        .map_err(|e| format!("housekeeping scheduler: {e}"))?;
+    scheduler
+        .start()
+        .await
+        .map_err(|e| format!("housekeeping scheduler: {e}"))?;
+    tracing::info!(cron = %config.housekeeping_cron, retention = %humantime::format_duration(config.retention), "housekeeping scheduled");
+    Ok(scheduler)
 }
 
 async fn shutdown_signal() {

@@ -156,6 +156,21 @@ pub struct DeliveryFilter {
     pub limit: usize,
 }
 
+/// What one [`Store::purge_page`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PurgePage {
+    /// Messages removed.
+    pub messages: u64,
+    /// Deliveries removed.
+    pub deliveries: u64,
+    /// Attempts removed.
+    pub attempts: u64,
+    /// Daily roll-ups removed.
+    pub rollups: u64,
+    /// Where the next page starts; `None` when the purge is complete.
+    pub next: Option<Vec<u8>>,
+}
+
 /// A bulk replay, as stored: it survives restarts and resumes from `cursor`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ReplayJob {
@@ -260,6 +275,18 @@ pub trait Store: Send + Sync + 'static {
     fn record_attempt(&self, outcome: AttemptOutcome) -> StoreResult<Recorded>;
     /// Starts a fresh cycle for a finished delivery, due at `now_ms`; history is kept.
     fn replay(&self, id: DeliveryId, now_ms: u64) -> StoreResult<Delivery>;
+
+    /// One bounded page of the retention purge. Starting from `cursor` (`None` = the
+    /// beginning), it removes finished messages created before `cutoff_ms` with their
+    /// deliveries and attempts, then attempts older than the cutoff of deliveries that are kept,
+    /// then daily roll-ups before the cutoff day. Messages with a pending delivery are never
+    /// removed. Returns what it removed and where the next page starts (`None`: done).
+    fn purge_page(
+        &self,
+        cutoff_ms: u64,
+        cursor: Option<Vec<u8>>,
+        budget: usize,
+    ) -> StoreResult<PurgePage>;
 
     /// Creates or updates a bulk replay job.
     fn put_job(&self, job: &ReplayJob) -> StoreResult<()>;

@@ -25,8 +25,8 @@ use uuid::Uuid;
 use super::keys;
 use super::rollup::day_of;
 use super::{
-    AttemptOutcome, Claim, DailyRollup, DeliveryFilter, Inserted, MessageWrite, NextStep, Recorded,
-    ReplayJob, ReplayState, Store, StoreError, StoreResult,
+    AttemptOutcome, Claim, DailyRollup, DeliveryFilter, Inserted, MessageWrite, NextStep,
+    PurgePage, Recorded, ReplayJob, ReplayState, Store, StoreError, StoreResult,
 };
 use crate::model::{
     Attempt, Delivery, DeliveryId, DeliveryStatus, Endpoint, EndpointId, Message, MessageId,
@@ -116,6 +116,134 @@ impl SledStore {
             Some(bytes) => decode(key, &bytes).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// Purge phase 1: finished messages created before the cutoff, with everything they own.
+    fn purge_messages(
+        &self,
+        cutoff_ms: u64,
+        cursor: Vec<u8>,
+        budget: usize,
+    ) -> StoreResult<PurgePage> {
+        let end = keys::message(MessageId(first_id_at(cutoff_ms).0));
+        let mut page = PurgePage::default();
+        let mut batch = Batch::default();
+        let mut scanned = 0;
+        let mut last = None;
+        for entry in self.tree.range(cursor..end).take(budget) {
+            let (key, value) = entry?;
+            scanned += 1;
+            last = Some(key.to_vec());
+            let message = Self::decode_message(&key, &value)?;
+            let deliveries = self.message_deliveries(message.id)?;
+            if deliveries.iter().any(|d| !d.status.is_final()) {
+                continue; // pending deliveries are never purged
+            }
+            for delivery in &deliveries {
+                for attempt in self
+                    .tree
+                    .scan_prefix(keys::attempts_prefix(delivery.id))
+                    .keys()
+                {
+                    batch.remove(attempt?);
+                    page.attempts += 1;
+                }
+                batch.remove(keys::delivery(delivery.id));
+                batch.remove(keys::message_delivery(message.id, delivery.id));
+                page.deliveries += 1;
+            }
+            if let Some(idempotency_key) = &message.idempotency_key {
+                batch.remove(keys::idempotency(&message.tenant, idempotency_key));
+            }
+            batch.remove(key);
+            page.messages += 1;
+        }
+        self.tree.apply_batch(batch)?;
+        page.next = Some(match last {
+            Some(mut key) if scanned == budget => {
+                key.push(0);
+                key
+            }
+            _ => vec![keys::ATTEMPT],
+        });
+        Ok(page)
+    }
+
+    /// Purge phase 2: attempts older than the cutoff of deliveries that are kept.
+    fn purge_attempts(
+        &self,
+        cutoff_ms: u64,
+        cursor: Vec<u8>,
+        budget: usize,
+    ) -> StoreResult<PurgePage> {
+        // Attempts are keyed by delivery id, which starts with its creation time: every attempt
+        // older than the cutoff belongs to a delivery created before it.
+        let end = keys::attempts_prefix(first_id_at(cutoff_ms));
+        let mut page = PurgePage::default();
+        let mut batch = Batch::default();
+        let mut scanned = 0;
+        let mut last = None;
+        for entry in self.tree.range(cursor..end).take(budget) {
+            let (key, value) = entry?;
+            scanned += 1;
+            let attempt: Attempt = decode(&key, &value)?;
+            if attempt.started_at < cutoff_ms {
+                batch.remove(key.clone());
+                page.attempts += 1;
+            }
+            last = Some(key.to_vec());
+        }
+        self.tree.apply_batch(batch)?;
+        page.next = Some(match last {
+            Some(mut key) if scanned == budget => {
+                key.push(0);
+                key
+            }
+            _ => vec![keys::STATS],
+        });
+        Ok(page)
+    }
+
+    /// Purge phase 3: daily roll-ups of days before the cutoff day.
+    fn purge_rollups(
+        &self,
+        cutoff_ms: u64,
+        cursor: Vec<u8>,
+        budget: usize,
+    ) -> StoreResult<PurgePage> {
+        let cutoff_day = day_of(cutoff_ms);
+        let mut page = PurgePage::default();
+        let mut batch = Batch::default();
+        let mut scanned = 0;
+        let mut last = None;
+        for entry in self
+            .tree
+            .range(cursor..vec![keys::STATS + 1])
+            .keys()
+            .take(budget)
+        {
+            let key = entry?;
+            scanned += 1;
+            let day = key
+                .get(17..21)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_be_bytes)
+                .unwrap_or(u32::MAX);
+            if day < cutoff_day {
+                batch.remove(key.clone());
+                page.rollups += 1;
+            }
+            last = Some(key.to_vec());
+        }
+        self.tree.apply_batch(batch)?;
+        page.next = match last {
+            Some(mut key) if scanned == budget => {
+                key.push(0);
+                Some(key)
+            }
+            _ => None,
+        };
+        Ok(page)
     }
 
     fn failures(&self, endpoint: EndpointId) -> StoreResult<u32> {
@@ -637,6 +765,22 @@ impl Store for SledStore {
         batch.insert(keys::due(delivery.endpoint_id, now_ms, id), &[]);
         self.tree.apply_batch(batch)?;
         Ok(delivery)
+    }
+
+    fn purge_page(
+        &self,
+        cutoff_ms: u64,
+        cursor: Option<Vec<u8>>,
+        budget: usize,
+    ) -> StoreResult<PurgePage> {
+        let cursor = cursor.unwrap_or_else(|| vec![keys::MESSAGE]);
+        let _guard = self.lock();
+        match cursor.first() {
+            Some(&keys::MESSAGE) => self.purge_messages(cutoff_ms, cursor, budget),
+            Some(&keys::ATTEMPT) => self.purge_attempts(cutoff_ms, cursor, budget),
+            Some(&keys::STATS) => self.purge_rollups(cutoff_ms, cursor, budget),
+            _ => Ok(PurgePage::default()),
+        }
     }
 
     fn put_job(&self, job: &ReplayJob) -> StoreResult<()> {

@@ -219,3 +219,126 @@ pub async fn wait_final(
     }
     finals
 }
+
+/// Store fixtures: records written straight through the `Store` trait, with chosen times.
+pub mod fixtures {
+    use herald::model::{
+        Attempt, Delivery, DeliveryId, DeliveryStatus, Endpoint, EndpointId, Message, MessageId,
+    };
+    use herald::store::{AttemptOutcome, MessageWrite, NewDelivery, NextStep, Store};
+    use uuid::{NoContext, Timestamp, Uuid};
+
+    /// A UUIDv7 minted at `ms`.
+    pub fn uuid_at(ms: u64) -> Uuid {
+        Uuid::new_v7(Timestamp::from_unix(
+            NoContext,
+            ms / 1000,
+            (ms % 1000) as u32 * 1_000_000,
+        ))
+    }
+
+    /// A plain endpoint record.
+    pub fn put_endpoint(store: &dyn Store) -> EndpointId {
+        let id = EndpointId::new();
+        store
+            .put_endpoint(&Endpoint {
+                id,
+                tenant: "acme".into(),
+                url: "https://tms.example/cb".into(),
+                policy: "tolq".into(),
+                secret: None,
+                previous_secret: None,
+                token: None,
+                headers: Default::default(),
+                event_types: vec![],
+                default: true,
+                enabled: true,
+                consecutive_failures: 0,
+                created_at: 0,
+                updated_at: 0,
+            })
+            .unwrap();
+        id
+    }
+
+    /// A message with one delivery in `status`, both created at `at_ms`.
+    pub fn put_message(
+        store: &dyn Store,
+        endpoint: EndpointId,
+        at_ms: u64,
+        status: DeliveryStatus,
+    ) -> (MessageId, DeliveryId) {
+        let message = MessageId(uuid_at(at_ms));
+        let delivery = DeliveryId(uuid_at(at_ms));
+        let pending = status == DeliveryStatus::Pending;
+        store
+            .insert_messages(&[MessageWrite {
+                message: Message {
+                    id: message,
+                    tenant: "acme".into(),
+                    event_type: "e".into(),
+                    payload: serde_json::value::to_raw_value(&serde_json::json!({})).unwrap(),
+                    callback_url: None,
+                    idempotency_key: None,
+                    dedup_key: None,
+                    created_at: at_ms,
+                },
+                deliveries: vec![NewDelivery {
+                    delivery: Delivery {
+                        id: delivery,
+                        message_id: message,
+                        endpoint_id: endpoint,
+                        url_override: None,
+                        status,
+                        cycle: 1,
+                        cycle_attempts: 0,
+                        total_attempts: 0,
+                        anchor_ms: at_ms,
+                        next_attempt_at: pending.then_some(u64::MAX / 2),
+                        last_status_code: None,
+                        last_error: None,
+                        created_at: at_ms,
+                        updated_at: at_ms,
+                    },
+                    // Far in the future: a live engine leaves it alone.
+                    due_ms: pending.then_some(u64::MAX / 2),
+                }],
+            }])
+            .unwrap();
+        (message, delivery)
+    }
+
+    /// Records an attempt started at `at_ms` (the delivery does not move: no lease matches).
+    pub fn record_attempt(
+        store: &dyn Store,
+        endpoint: EndpointId,
+        delivery: DeliveryId,
+        at_ms: u64,
+        success: bool,
+    ) {
+        store
+            .record_attempt(AttemptOutcome {
+                delivery_id: delivery,
+                endpoint_id: endpoint,
+                lease_ms: 0,
+                attempt: Attempt {
+                    attempt: 0,
+                    cycle: 0,
+                    started_at: at_ms,
+                    duration_ms: 20,
+                    status_code: Some(if success { 200 } else { 500 }),
+                    error: None,
+                    error_detail: None,
+                    response_excerpt: String::new(),
+                    success,
+                },
+                next: NextStep::Retry {
+                    due_ms: 0,
+                    anchor_ms: 0,
+                },
+                dedup: None,
+                counts_toward_health: true,
+            })
+            .unwrap();
+    }
+}
