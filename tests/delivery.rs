@@ -373,3 +373,34 @@ async fn the_ssrf_guard_is_on_by_default() {
     assert_eq!(finals[0].error, Some(herald::ErrorKind::Refused));
     assert_eq!(receiver.count(), 0);
 }
+
+#[tokio::test]
+async fn deliveries_go_through_the_egress_proxy() {
+    // A stand-in proxy on 127.0.0.1: it sees the absolute-form requests a client sends to an
+    // HTTP proxy, records them and answers 200 itself.
+    let proxy = Receiver::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = EngineConfig::default();
+    config.client.proxy = Some(format!("http://{}", proxy.addr));
+    let herald = herald::Herald::builder()
+        .data_dir(dir.path())
+        .engine_config(config)
+        .policy(quick_policy("quick", "100ms", 3))
+        .open()
+        .await
+        .unwrap();
+    herald
+        .create_endpoint(endpoint("acme", "http://tms.example/callbacks?token=abc".into(), "quick"))
+        .await
+        .unwrap();
+    let mut outcomes = herald.outcomes();
+    herald
+        .send(NewMessage::new("acme", "e", &json!({"via": "proxy"})).unwrap())
+        .await
+        .unwrap();
+    let finals = wait_final(&mut outcomes, 1, Duration::from_secs(5)).await;
+    assert_eq!(finals[0].delivery_status, DeliveryStatus::Succeeded);
+    let seen = &proxy.requests()[0];
+    assert_eq!(seen.uri, "http://tms.example/callbacks?token=abc");
+    assert_eq!(seen.body.as_ref(), br#"{"via":"proxy"}"#);
+}

@@ -17,6 +17,8 @@ use tokio::sync::Notify;
 #[derive(Debug, Clone)]
 pub struct Received {
     pub at: Instant,
+    /// The request target as sent (absolute-form when the sender used us as a proxy).
+    pub uri: String,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
@@ -122,11 +124,13 @@ impl Receiver {
 
 async fn handle(
     State(shared): State<Shared>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> impl IntoResponse {
     let received = Received {
         at: Instant::now(),
+        uri: uri.to_string(),
         headers,
         body,
     };
