@@ -25,6 +25,9 @@ pub struct Config {
     pub notify_url: Option<String>,
     /// Egress proxy for every delivery.
     pub proxy: Option<String>,
+    /// Key sealing endpoint secrets at rest: base64 of 32 bytes. Without it, `secret.key` in
+    /// the data directory is used (created with mode 0600 on first start).
+    pub secret_key: Option<String>,
     /// Allow deliveries to loopback and private addresses (tests, trusted networks).
     pub allow_private_targets: bool,
     /// Private networks allowed all the same, e.g. `["10.1.2.0/24"]`
@@ -58,6 +61,7 @@ impl Default for Config {
             producer_token: None,
             notify_url: None,
             proxy: None,
+            secret_key: None,
             allow_private_targets: false,
             allow_cidrs: Vec::new(),
             log: "info".into(),
@@ -154,6 +158,7 @@ impl Config {
                 "producer_token" => self.producer_token = optional(value),
                 "notify_url" => self.notify_url = optional(value),
                 "proxy" => self.proxy = optional(value),
+                "secret_key" => self.secret_key = optional(value),
                 "allow_private_targets" => self.allow_private_targets = parse(var, &value)?,
                 "allow_cidrs" => {
                     self.allow_cidrs = value
@@ -196,12 +201,32 @@ impl Config {
                 )));
             }
         }
+        if self.secret_key.is_some() {
+            self.secret_key_bytes()?;
+        }
         if self.max_in_flight == 0 || self.endpoint_concurrency == 0 {
             return Err(ConfigError::Unsafe(
                 "max_in_flight and endpoint_concurrency must be at least 1".into(),
             ));
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The configured secret key, decoded.
+    pub fn secret_key_bytes(&self) -> Result<Option<[u8; 32]>, ConfigError> {
+        use base64::Engine as _;
+        let Some(text) = &self.secret_key else {
+            return Ok(None);
+        };
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|e| ConfigError::Unsafe(format!("secret_key is not base64: {e}")))?;
+        let key: [u8; 32] = bytes.try_into().map_err(|_| {
+            ConfigError::Unsafe("secret_key must decode to exactly 32 bytes".into())
+        })?;
+        Ok(Some(key))
     }
 }
 
@@ -214,6 +239,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("HERALD_PRODUCER_TOKEN", "producer_token"),
     ("HERALD_NOTIFY_URL", "notify_url"),
     ("HERALD_PROXY", "proxy"),
+    ("HERALD_SECRET_KEY", "secret_key"),
     ("HERALD_ALLOW_PRIVATE_TARGETS", "allow_private_targets"),
     ("HERALD_ALLOW_CIDRS", "allow_cidrs"),
     ("HERALD_LOG", "log"),

@@ -17,6 +17,8 @@ const PRODUCER: &str = "producer-token-0123456789";
 struct Daemon {
     child: Child,
     base: String,
+    /// Everything it logged so far.
+    log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Daemon {
@@ -40,7 +42,7 @@ impl Daemon {
             .env("HERALD_POLICIES_DIR", &policies)
             .env("HERALD_ADMIN_TOKEN", ADMIN)
             .env("HERALD_PRODUCER_TOKEN", PRODUCER)
-            .env("HERALD_LOG", "info")
+            .env("HERALD_LOG", "debug")
             .env("HERALD_ALLOW_PRIVATE_TARGETS", "true")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -50,9 +52,13 @@ impl Daemon {
         // Wait for the "serving" log line (not a sleep); keep draining stderr afterwards.
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = log.clone();
         std::thread::spawn(move || {
             let mut told = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&line);
+                sink.lock().unwrap().push('\n');
                 if !told && line.contains("herald serving") {
                     let _ = tx.send(());
                     told = true;
@@ -64,6 +70,7 @@ impl Daemon {
         Daemon {
             child,
             base: format!("http://127.0.0.1:{port}"),
+            log,
         }
     }
 
@@ -668,4 +675,92 @@ async fn sigterm_while_messages_flow_exits_0_and_loses_nothing_acknowledged() {
         acked.iter().all(|id| seen.contains(id)),
         "every acknowledged message arrives"
     );
+}
+
+#[tokio::test]
+async fn secrets_are_neither_stored_in_clear_nor_logged() {
+    let receiver = Receiver::start(|n, _| {
+        if n == 0 {
+            Reply::Status(500, "first attempt fails")
+        } else {
+            Reply::Status(200, "ok")
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = Daemon::start(dir.path());
+    let secret = "s3cret-customer-api-key-0001";
+    let token = "t0ken-memsource-0002";
+    let header = "Bearer h3ader-credential-0003";
+    let url_token = "url-t0ken-0004";
+    let password = "passw0rd-0005";
+    let url = format!(
+        "http://user:{password}@{}/hook?token={url_token}",
+        receiver.addr
+    );
+    let (status, created) = daemon
+        .admin(
+            "POST",
+            "/admin/endpoints",
+            Some(
+                json!({"tenant": "acme", "url": url, "policy": "quick", "secret": secret,
+                        "token": token, "headers": {"Authorization": header}, "default": true}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let body = json!({"tenant": "acme", "event_type": "e", "payload": {"n": 1}}).to_string();
+    assert_eq!(
+        daemon
+            .call("POST", "/v1/messages", Some(PRODUCER), Some(&body))
+            .await
+            .0,
+        202
+    );
+    assert!(
+        receiver.wait_for(2, Duration::from_secs(10)).await,
+        "retried and delivered"
+    );
+    assert_eq!(
+        receiver.requests()[1].header("authorization"),
+        header,
+        "the header itself is sent"
+    );
+    let listed = daemon
+        .admin("GET", "/admin/endpoints", None)
+        .await
+        .1
+        .to_string();
+    assert_eq!(daemon.terminate().code(), Some(0));
+
+    let needles = [secret, token, "h3ader-credential-0003", url_token, password];
+    let log = daemon.log.lock().unwrap().clone();
+    assert!(log.contains("attempt failed"), "the debug log was captured");
+    for needle in needles {
+        assert!(!log.contains(needle), "the log contains {needle:?}");
+        assert!(!listed.contains(needle), "the API returned {needle:?}");
+    }
+    for entry in walk(&dir.path().join("store")) {
+        let bytes = std::fs::read(&entry).unwrap();
+        for needle in needles {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "{} contains {needle:?} in clear text",
+                entry.display()
+            );
+        }
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }

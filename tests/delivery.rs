@@ -390,7 +390,11 @@ async fn deliveries_go_through_the_egress_proxy() {
         .await
         .unwrap();
     herald
-        .create_endpoint(endpoint("acme", "http://tms.example/callbacks?token=abc".into(), "quick"))
+        .create_endpoint(endpoint(
+            "acme",
+            "http://tms.example/callbacks?token=abc".into(),
+            "quick",
+        ))
         .await
         .unwrap();
     let mut outcomes = herald.outcomes();

@@ -107,6 +107,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
         })
         .store_options(crate::store::SledOptions {
             cache_bytes: config.cache_bytes,
+            secret_key: config.secret_key_bytes().map_err(|e| e.to_string())?,
             ..Default::default()
         });
     if config.policies_dir.is_dir() {

@@ -13,6 +13,7 @@
 
 mod keys;
 mod rollup;
+mod seal;
 mod sled_store;
 
 use crate::model::{
@@ -20,6 +21,7 @@ use crate::model::{
 };
 
 pub use rollup::{DailyRollup, day_of};
+pub use seal::{KEY_BYTES, Sealer, load_or_create_key};
 pub use sled_store::{MAX_PAYLOAD_BYTES, SledOptions, SledStore};
 
 /// Errors from the storage layer.

@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use super::keys;
 use super::rollup::day_of;
+use super::seal::{Sealer, load_or_create_key};
 use super::{
     AttemptOutcome, Claim, DailyRollup, DeliveryFilter, Inserted, MessageWrite, NextStep,
     PurgePage, Recorded, ReplayJob, ReplayState, Store, StoreError, StoreResult,
@@ -45,6 +46,9 @@ pub struct SledOptions {
     pub cache_bytes: u64,
     /// Background flush interval for writes nobody waits on (attempt outcomes).
     pub lazy_flush_ms: u64,
+    /// Key that seals endpoint records; `None`: `secret.key` in the store directory, created
+    /// with mode 0600 on first start.
+    pub secret_key: Option<[u8; 32]>,
 }
 
 impl Default for SledOptions {
@@ -52,12 +56,14 @@ impl Default for SledOptions {
         SledOptions {
             cache_bytes: 64 * 1024 * 1024,
             lazy_flush_ms: 200,
+            secret_key: None,
         }
     }
 }
 
 /// herald's state in a sled database directory.
 pub struct SledStore {
+    sealer: Sealer,
     db: sled::Db,
     tree: sled::Tree,
     log_file: File,
@@ -89,10 +95,15 @@ impl SledStore {
             .flush_every_ms(Some(options.lazy_flush_ms.max(1)))
             .open()?;
         let tree = db.open_tree("herald")?;
+        let key = match options.secret_key {
+            Some(key) => key,
+            None => load_or_create_key(&dir.join("secret.key")).map_err(StoreError::Backend)?,
+        };
         let log_path = dir.join("db");
         let log_file = File::open(&log_path)
             .map_err(|e| StoreError::Backend(format!("{}: {e}", log_path.display())))?;
         Ok(SledStore {
+            sealer: Sealer::new(&key),
             db,
             tree,
             log_file,
@@ -246,6 +257,41 @@ impl SledStore {
         Ok(page)
     }
 
+    /// An endpoint record as stored (without its failure count).
+    fn stored_endpoint(&self, id: EndpointId) -> StoreResult<Option<Endpoint>> {
+        let key = keys::endpoint(id);
+        match self.tree.get(&key)? {
+            Some(bytes) => self.open_endpoint(&key, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Endpoint records carry secrets, tokens and credentials: they are sealed.
+    fn seal_endpoint(&self, endpoint: &Endpoint) -> StoreResult<Vec<u8>> {
+        let plain = encode(endpoint)?;
+        let sealed = self.sealer.seal(&plain).map_err(StoreError::Backend)?;
+        let mut out = Vec::with_capacity(1 + sealed.len());
+        out.push(RECORD_SEALED);
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    fn open_endpoint(&self, key: &[u8], bytes: &[u8]) -> StoreResult<Endpoint> {
+        match bytes.split_first() {
+            Some((&RECORD_SEALED, sealed)) => {
+                let plain = self
+                    .sealer
+                    .open(sealed)
+                    .map_err(|reason| StoreError::Corrupt {
+                        key: String::from_utf8_lossy(key).into_owned(),
+                        reason,
+                    })?;
+                decode(key, &plain)
+            }
+            _ => decode(key, bytes),
+        }
+    }
+
     fn failures(&self, endpoint: EndpointId) -> StoreResult<u32> {
         Ok(self
             .tree
@@ -313,6 +359,8 @@ impl SledStore {
 
 /// Version byte in front of every stored record, so a later layout can be told apart.
 const RECORD_V1: u8 = 1;
+/// A sealed record: this byte, then [`Sealer::seal`] of a `RECORD_V1` record.
+const RECORD_SEALED: u8 = 2;
 
 /// Records are stored as postcard: a delivery is ~100 bytes instead of ~450 as JSON, and sled's
 /// write volume (its log and its page rewrites) grows with record size. Measured: JSON records
@@ -346,18 +394,18 @@ impl Store for SledStore {
     fn put_endpoint(&self, endpoint: &Endpoint) -> StoreResult<()> {
         let _guard = self.lock();
         let mut batch = Batch::default();
-        if let Some(old) = self.get::<Endpoint>(&keys::endpoint(endpoint.id))?
+        if let Some(old) = self.stored_endpoint(endpoint.id)?
             && old.tenant != endpoint.tenant
         {
             batch.remove(keys::tenant_endpoint(&old.tenant, old.id));
         }
-        batch.insert(keys::endpoint(endpoint.id), encode(endpoint)?);
+        batch.insert(keys::endpoint(endpoint.id), self.seal_endpoint(endpoint)?);
         batch.insert(keys::tenant_endpoint(&endpoint.tenant, endpoint.id), &[]);
         Ok(self.tree.apply_batch(batch)?)
     }
 
     fn endpoint(&self, id: EndpointId) -> StoreResult<Option<Endpoint>> {
-        match self.get::<Endpoint>(&keys::endpoint(id))? {
+        match self.stored_endpoint(id)? {
             Some(mut endpoint) => {
                 endpoint.consecutive_failures = self.failures(id)?;
                 Ok(Some(endpoint))
@@ -368,11 +416,12 @@ impl Store for SledStore {
 
     fn disable_endpoint(&self, id: EndpointId, now_ms: u64) -> StoreResult<bool> {
         let _guard = self.lock();
-        match self.get::<Endpoint>(&keys::endpoint(id))? {
+        match self.stored_endpoint(id)? {
             Some(mut endpoint) if endpoint.enabled => {
                 endpoint.enabled = false;
                 endpoint.updated_at = now_ms;
-                self.tree.insert(keys::endpoint(id), encode(&endpoint)?)?;
+                self.tree
+                    .insert(keys::endpoint(id), self.seal_endpoint(&endpoint)?)?;
                 Ok(true)
             }
             _ => Ok(false),
@@ -381,13 +430,13 @@ impl Store for SledStore {
 
     fn enable_endpoint(&self, id: EndpointId, now_ms: u64) -> StoreResult<Option<Endpoint>> {
         let _guard = self.lock();
-        let Some(mut endpoint) = self.get::<Endpoint>(&keys::endpoint(id))? else {
+        let Some(mut endpoint) = self.stored_endpoint(id)? else {
             return Ok(None);
         };
         endpoint.enabled = true;
         endpoint.updated_at = now_ms;
         let mut batch = Batch::default();
-        batch.insert(keys::endpoint(id), encode(&endpoint)?);
+        batch.insert(keys::endpoint(id), self.seal_endpoint(&endpoint)?);
         batch.remove(keys::failures(id));
         self.tree.apply_batch(batch)?;
         endpoint.consecutive_failures = 0;
@@ -411,7 +460,7 @@ impl Store for SledStore {
             None => {
                 for entry in self.tree.scan_prefix([keys::ENDPOINT]) {
                     let (key, value) = entry?;
-                    let mut endpoint: Endpoint = decode(&key, &value)?;
+                    let mut endpoint = self.open_endpoint(&key, &value)?;
                     endpoint.consecutive_failures = self.failures(endpoint.id)?;
                     out.push(endpoint);
                 }
@@ -422,7 +471,7 @@ impl Store for SledStore {
 
     fn delete_endpoint(&self, id: EndpointId, now_ms: u64) -> StoreResult<bool> {
         let _guard = self.lock();
-        let Some(endpoint) = self.get::<Endpoint>(&keys::endpoint(id))? else {
+        let Some(endpoint) = self.stored_endpoint(id)? else {
             return Ok(false);
         };
         loop {
