@@ -23,6 +23,11 @@ struct Daemon {
 
 impl Daemon {
     fn start(data: &Path) -> Daemon {
+        Self::start_with(data, None)
+    }
+
+    /// With `--config FILE`; the environment still overrides listen, data and tokens.
+    fn start_with(data: &Path, config: Option<&Path>) -> Daemon {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -35,8 +40,12 @@ impl Daemon {
             "name = \"quick\"\n[schedule]\nkind = \"fixed\"\ninterval = \"200ms\"\nmax_attempts = 50\n[request]\ntimeout = \"2s\"\n",
         )
         .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .arg("serve")
+        let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+        command.arg("serve");
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        let mut child = command
             .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
             .env("HERALD_DATA_DIR", data.join("store"))
             .env("HERALD_POLICIES_DIR", &policies)
@@ -763,4 +772,23 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     files
+}
+
+#[tokio::test]
+async fn the_example_configuration_in_deploy_starts_the_daemon() {
+    let receiver = Receiver::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/herald.toml");
+    let daemon = Daemon::start_with(dir.path(), Some(&example));
+    assert_eq!(daemon.call("GET", "/healthz", None, None).await.0, 200);
+    create_endpoint(&daemon, "acme", &receiver.url()).await;
+    let body = json!({"tenant": "acme", "event_type": "e", "payload": {}}).to_string();
+    assert_eq!(
+        daemon
+            .call("POST", "/v1/messages", Some(PRODUCER), Some(&body))
+            .await
+            .0,
+        202
+    );
+    assert!(receiver.wait_for(1, Duration::from_secs(10)).await);
 }
