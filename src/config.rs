@@ -25,6 +25,8 @@ pub struct Config {
     pub notify_url: Option<String>,
     /// Egress proxy for every delivery.
     pub proxy: Option<String>,
+    /// Hosts reached directly despite `proxy` (comma-separated names, `.suffix`, IPs, CIDRs).
+    pub no_proxy: Option<String>,
     /// Key sealing endpoint secrets at rest: base64 of 32 bytes. Without it, `secret.key` in
     /// the data directory is used (created with mode 0600 on first start).
     pub secret_key: Option<String>,
@@ -61,6 +63,7 @@ impl Default for Config {
             producer_token: None,
             notify_url: None,
             proxy: None,
+            no_proxy: None,
             secret_key: None,
             allow_private_targets: false,
             allow_cidrs: Vec::new(),
@@ -158,6 +161,7 @@ impl Config {
                 "producer_token" => self.producer_token = optional(value),
                 "notify_url" => self.notify_url = optional(value),
                 "proxy" => self.proxy = optional(value),
+                "no_proxy" => self.no_proxy = optional(value),
                 "secret_key" => self.secret_key = optional(value),
                 "allow_private_targets" => self.allow_private_targets = parse(var, &value)?,
                 "allow_cidrs" => {
@@ -239,6 +243,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("HERALD_PRODUCER_TOKEN", "producer_token"),
     ("HERALD_NOTIFY_URL", "notify_url"),
     ("HERALD_PROXY", "proxy"),
+    ("HERALD_NO_PROXY", "no_proxy"),
     ("HERALD_SECRET_KEY", "secret_key"),
     ("HERALD_ALLOW_PRIVATE_TARGETS", "allow_private_targets"),
     ("HERALD_ALLOW_CIDRS", "allow_cidrs"),

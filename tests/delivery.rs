@@ -408,3 +408,56 @@ async fn deliveries_go_through_the_egress_proxy() {
     assert_eq!(seen.uri, "http://tms.example/callbacks?token=abc");
     assert_eq!(seen.body.as_ref(), br#"{"via":"proxy"}"#);
 }
+
+#[tokio::test]
+async fn no_proxy_hosts_are_reached_directly_and_still_guarded() {
+    // Through the proxy: a public name. Direct, because it is on the no-proxy list: `localhost`,
+    // which the SSRF guard must still refuse (private targets are not allowed here) — had it
+    // gone through the proxy, the proxy would have answered 200.
+    let proxy = Receiver::ok().await;
+    let direct = Receiver::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = EngineConfig::default();
+    config.client.proxy = Some(format!("http://{}", proxy.addr));
+    config.client.no_proxy = Some("localhost, .internal.example".into());
+    let herald = herald::Herald::builder()
+        .data_dir(dir.path())
+        .engine_config(config)
+        .policy(quick_policy("quick", "100ms", 3))
+        .open()
+        .await
+        .unwrap();
+    let mut proxied_endpoint = endpoint("acme", "http://tms.example/cb".into(), "quick");
+    proxied_endpoint.event_types = vec!["proxied".into()];
+    let mut direct_endpoint = endpoint(
+        "acme",
+        format!("http://localhost:{}/cb", direct.addr.port()),
+        "quick",
+    );
+    direct_endpoint.event_types = vec!["direct".into()];
+    direct_endpoint.default = false;
+    herald.create_endpoint(proxied_endpoint).await.unwrap();
+    herald.create_endpoint(direct_endpoint).await.unwrap();
+    let mut outcomes = herald.outcomes();
+    for event in ["proxied", "direct"] {
+        herald
+            .send(NewMessage::new("acme", event, &json!({"e": event})).unwrap())
+            .await
+            .unwrap();
+    }
+    let finals = wait_final(&mut outcomes, 2, Duration::from_secs(5)).await;
+    let mut errors: Vec<_> = finals.iter().map(|o| o.error).collect();
+    errors.sort_by_key(|e| e.is_some());
+    assert_eq!(errors, vec![None, Some(herald::ErrorKind::Refused)]);
+    assert_eq!(
+        proxy.count(),
+        1,
+        "only the proxied host goes through the proxy"
+    );
+    assert_eq!(proxy.requests()[0].uri, "http://tms.example/cb");
+    assert_eq!(
+        direct.count(),
+        0,
+        "the guard refused the direct private target"
+    );
+}

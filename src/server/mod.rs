@@ -97,6 +97,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
             notify_url: config.notify_url.clone(),
             client: crate::transport::ClientOptions {
                 proxy: config.proxy.clone(),
+                no_proxy: config.no_proxy.clone(),
                 targets: crate::transport::TargetPolicy {
                     allow_private: config.allow_private_targets,
                     allow: config.allow_cidrs.clone(),

@@ -14,6 +14,9 @@ use crate::model::ErrorKind;
 pub struct ClientOptions {
     /// Route every request through this HTTP(S) proxy (one egress IP for allow-lists).
     pub proxy: Option<String>,
+    /// Hosts reached directly even with a proxy: comma-separated names (a leading `.` or
+    /// `*.` matches subdomains), IPs and CIDRs, as in the `NO_PROXY` convention.
+    pub no_proxy: Option<String>,
     /// Response bytes read at most (enough for a `body_json` success rule).
     pub max_response_bytes: usize,
     /// Idle connections kept per host.
@@ -26,6 +29,7 @@ impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
             proxy: None,
+            no_proxy: None,
             max_response_bytes: 64 * 1024,
             pool_idle_per_host: 64,
             targets: TargetPolicy::default(),
@@ -88,14 +92,24 @@ impl Client {
             .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
             .no_proxy();
         let targets = Arc::new(options.targets.clone());
-        match &options.proxy {
-            // Names are resolved by the proxy, which enforces egress; literals are still checked.
-            Some(proxy) => {
-                let proxy = reqwest::Proxy::all(proxy).map_err(|e| format!("proxy: {e}"))?;
-                builder = builder.proxy(proxy);
+        let mut resolver = GuardedResolver::new(targets.clone());
+        if let Some(proxy) = &options.proxy {
+            // Names sent through the proxy are resolved by the proxy, which enforces egress;
+            // literals are still checked in `send`. Hosts on the no-proxy list are connected to
+            // directly, through the guarded resolver. The proxy itself is the operator's choice
+            // and usually sits on a private address, so its own name is not refused.
+            let parsed = url::Url::parse(proxy).map_err(|e| format!("proxy: {e}"))?;
+            let mut proxy =
+                reqwest::Proxy::all(parsed.as_str()).map_err(|e| format!("proxy: {e}"))?;
+            if let Some(list) = &options.no_proxy {
+                proxy = proxy.no_proxy(reqwest::NoProxy::from_string(list));
             }
-            None => builder = builder.dns_resolver(Arc::new(GuardedResolver::new(targets.clone()))),
+            builder = builder.proxy(proxy);
+            if let Some(host) = parsed.host_str() {
+                resolver = resolver.exempt(host);
+            }
         }
+        builder = builder.dns_resolver(Arc::new(resolver));
         let http = builder.build().map_err(|e| format!("http client: {e}"))?;
         Ok(Client {
             http,

@@ -7,8 +7,9 @@
 //! URLs never reach a resolver and are checked directly ([`check_literal`]), also when a message
 //! is accepted so the producer gets a 4xx at once.
 //!
-//! With an egress proxy configured, names are resolved by the proxy: herald then checks literal
-//! addresses only, and the proxy is where egress is enforced.
+//! With an egress proxy configured, names sent through it are resolved by the proxy: herald then
+//! checks literal addresses only, and the proxy is where egress is enforced. Hosts on the no-proxy
+//! list are connected to directly and go through the resolver as usual.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -112,12 +113,22 @@ pub fn check_literal(policy: &TargetPolicy, url: &url::Url) -> Result<(), Forbid
 /// A resolver that drops forbidden addresses and fails when none is left.
 pub struct GuardedResolver {
     policy: Arc<TargetPolicy>,
+    exempt: Option<String>,
 }
 
 impl GuardedResolver {
     /// A resolver enforcing `policy`.
     pub fn new(policy: Arc<TargetPolicy>) -> GuardedResolver {
-        GuardedResolver { policy }
+        GuardedResolver {
+            policy,
+            exempt: None,
+        }
+    }
+
+    /// Resolves `host` without checks: the configured egress proxy, chosen by the operator.
+    pub fn exempt(mut self, host: &str) -> GuardedResolver {
+        self.exempt = Some(host.to_ascii_lowercase());
+        self
     }
 }
 
@@ -125,9 +136,13 @@ impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let policy = self.policy.clone();
         let host = name.as_str().to_string();
+        let exempt = self.exempt.as_deref() == Some(host.to_ascii_lowercase().as_str());
         Box::pin(async move {
             let resolved: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if exempt {
+                return Ok(Box::new(resolved.into_iter()) as Addrs);
+            }
             let allowed: Vec<SocketAddr> = resolved
                 .iter()
                 .copied()
