@@ -10,7 +10,7 @@ use crate::model::{
 };
 
 /// One event to deliver.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewMessage {
     /// The customer account; selects the endpoints.
@@ -18,6 +18,7 @@ pub struct NewMessage {
     /// Event name; endpoints may subscribe to a subset.
     pub event_type: String,
     /// The JSON payload, kept byte for byte.
+    #[schema(value_type = Object)]
     pub payload: Box<RawValue>,
     /// Send to this URL only, with the tenant's default endpoint's policy and secrets.
     #[serde(default)]
@@ -67,7 +68,7 @@ impl NewMessage {
 }
 
 /// The answer to a send: the message id and where it is going.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct SendReceipt {
     /// The message id receivers will see.
     pub id: MessageId,
@@ -79,7 +80,7 @@ pub struct SendReceipt {
 }
 
 /// One delivery in a [`SendReceipt`].
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct DeliveryReceipt {
     /// Delivery id.
     pub id: DeliveryId,
@@ -92,7 +93,7 @@ pub struct DeliveryReceipt {
 }
 
 /// A new endpoint.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewEndpoint {
     /// The customer account.
@@ -119,7 +120,7 @@ pub struct NewEndpoint {
 }
 
 /// Changes to an endpoint; `None` leaves a field as it is.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointUpdate {
     /// New URL.
@@ -146,7 +147,7 @@ pub struct EndpointUpdate {
 }
 
 /// An endpoint as shown to operators: secrets and tokens are never included.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct EndpointView {
     /// Id.
     pub id: EndpointId,
@@ -222,7 +223,7 @@ pub struct AttemptEvent {
 }
 
 /// What a test-send to an endpoint came back with.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct TestSendResult {
     /// Whether the endpoint's policy counts the answer a success.
     pub success: bool,
@@ -239,7 +240,7 @@ pub struct TestSendResult {
 }
 
 /// One day of an endpoint's attempts (UTC).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct DayStats {
     /// `YYYY-MM-DD`.
     pub date: String,

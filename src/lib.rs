@@ -308,6 +308,21 @@ impl Herald {
         self.engine.commit_stats()
     }
 
+    /// Deliveries waiting for an attempt, pending or held (O(1), kept by the store).
+    pub fn pending_deliveries(&self) -> u64 {
+        self.engine.store.pending_deliveries()
+    }
+
+    /// Sets the gauges that are cheaper to read on demand than to keep on every change:
+    /// `herald_deliveries_pending` and `herald_endpoints_disabled`. The daemon calls it on
+    /// every `/metrics` scrape; embedders exporting metrics call it before theirs.
+    pub fn publish_gauges(&self) -> Result<()> {
+        metrics::gauge!("herald_deliveries_pending").set(self.pending_deliveries() as f64);
+        let disabled = self.endpoints(None)?.iter().filter(|e| !e.enabled).count();
+        metrics::gauge!("herald_endpoints_disabled").set(disabled as f64);
+        Ok(())
+    }
+
     /// Bytes the store occupies on disk.
     pub fn disk_bytes(&self) -> Result<u64> {
         Ok(self.store.size_on_disk()?)

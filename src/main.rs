@@ -73,6 +73,8 @@ enum Command {
         #[arg(long)]
         idempotency_key: Option<String>,
     },
+    /// Print the HTTP API's OpenAPI document (the same as `GET /openapi.json`).
+    Openapi,
     /// Measure herald on this machine with a local receiver (see the README's figures).
     Bench {
         #[command(subcommand)]
@@ -110,6 +112,10 @@ fn main() -> ExitCode {
                     .send(&tenant, &event_type, &payload, idempotency_key)
                     .await
             }
+            Command::Openapi => herald::server::openapi()
+                .to_pretty_json()
+                .map(|doc| println!("{doc}"))
+                .map_err(|e| format!("openapi: {e}")),
             Command::Bench { scenario } => cli::bench::run(scenario).await,
         }
     });

@@ -582,6 +582,19 @@ async fn metrics_agree_with_what_happened() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(dir.path());
     create_endpoint(&daemon, "acme", &receiver.url()).await;
+    // A disabled endpoint with 3 held deliveries: the pending and disabled gauges show them.
+    let quiet = create_endpoint(&daemon, "quiet", &receiver.url()).await;
+    let disabled = daemon
+        .admin("POST", &format!("/admin/endpoints/{quiet}/disable"), None)
+        .await;
+    assert_eq!(disabled.0, 200);
+    for i in 0..3 {
+        let body = json!({"tenant": "quiet", "event_type": "e", "payload": {"i": i}}).to_string();
+        let answer = daemon
+            .call("POST", "/v1/messages", Some(PRODUCER), Some(&body))
+            .await;
+        assert_eq!(answer.1["deliveries"][0]["status"], "held");
+    }
     for i in 0..12 {
         let body = json!({"tenant": "acme", "event_type": "e", "payload": {"i": i}}).to_string();
         assert_eq!(
@@ -622,9 +635,11 @@ async fn metrics_agree_with_what_happened() {
         .count() as f64;
     assert_eq!(
         metric(&text, "herald_messages_accepted_total", &[]),
-        12.0,
+        15.0,
         "{text}"
     );
+    assert_eq!(metric(&text, "herald_deliveries_pending", &[]), 3.0);
+    assert_eq!(metric(&text, "herald_endpoints_disabled ", &[]), 1.0);
     assert_eq!(
         metric(
             &text,
@@ -791,4 +806,83 @@ async fn the_example_configuration_in_deploy_starts_the_daemon() {
         202
     );
     assert!(receiver.wait_for(1, Duration::from_secs(10)).await);
+}
+
+#[tokio::test]
+async fn the_openapi_document_parses_and_lists_every_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path());
+    let (status, doc, content_type) = daemon.call("GET", "/openapi.json", None, None).await;
+    assert_eq!(status, 200);
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
+    // Every route of the contract (DESIGN "Interfaces"), exactly.
+    let mut expected = vec![
+        "POST /v1/messages",
+        "GET /v1/messages/{id}",
+        "POST /admin/endpoints",
+        "GET /admin/endpoints",
+        "GET /admin/endpoints/{id}",
+        "PATCH /admin/endpoints/{id}",
+        "DELETE /admin/endpoints/{id}",
+        "POST /admin/endpoints/{id}/enable",
+        "POST /admin/endpoints/{id}/disable",
+        "POST /admin/endpoints/{id}/test",
+        "GET /admin/endpoints/{id}/stats",
+        "GET /admin/deliveries",
+        "GET /admin/deliveries/{id}",
+        "POST /admin/deliveries/{id}/replay",
+        "POST /admin/replay",
+        "GET /admin/replays/{id}",
+        "GET /admin/policies",
+        "GET /admin/policies/{name}",
+        "GET /metrics",
+        "GET /healthz",
+        "GET /openapi.json",
+    ];
+    expected.sort();
+    let paths = doc["paths"].as_object().expect("paths");
+    let mut listed: Vec<String> = paths
+        .iter()
+        .flat_map(|(path, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| *k != "parameters")
+                .map(move |method| format!("{} {path}", method.to_uppercase()))
+        })
+        .collect();
+    listed.sort();
+    assert_eq!(listed, expected);
+    // Every documented schema reference resolves.
+    let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+    let text = doc.to_string();
+    for reference in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+        let name = &reference[..reference.find('"').unwrap()];
+        assert!(schemas.contains_key(name), "dangling $ref {name}");
+    }
+    // And every listed operation is served: with an admin token and placeholder ids, the answer
+    // comes from its handler, never from the router's "no such route" or a 405.
+    for op in &listed {
+        let (method, path) = op.split_once(' ').unwrap();
+        let path = path
+            .replace("{id}", "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b")
+            .replace("{name}", "gengo-15m-12h");
+        let body = matches!(method, "POST" | "PATCH").then_some("{}");
+        let (status, answer, _) = daemon.call(method, &path, Some(ADMIN), body).await;
+        assert_ne!(status, 405, "{op}");
+        let fallback = answer["detail"].as_str() == Some("no such route");
+        assert!(!fallback, "{op} is documented but not served");
+    }
+    // The CLI prints the same document.
+    let output = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("openapi")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let printed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(printed, doc);
 }

@@ -461,3 +461,51 @@ async fn no_proxy_hosts_are_reached_directly_and_still_guarded() {
         "the guard refused the direct private target"
     );
 }
+
+#[tokio::test]
+async fn the_pending_count_follows_every_transition_and_survives_a_restart() {
+    let receiver = Receiver::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let herald = open_with(
+        dir.path(),
+        vec![quick_policy("quick", "100ms", 3)],
+        EngineConfig::default(),
+    )
+    .await;
+    herald
+        .create_endpoint(endpoint("live", receiver.url(), "quick"))
+        .await
+        .unwrap();
+    let quiet = herald
+        .create_endpoint(endpoint("quiet", receiver.url(), "quick"))
+        .await
+        .unwrap();
+    herald.set_endpoint_enabled(quiet.id, false).await.unwrap();
+    let mut outcomes = herald.outcomes();
+    for (tenant, n) in [("live", 4), ("quiet", 3)] {
+        for i in 0..n {
+            herald
+                .send(NewMessage::new(tenant, "e", &json!({"i": i})).unwrap())
+                .await
+                .unwrap();
+        }
+    }
+    let finals = wait_final(&mut outcomes, 4, Duration::from_secs(5)).await;
+    assert_eq!(herald.pending_deliveries(), 3, "only the held ones");
+    herald.replay(finals[0].delivery_id).await.unwrap();
+    assert_eq!(herald.pending_deliveries(), 4);
+    wait_final(&mut outcomes, 1, Duration::from_secs(5)).await;
+    assert_eq!(herald.pending_deliveries(), 3);
+    herald.shutdown().await.unwrap();
+    drop(herald);
+
+    let herald = open_with(
+        dir.path(),
+        vec![quick_policy("quick", "100ms", 3)],
+        EngineConfig::default(),
+    )
+    .await;
+    assert_eq!(herald.pending_deliveries(), 3, "counted again at open");
+    herald.delete_endpoint(quiet.id).await.unwrap();
+    assert_eq!(herald.pending_deliveries(), 0);
+}

@@ -12,12 +12,14 @@ mod views;
 
 use std::time::Duration;
 
+use axum::Extension;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::{get, post};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
 
 pub use auth::Tokens;
 pub use problem::ApiError;
@@ -30,58 +32,90 @@ pub const MAX_REQUEST_BYTES: usize = crate::store::MAX_PAYLOAD_BYTES + 64 * 1024
 
 /// The complete HTTP API.
 pub fn router(herald: Herald, tokens: Tokens, metrics: Option<PrometheusHandle>) -> Router {
-    let producer = Router::new()
-        .route("/v1/messages", post(routes::send))
-        .route("/v1/messages/{id}", get(routes::message))
+    let (api, openapi) = api_router(tokens).split_for_parts();
+    api.with_state(herald)
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(Extension(std::sync::Arc::new(openapi)))
+        .layer(Extension(metrics))
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+}
+
+/// The OpenAPI document of the producer and admin routes, as `GET /openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_router(Tokens::default()).into_openapi()
+}
+
+/// Producer and admin routes, each registered with its OpenAPI description in one step.
+fn api_router(tokens: Tokens) -> OpenApiRouter<Herald> {
+    use routes::{deliveries, endpoints, messages, ops, policies};
+    let ops = OpenApiRouter::new()
+        .routes(utoipa_axum::routes!(ops::healthz))
+        .routes(utoipa_axum::routes!(ops::metrics))
+        .routes(utoipa_axum::routes!(ops::openapi));
+    let producer = OpenApiRouter::new()
+        .routes(utoipa_axum::routes!(messages::send))
+        .routes(utoipa_axum::routes!(messages::message))
         .route_layer(middleware::from_fn_with_state(
             tokens.clone(),
             auth::producer,
         ));
-    let admin = Router::new()
-        .route(
-            "/admin/endpoints",
-            post(routes::create_endpoint).get(routes::list_endpoints),
-        )
-        .route(
-            "/admin/endpoints/{id}",
-            get(routes::get_endpoint)
-                .patch(routes::update_endpoint)
-                .delete(routes::delete_endpoint),
-        )
-        .route(
-            "/admin/endpoints/{id}/enable",
-            post(routes::enable_endpoint),
-        )
-        .route(
-            "/admin/endpoints/{id}/disable",
-            post(routes::disable_endpoint),
-        )
-        .route("/admin/deliveries", get(routes::list_deliveries))
-        .route("/admin/deliveries/{id}", get(routes::get_delivery))
-        .route(
-            "/admin/deliveries/{id}/replay",
-            post(routes::replay_delivery),
-        )
-        .route("/admin/replay", post(routes::bulk_replay))
-        .route("/admin/replays/{id}", get(routes::replay_job))
-        .route("/admin/policies", get(routes::list_policies))
-        .route("/admin/policies/{name}", get(routes::get_policy))
+    let admin = OpenApiRouter::new()
+        .routes(utoipa_axum::routes!(
+            endpoints::create_endpoint,
+            endpoints::list_endpoints
+        ))
+        .routes(utoipa_axum::routes!(
+            endpoints::get_endpoint,
+            endpoints::update_endpoint,
+            endpoints::delete_endpoint
+        ))
+        .routes(utoipa_axum::routes!(endpoints::enable_endpoint))
+        .routes(utoipa_axum::routes!(endpoints::disable_endpoint))
+        .routes(utoipa_axum::routes!(endpoints::test_endpoint))
+        .routes(utoipa_axum::routes!(endpoints::endpoint_stats))
+        .routes(utoipa_axum::routes!(deliveries::list_deliveries))
+        .routes(utoipa_axum::routes!(deliveries::get_delivery))
+        .routes(utoipa_axum::routes!(deliveries::replay_delivery))
+        .routes(utoipa_axum::routes!(deliveries::bulk_replay))
+        .routes(utoipa_axum::routes!(deliveries::replay_job))
+        .routes(utoipa_axum::routes!(policies::list_policies))
+        .routes(utoipa_axum::routes!(policies::get_policy))
         .route_layer(middleware::from_fn_with_state(tokens, auth::admin));
-    let ops = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/metrics",
-            get(move || {
-                let rendered = metrics.as_ref().map(|m| m.render()).unwrap_or_default();
-                async move { rendered }
-            }),
-        );
-    producer
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(producer)
         .merge(admin)
-        .with_state(herald)
         .merge(ops)
-        .fallback(|| async { ApiError::not_found("no such route") })
-        .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+}
+
+/// The document's frame: title, version, the bearer scheme and the error schema.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "herald",
+        description = "Reliable outbound callbacks: the producer API (`/v1`) and the admin API (`/admin`). \
+            Producer and admin routes take `Authorization: Bearer <token>`; errors are `application/problem+json`."
+    ),
+    modifiers(&BearerAuth),
+    components(schemas(problem::Problem)),
+    tags(
+        (name = "producer", description = "send and read messages (producer or admin token)"),
+        (name = "admin", description = "endpoints, deliveries, replay, policies (admin token)"),
+        (name = "ops", description = "liveness, metrics and this document (no token)")
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
 }
 
 /// Runs the daemon until SIGTERM or SIGINT, then shuts down gracefully.

@@ -3,9 +3,31 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use crate::error::Error;
+
+/// The body of every error answer (`application/problem+json`, RFC 9457).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// Stable machine-readable kind: `invalid_request`, `invalid_url`, `unknown_policy`,
+    /// `payload_too_large`, `unauthorized`, `forbidden`, `not_found`, `conflict`,
+    /// `shutting_down`, `internal`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The HTTP reason phrase.
+    pub title: &'static str,
+    /// The HTTP status.
+    pub status: u16,
+    /// What was wrong, for people.
+    pub detail: String,
+    /// `payload_too_large`: the size of what was sent, in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<usize>,
+    /// `payload_too_large`: the limit, in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
 
 /// An HTTP error with a stable `type`.
 #[derive(Debug)]
@@ -13,7 +35,8 @@ pub struct ApiError {
     status: StatusCode,
     kind: &'static str,
     detail: String,
-    extra: Value,
+    size: Option<usize>,
+    limit: Option<usize>,
 }
 
 impl ApiError {
@@ -25,7 +48,7 @@ impl ApiError {
     /// A 413 `payload_too_large` for a request body over the server's limit.
     pub fn body_too_large(limit: usize) -> ApiError {
         ApiError {
-            extra: json!({ "limit": limit }),
+            limit: Some(limit),
             ..ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
@@ -62,7 +85,8 @@ impl ApiError {
             status,
             kind,
             detail: detail.into(),
-            extra: Value::Null,
+            size: None,
+            limit: None,
         }
     }
 }
@@ -79,7 +103,8 @@ impl From<Error> for ApiError {
                 ApiError::new(StatusCode::BAD_REQUEST, "unknown_policy", detail)
             }
             Error::PayloadTooLarge { size, limit } => ApiError {
-                extra: json!({ "size": size, "limit": limit }),
+                size: Some(size),
+                limit: Some(limit),
                 ..ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", detail)
             },
             Error::NotFound(_) => ApiError::not_found(detail),
@@ -97,15 +122,14 @@ impl From<Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({
-            "type": self.kind,
-            "title": self.status.canonical_reason().unwrap_or(""),
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-        });
-        if let (Value::Object(body), Value::Object(extra)) = (&mut body, self.extra) {
-            body.extend(extra);
-        }
+        let body = Problem {
+            kind: self.kind,
+            title: self.status.canonical_reason().unwrap_or(""),
+            status: self.status.as_u16(),
+            detail: self.detail,
+            size: self.size,
+            limit: self.limit,
+        };
         let mut response = (self.status, Json(body)).into_response();
         response.headers_mut().insert(
             header::CONTENT_TYPE,

@@ -6,7 +6,7 @@ use crate::model::{Attempt, Delivery, DeliveryStatus, Endpoint, rfc3339};
 use crate::transport::redact;
 
 /// One attempt.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AttemptView {
     attempt: u32,
     cycle: u32,
@@ -36,7 +36,7 @@ impl From<&Attempt> for AttemptView {
 }
 
 /// One delivery; `attempts` only on the single-delivery route.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeliveryView {
     id: String,
     message_id: String,

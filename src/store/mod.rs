@@ -201,7 +201,9 @@ pub struct ReplayJob {
 }
 
 /// Where a bulk replay stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ReplayState {
     /// Still replaying.
@@ -296,6 +298,9 @@ pub trait Store: Send + Sync + 'static {
     fn job(&self, id: uuid::Uuid) -> StoreResult<Option<ReplayJob>>;
     /// Every job not yet done (resumed at start-up).
     fn running_jobs(&self) -> StoreResult<Vec<ReplayJob>>;
+
+    /// Deliveries waiting for an attempt (pending or held), kept in memory: O(1).
+    fn pending_deliveries(&self) -> u64;
 
     /// Makes every write so far durable.
     fn flush(&self) -> StoreResult<()>;

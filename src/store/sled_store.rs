@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use serde::Serialize;
@@ -68,6 +69,9 @@ pub struct SledStore {
     tree: sled::Tree,
     log_file: File,
     transition: Mutex<()>,
+    /// Pending deliveries (one due entry each): counted at open, then changed under
+    /// `transition` in the same places that add or remove due entries for good.
+    pending: AtomicU64,
 }
 
 /// A message as stored: everything but the payload, which follows the header verbatim.
@@ -102,12 +106,16 @@ impl SledStore {
         let log_path = dir.join("db");
         let log_file = File::open(&log_path)
             .map_err(|e| StoreError::Backend(format!("{}: {e}", log_path.display())))?;
+        // Keys only, before anything else can change them: exact, and about a second per
+        // million pending deliveries on a cold start.
+        let pending = tree.scan_prefix([keys::DUE]).keys().count() as u64;
         Ok(SledStore {
             sealer: Sealer::new(&key),
             db,
             tree,
             log_file,
             transition: Mutex::new(()),
+            pending: AtomicU64::new(pending),
         })
     }
 
@@ -484,6 +492,7 @@ impl Store for SledStore {
             if due.is_empty() {
                 break;
             }
+            let removed = due.len() as u64;
             let mut batch = Batch::default();
             for key in due {
                 if let Some((_, _, delivery_id)) = keys::parse_due(&key)
@@ -499,6 +508,7 @@ impl Store for SledStore {
                 batch.remove(key);
             }
             self.tree.apply_batch(batch)?;
+            self.pending.fetch_sub(removed, Ordering::Relaxed);
         }
         let mut batch = Batch::default();
         batch.remove(keys::endpoint(id));
@@ -512,6 +522,7 @@ impl Store for SledStore {
         let mut batch = Batch::default();
         let mut answers = Vec::with_capacity(writes.len());
         let mut claimed_keys: HashMap<Vec<u8>, MessageId> = HashMap::new();
+        let mut added = 0;
         let _guard = self.lock();
         for write in writes {
             let message = &write.message;
@@ -545,11 +556,13 @@ impl Store for SledStore {
                 batch.insert(keys::message_delivery(message.id, d.id), &[]);
                 if let Some(due_ms) = new.due_ms {
                     batch.insert(keys::due(d.endpoint_id, due_ms, d.id), &[]);
+                    added += 1;
                 }
             }
             answers.push(Inserted::Created);
         }
         self.tree.apply_batch(batch)?;
+        self.pending.fetch_add(added, Ordering::Relaxed);
         Ok(answers)
     }
 
@@ -780,6 +793,9 @@ impl Store for SledStore {
         }
         batch.insert(keys::delivery(delivery.id), encode(&delivery)?);
         self.tree.apply_batch(batch)?;
+        if !stale && delivery.status.is_final() {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+        }
         Ok(Recorded {
             delivery,
             attempt,
@@ -813,6 +829,7 @@ impl Store for SledStore {
         batch.insert(keys::delivery(id), encode(&delivery)?);
         batch.insert(keys::due(delivery.endpoint_id, now_ms, id), &[]);
         self.tree.apply_batch(batch)?;
+        self.pending.fetch_add(1, Ordering::Relaxed);
         Ok(delivery)
     }
 
@@ -851,6 +868,10 @@ impl Store for SledStore {
             }
         }
         Ok(jobs)
+    }
+
+    fn pending_deliveries(&self) -> u64 {
+        self.pending.load(Ordering::Relaxed)
     }
 
     fn flush(&self) -> StoreResult<()> {

@@ -1,0 +1,94 @@
+//! The producer routes: send a message, read it back.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{ApiResult, PRODUCER, id};
+use crate::Herald;
+use crate::api::{NewMessage, SendReceipt};
+use crate::model::{MessageId, rfc3339};
+use crate::server::extract::ApiJson;
+use crate::server::problem::Problem;
+use crate::server::views::DeliveryView;
+
+/// Accepts a message: stored and fsynced before the answer, then delivered to every endpoint of
+/// the tenant that subscribes to its event type (or to its `callback_url`).
+#[utoipa::path(
+    post, path = "/v1/messages", tag = PRODUCER,
+    request_body = NewMessage,
+    responses(
+        (status = 202, description = "stored durably; deliveries scheduled", body = SendReceipt),
+        (status = 200, description = "an earlier message with this idempotency key", body = SendReceipt),
+        (status = 400, description = "invalid_request, invalid_url or unknown_policy; nothing stored", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "payload_too_large (with size and limit); nothing stored", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn send(
+    State(herald): State<Herald>,
+    ApiJson(message): ApiJson<NewMessage>,
+) -> ApiResult {
+    let receipt = herald.send(message).await?;
+    let status = if receipt.created {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(receipt)).into_response())
+}
+
+/// A stored message with its deliveries.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct MessageView {
+    id: MessageId,
+    tenant: String,
+    event_type: String,
+    #[schema(value_type = Object)]
+    payload: Value,
+    /// Credentials and query removed.
+    callback_url: Option<String>,
+    idempotency_key: Option<String>,
+    dedup_key: Option<String>,
+    created_at: String,
+    deliveries: Vec<DeliveryView>,
+}
+
+/// One message, its payload and where it is going.
+#[utoipa::path(
+    get, path = "/v1/messages/{id}", tag = PRODUCER,
+    params(("id" = String, Path, description = "message id")),
+    responses(
+        (status = 200, body = MessageView),
+        (status = 404, description = "not_found", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn message(State(herald): State<Herald>, Path(raw): Path<String>) -> ApiResult {
+    let id: MessageId = id("message", &raw)?;
+    let message = herald.message(id)?;
+    let deliveries = herald.message_deliveries(id)?;
+    let deliveries = deliveries
+        .iter()
+        .map(|d| DeliveryView::new(d, herald.endpoint(d.endpoint_id).ok().as_ref(), None))
+        .collect();
+    let payload: Value = serde_json::from_str(message.payload.get()).unwrap_or(Value::Null);
+    Ok(Json(MessageView {
+        id: message.id,
+        tenant: message.tenant,
+        event_type: message.event_type,
+        payload,
+        callback_url: message
+            .callback_url
+            .as_deref()
+            .map(crate::transport::redact),
+        idempotency_key: message.idempotency_key,
+        dedup_key: message.dedup_key,
+        created_at: rfc3339(message.created_at),
+        deliveries,
+    })
+    .into_response())
+}
