@@ -329,7 +329,7 @@ impl Herald {
     }
 
     /// Stops scheduling, lets attempts in flight finish (up to 10 seconds; unfinished ones come
-    /// due again after restart through their lease), and flushes the store.
+    /// due again after a restart), and flushes the store.
     pub async fn shutdown(&self) -> Result<()> {
         self.shutdown_within(Duration::from_secs(10)).await
     }

@@ -3,7 +3,7 @@
 //! Deciding is left to the pure policy code ([`crate::policy::classify`],
 //! [`crate::policy::Schedule::next_attempt`]); this module only gathers inputs and acts on the
 //! answers. The outcome is written without waiting for an fsync: losing it in a crash only
-//! repeats the attempt (its lease comes due again), which at-least-once delivery allows.
+//! repeats the attempt (its entry is still in the due index), which at-least-once delivery allows.
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -37,7 +37,7 @@ pub(crate) async fn run(engine: &Engine, endpoint_id: EndpointId, claim: Claim) 
     match attempt(engine, endpoint_id, claim).instrument(span).await {
         Ok(next) => next,
         Err(e) => {
-            // The lease stays in the store: the delivery comes due again when it expires.
+            // The entry stays in the due index: the delivery is attempted again after a restart.
             tracing::error!(delivery = %claim.delivery_id, error = %e, "attempt could not be recorded");
             None
         }
@@ -50,7 +50,7 @@ async fn attempt(
     claim: Claim,
 ) -> crate::error::Result<Option<u64>> {
     let store = &engine.store;
-    let drop_claim = || store.release(endpoint_id, &[claim], None);
+    let drop_claim = || store.discard(endpoint_id, &[claim]);
     let Some(delivery) = store.delivery(claim.delivery_id)? else {
         drop_claim()?;
         return Ok(None);
@@ -120,25 +120,28 @@ async fn attempt(
         Some((kind, detail)) => (Some(kind), Some(detail)),
         None => (None, None),
     };
-    let recorded = store.record_attempt(AttemptOutcome {
-        delivery_id: delivery.id,
-        endpoint_id,
-        lease_ms: claim.lease_ms,
-        attempt: Attempt {
-            attempt: 0,
-            cycle: 0,
-            started_at,
-            duration_ms,
-            status_code: judged.status_code,
-            error,
-            error_detail,
-            response_excerpt: judged.excerpt,
-            success,
-        },
-        next,
-        dedup,
-        counts_toward_health: true,
-    })?;
+    let recorded = engine
+        .recorder
+        .record(AttemptOutcome {
+            delivery_id: delivery.id,
+            endpoint_id,
+            due_ms: claim.due_ms,
+            attempt: Attempt {
+                attempt: 0,
+                cycle: 0,
+                started_at,
+                duration_ms,
+                status_code: judged.status_code,
+                error,
+                error_detail,
+                response_excerpt: judged.excerpt,
+                success,
+            },
+            next,
+            dedup,
+            counts_toward_health: true,
+        })
+        .await?;
     if let Some(policy) = &policy {
         let threshold = policy.endpoint.deactivate_after;
         let gone = error == Some(ErrorKind::Gone);

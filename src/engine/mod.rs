@@ -13,6 +13,7 @@ mod commit;
 mod endpoints;
 mod health;
 mod probe;
+mod record;
 mod replay;
 mod retention;
 mod scheduler;
@@ -43,8 +44,6 @@ pub struct EngineConfig {
     pub max_in_flight: usize,
     /// Attempts in flight per endpoint, at most.
     pub endpoint_concurrency: usize,
-    /// Added to twice the longest policy timeout to make the claim lease.
-    pub lease_margin: Duration,
     /// How long a rotated secret keeps signing.
     pub secret_rotation_grace: Duration,
     /// Bytes of the response body kept with each attempt.
@@ -62,7 +61,6 @@ impl Default for EngineConfig {
         EngineConfig {
             max_in_flight: 1024,
             endpoint_concurrency: 16,
-            lease_margin: Duration::from_secs(30),
             secret_rotation_grace: Duration::from_secs(24 * 3600),
             response_excerpt_bytes: 1024,
             client: ClientOptions::default(),
@@ -78,10 +76,10 @@ pub(crate) struct Engine {
     pub(crate) policies: Arc<PolicySet>,
     pub(crate) client: Client,
     pub(crate) commit: GroupCommit,
+    pub(crate) recorder: record::Recorder,
     pub(crate) scheduler: Scheduler,
     pub(crate) outcomes: broadcast::Sender<AttemptEvent>,
     pub(crate) config: EngineConfig,
-    longest_lease: Duration,
 }
 
 impl Engine {
@@ -94,19 +92,16 @@ impl Engine {
         let client = Client::new(&config.client).map_err(Error::Startup)?;
         let commit =
             GroupCommit::start(store.clone()).map_err(|e| Error::Startup(e.to_string()))?;
-        let longest = policies
-            .iter()
-            .map(|p| p.request.timeout)
-            .max()
-            .unwrap_or(Duration::from_secs(30));
+        let recorder =
+            record::Recorder::start(store.clone()).map_err(|e| Error::Startup(e.to_string()))?;
         let (outcomes, _) = broadcast::channel(4096);
         Ok(Arc::new(Engine {
             scheduler: Scheduler::new(config.max_in_flight, config.endpoint_concurrency),
-            longest_lease: longest * 2 + config.lease_margin,
             store,
             policies: Arc::new(policies),
             client,
             commit,
+            recorder,
             outcomes,
             config,
         }))
@@ -135,22 +130,6 @@ impl Engine {
         Ok(())
     }
 
-    /// How long a claim is leased: long enough for it to wait behind one full round of the
-    /// endpoint's attempts and then make its own (twice its policy's timeout, plus a margin).
-    /// After a crash, the deliveries that were claimed come due again when it expires.
-    pub(crate) fn lease_ms(&self, endpoint: crate::model::EndpointId) -> u64 {
-        let timeout = self
-            .store
-            .endpoint(endpoint)
-            .ok()
-            .flatten()
-            .and_then(|e| self.policies.get(&e.policy).map(|p| p.request.timeout));
-        match timeout {
-            Some(timeout) => (timeout * 2 + self.config.lease_margin).as_millis() as u64,
-            None => self.longest_lease.as_millis() as u64,
-        }
-    }
-
     /// Starts a fresh attempt cycle for a finished delivery; the history is kept.
     pub(crate) async fn replay(&self, id: DeliveryId) -> Result<Delivery> {
         let store = self.store.clone();
@@ -164,13 +143,12 @@ impl Engine {
         Ok(delivery)
     }
 
-    /// Stops scheduling, hands queued claims back to the store (due now, so a restart picks
-    /// them up at once), waits up to `grace` for attempts in flight, and flushes.
+    /// Stops scheduling, hands queued claims back (their entries never left the due index,
+    /// so a restart picks them up at once), waits up to `grace` for attempts in flight, and
+    /// flushes.
     pub(crate) async fn shutdown(&self, grace: Duration) -> Result<()> {
-        let released = self.scheduler.stop();
-        let now = now_ms();
-        for (endpoint, claims) in released {
-            self.store.release(endpoint, &claims, Some(now))?;
+        for (_, claims) in self.scheduler.stop() {
+            self.store.release(&claims)?;
         }
         if tokio::time::timeout(grace, self.scheduler.idle())
             .await
@@ -178,7 +156,7 @@ impl Engine {
         {
             tracing::warn!(
                 in_flight = self.scheduler.outstanding(),
-                "attempts still in flight at shutdown; their leases bring them back after restart"
+                "attempts still in flight at shutdown; they are due again after a restart"
             );
         }
         self.commit.durable().await?;

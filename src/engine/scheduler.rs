@@ -11,8 +11,9 @@
 //! * A slot claims in batches: when it has at most `limit` outstanding claims it takes up to
 //!   `2 × limit - outstanding` more, so its runners always find the next delivery queued in
 //!   memory and a claim is one store batch per endpoint, not one per delivery.
-//! * Claims are leases: each claimed entry moves to the lease expiry in the store. After a crash
-//!   it comes due again by itself; nothing needs repairing at start-up.
+//! * Claims are leases held by this process: a claimed entry stays in the store's due index
+//!   (the store remembers the claim in memory), so claiming writes nothing, and after a crash
+//!   the entry is simply due; nothing needs repairing at start-up.
 //! * Isolation: an endpoint never has more than `limit` attempts in flight nor `2 × limit`
 //!   claims, so a dead endpoint holds only its own budget; the global `max_in_flight` bounds the
 //!   claims of all endpoints together.
@@ -282,11 +283,10 @@ pub(crate) async fn run(engine: Arc<Engine>) {
 /// Claims one slot's batch and starts runners for it.
 async fn claim(engine: &Arc<Engine>, plan: ClaimPlan, now: u64) {
     let store = engine.store.clone();
-    let lease = now + engine.lease_ms(plan.endpoint);
     let endpoint = plan.endpoint;
     let count = plan.count;
     let result = tokio::task::spawn_blocking(move || {
-        let claims = store.claim(endpoint, now, lease, count)?;
+        let claims = store.claim(endpoint, now, count)?;
         let head = store.due_head(endpoint)?;
         Ok::<_, crate::store::StoreError>((claims, head))
     })
@@ -347,9 +347,9 @@ async fn runner(engine: Arc<Engine>, endpoint: EndpointId) {
             Ok(claim) => claim,
             Err(returned) => {
                 if !returned.is_empty()
-                    && let Err(e) = engine.store.release(endpoint, &returned, Some(now_ms()))
+                    && let Err(e) = engine.store.release(&returned)
                 {
-                    // Their leases bring them back when they expire.
+                    // They are due again at the latest after a restart.
                     tracing::error!(%endpoint, error = %e, "could not hand back queued claims");
                 }
                 let mut state = scheduler.lock();

@@ -83,13 +83,13 @@ pub enum Inserted {
     Existing(MessageId),
 }
 
-/// A due delivery moved under a lease by [`Store::claim`].
+/// A due delivery reserved by [`Store::claim`] for one attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Claim {
     /// The delivery to attempt.
     pub delivery_id: DeliveryId,
-    /// The lease expiry: where its due entry now sits. It is the claim's token when recording.
-    pub lease_ms: u64,
+    /// Where its due entry sits; the claim's token when recording.
+    pub due_ms: u64,
 }
 
 /// What happens to a delivery after an attempt.
@@ -113,8 +113,9 @@ pub struct AttemptOutcome {
     pub delivery_id: DeliveryId,
     /// Its endpoint (its due entry lives under it).
     pub endpoint_id: EndpointId,
-    /// The claim's lease; a mismatch means the claim was lost and only the attempt is kept.
-    pub lease_ms: u64,
+    /// The claimed entry's due time; when that entry is gone (the endpoint was deleted
+    /// meanwhile) only the attempt is kept.
+    pub due_ms: u64,
     /// The attempt (its `attempt` and `cycle` numbers are filled in by the store).
     pub attempt: Attempt,
     /// What happens next.
@@ -125,14 +126,14 @@ pub struct AttemptOutcome {
     pub counts_toward_health: bool,
 }
 
-/// What [`Store::record_attempt`] did.
+/// What [`Store::record_attempts`] did for one attempt.
 #[derive(Debug, Clone)]
 pub struct Recorded {
     /// The delivery after the change.
     pub delivery: Delivery,
     /// The attempt as stored.
     pub attempt: Attempt,
-    /// The claim had been lost (lease moved by a replay, a delete or a re-claim): the attempt was
+    /// The claimed entry was gone (the endpoint was deleted meanwhile): the attempt was
     /// kept but the delivery did not move.
     pub stale: bool,
     /// The endpoint's consecutive failures after this attempt.
@@ -257,26 +258,29 @@ pub trait Store: Send + Sync + 'static {
 
     /// The earliest due entry (ms) of every endpoint that has one; read once at start-up.
     fn due_heads(&self) -> StoreResult<Vec<(EndpointId, u64)>>;
-    /// The earliest due entry of one endpoint.
+    /// The earliest due entry of one endpoint that is not claimed.
     fn due_head(&self, endpoint: EndpointId) -> StoreResult<Option<u64>>;
-    /// Moves up to `limit` of an endpoint's entries due at or before `now_ms` to `lease_ms`.
-    fn claim(
+    /// Reserves up to `limit` of an endpoint's entries due at or before `now_ms` that are not
+    /// reserved already. A claim is a lease held by this process: the entry stays where it is
+    /// in the store, so if the process dies mid-attempt it is simply due after the restart.
+    fn claim(&self, endpoint: EndpointId, now_ms: u64, limit: usize) -> StoreResult<Vec<Claim>>;
+    /// Gives claims back without an attempt; their entries stay due.
+    fn release(&self, claims: &[Claim]) -> StoreResult<()>;
+    /// Gives claims back and removes their entries: their deliveries need no attempt.
+    fn discard(&self, endpoint: EndpointId, claims: &[Claim]) -> StoreResult<()>;
+    /// Records attempts and moves their deliveries on, all in one atomic write. One answer per
+    /// outcome, in order: an outcome whose delivery is gone is answered with an error and the
+    /// others are still recorded. The write is not flushed (see [`Store::flush`]).
+    fn record_attempts(
         &self,
-        endpoint: EndpointId,
-        now_ms: u64,
-        lease_ms: u64,
-        limit: usize,
-    ) -> StoreResult<Vec<Claim>>;
-    /// Gives claims back without an attempt: their entries move to `due_ms`, or are removed
-    /// when `None` (a claim whose delivery no longer needs attempts).
-    fn release(
-        &self,
-        endpoint: EndpointId,
-        claims: &[Claim],
-        due_ms: Option<u64>,
-    ) -> StoreResult<()>;
-    /// Records an attempt and moves the delivery on, atomically.
-    fn record_attempt(&self, outcome: AttemptOutcome) -> StoreResult<Recorded>;
+        outcomes: Vec<AttemptOutcome>,
+    ) -> StoreResult<Vec<StoreResult<Recorded>>>;
+    /// Records one attempt (see [`Store::record_attempts`]).
+    fn record_attempt(&self, outcome: AttemptOutcome) -> StoreResult<Recorded> {
+        self.record_attempts(vec![outcome])?
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Backend("no answer for the attempt".into())))
+    }
     /// Starts a fresh cycle for a finished delivery, due at `now_ms`; history is kept.
     fn replay(&self, id: DeliveryId, now_ms: u64) -> StoreResult<Delivery>;
 

@@ -11,7 +11,7 @@
 //! hold one mutex for the microseconds between their read and their `apply_batch`. sled holds
 //! the directory's file lock, so no other process writes the same store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,7 +68,8 @@ pub struct SledStore {
     db: sled::Db,
     tree: sled::Tree,
     log_file: File,
-    transition: Mutex<()>,
+    /// Serialises state transitions; holds the deliveries claimed by this process.
+    transition: Mutex<HashSet<DeliveryId>>,
     /// Pending deliveries (one due entry each): counted at open, then changed under
     /// `transition` in the same places that add or remove due entries for good.
     pending: AtomicU64,
@@ -84,6 +85,20 @@ struct MessageHeader {
     idempotency_key: Option<String>,
     dedup_key: Option<String>,
     created_at: u64,
+}
+
+/// The writes of one group of attempt records, applied as one batch: sled writes its log
+/// buffer out for every batch, so one batch per group instead of per attempt is what lets
+/// delivery throughput grow with concurrency.
+#[derive(Default)]
+struct RecordGroup {
+    batch: Batch,
+    deliveries: HashMap<DeliveryId, Delivery>,
+    stats: HashMap<Vec<u8>, DailyRollup>,
+    failures: HashMap<EndpointId, u32>,
+    added_due: HashSet<Vec<u8>>,
+    removed_due: HashSet<Vec<u8>>,
+    finished: u64,
 }
 
 impl SledStore {
@@ -114,7 +129,7 @@ impl SledStore {
             db,
             tree,
             log_file,
-            transition: Mutex::new(()),
+            transition: Mutex::new(HashSet::new()),
             pending: AtomicU64::new(pending),
         })
     }
@@ -124,7 +139,7 @@ impl SledStore {
         Ok(self.db.size_on_disk()?)
     }
 
-    fn lock(&self) -> MutexGuard<'_, ()> {
+    fn lock(&self) -> MutexGuard<'_, HashSet<DeliveryId>> {
         // A panic while holding the lock cannot leave sled half-written (batches are atomic),
         // so a poisoned lock is safe to take over.
         self.transition.lock().unwrap_or_else(|p| p.into_inner())
@@ -312,6 +327,92 @@ impl SledStore {
     fn delivery_required(&self, id: DeliveryId) -> StoreResult<Delivery> {
         self.get(&keys::delivery(id))?
             .ok_or_else(|| StoreError::NotFound(format!("delivery {id}")))
+    }
+
+    /// Adds one attempt to `group`; reads see the group's earlier changes first.
+    fn record_one(
+        &self,
+        group: &mut RecordGroup,
+        outcome: AttemptOutcome,
+    ) -> StoreResult<Recorded> {
+        let mut delivery = match group.deliveries.remove(&outcome.delivery_id) {
+            Some(delivery) => delivery,
+            None => self.delivery_required(outcome.delivery_id)?,
+        };
+        let due_key = keys::due(outcome.endpoint_id, outcome.due_ms, outcome.delivery_id);
+        let stale = !group.added_due.contains(&due_key)
+            && (group.removed_due.contains(&due_key) || !self.tree.contains_key(&due_key)?);
+        let mut attempt = outcome.attempt;
+        delivery.total_attempts += 1;
+        attempt.attempt = delivery.total_attempts;
+        attempt.cycle = delivery.cycle;
+        delivery.last_status_code = attempt.status_code;
+        delivery.last_error = attempt.error_detail.clone();
+        delivery.updated_at = attempt.started_at + attempt.duration_ms;
+        group.batch.insert(
+            keys::attempt(delivery.id, attempt.attempt),
+            encode(&attempt)?,
+        );
+        if !stale {
+            delivery.cycle_attempts += 1;
+            group.added_due.remove(&due_key);
+            group.batch.remove(due_key.as_slice());
+            group.removed_due.insert(due_key);
+            match outcome.next {
+                NextStep::Retry { due_ms, anchor_ms } => {
+                    delivery.status = DeliveryStatus::Pending;
+                    delivery.next_attempt_at = Some(due_ms);
+                    delivery.anchor_ms = anchor_ms;
+                    let next_key = keys::due(outcome.endpoint_id, due_ms, delivery.id);
+                    group.batch.insert(next_key.as_slice(), &[]);
+                    group.removed_due.remove(&next_key);
+                    group.added_due.insert(next_key);
+                }
+                NextStep::Finish(status) => {
+                    delivery.status = status;
+                    delivery.next_attempt_at = None;
+                    group.finished += 1;
+                }
+            }
+            if let (true, Some((key, digest))) = (attempt.success, &outcome.dedup) {
+                group
+                    .batch
+                    .insert(keys::dedup(outcome.endpoint_id, key), digest.as_slice());
+            }
+        }
+        let mut consecutive_failures = match group.failures.get(&outcome.endpoint_id) {
+            Some(count) => *count,
+            None => self.failures(outcome.endpoint_id)?,
+        };
+        if outcome.counts_toward_health {
+            let stats_key = keys::stats(outcome.endpoint_id, day_of(attempt.started_at));
+            let day = match group.stats.entry(stats_key) {
+                std::collections::hash_map::Entry::Occupied(day) => day.into_mut(),
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    let stored = self.get(slot.key())?.unwrap_or_default();
+                    slot.insert(stored)
+                }
+            };
+            day.add(attempt.duration_ms, attempt.success);
+            let before = consecutive_failures;
+            consecutive_failures = if attempt.success {
+                0
+            } else {
+                consecutive_failures.saturating_add(1)
+            };
+            if consecutive_failures != before || group.failures.contains_key(&outcome.endpoint_id) {
+                group
+                    .failures
+                    .insert(outcome.endpoint_id, consecutive_failures);
+            }
+        }
+        group.deliveries.insert(delivery.id, delivery.clone());
+        Ok(Recorded {
+            delivery,
+            attempt,
+            stale,
+            consecutive_failures,
+        })
     }
 
     fn decode_message(key: &[u8], bytes: &[u8]) -> StoreResult<Message> {
@@ -676,132 +777,95 @@ impl Store for SledStore {
     }
 
     fn due_head(&self, endpoint: EndpointId) -> StoreResult<Option<u64>> {
-        match self
-            .tree
-            .scan_prefix(keys::due_prefix(endpoint))
-            .keys()
-            .next()
-        {
-            Some(key) => Ok(keys::parse_due(&key?).map(|(_, due_ms, _)| due_ms)),
-            None => Ok(None),
+        let claimed = self.lock();
+        for key in self.tree.scan_prefix(keys::due_prefix(endpoint)).keys() {
+            if let Some((_, due_ms, delivery_id)) = keys::parse_due(&key?)
+                && !claimed.contains(&delivery_id)
+            {
+                return Ok(Some(due_ms));
+            }
         }
+        Ok(None)
     }
 
-    fn claim(
-        &self,
-        endpoint: EndpointId,
-        now_ms: u64,
-        lease_ms: u64,
-        limit: usize,
-    ) -> StoreResult<Vec<Claim>> {
+    fn claim(&self, endpoint: EndpointId, now_ms: u64, limit: usize) -> StoreResult<Vec<Claim>> {
         let nil = DeliveryId(Uuid::nil());
         let start = keys::due(endpoint, 0, nil);
         let end = keys::due(endpoint, now_ms.saturating_add(1), nil);
-        let _guard = self.lock();
+        let mut claimed = self.lock();
         let mut claims = Vec::new();
-        let mut batch = Batch::default();
-        for key in self.tree.range(start..end).keys().take(limit) {
-            let key = key?;
-            if let Some((_, _, delivery_id)) = keys::parse_due(&key) {
-                batch.remove(key);
-                batch.insert(keys::due(endpoint, lease_ms, delivery_id), &[]);
+        // Skips at most the endpoint's own outstanding claims (bounded by its concurrency).
+        for key in self.tree.range(start..end).keys() {
+            if claims.len() == limit {
+                break;
+            }
+            if let Some((_, due_ms, delivery_id)) = keys::parse_due(&key?)
+                && claimed.insert(delivery_id)
+            {
                 claims.push(Claim {
                     delivery_id,
-                    lease_ms,
+                    due_ms,
                 });
             }
-        }
-        if !claims.is_empty() {
-            self.tree.apply_batch(batch)?;
         }
         Ok(claims)
     }
 
-    fn release(
-        &self,
-        endpoint: EndpointId,
-        claims: &[Claim],
-        due_ms: Option<u64>,
-    ) -> StoreResult<()> {
-        let _guard = self.lock();
-        let mut batch = Batch::default();
+    fn release(&self, claims: &[Claim]) -> StoreResult<()> {
+        let mut claimed = self.lock();
         for claim in claims {
-            let lease_key = keys::due(endpoint, claim.lease_ms, claim.delivery_id);
-            if self.tree.contains_key(&lease_key)? {
-                batch.remove(lease_key);
-                if let Some(due_ms) = due_ms {
-                    batch.insert(keys::due(endpoint, due_ms, claim.delivery_id), &[]);
-                }
-            }
+            claimed.remove(&claim.delivery_id);
         }
-        Ok(self.tree.apply_batch(batch)?)
+        Ok(())
     }
 
-    fn record_attempt(&self, outcome: AttemptOutcome) -> StoreResult<Recorded> {
-        let _guard = self.lock();
-        let mut delivery = self.delivery_required(outcome.delivery_id)?;
-        let lease_key = keys::due(outcome.endpoint_id, outcome.lease_ms, outcome.delivery_id);
-        let stale = !self.tree.contains_key(&lease_key)?;
-        let mut attempt = outcome.attempt;
-        delivery.total_attempts += 1;
-        attempt.attempt = delivery.total_attempts;
-        attempt.cycle = delivery.cycle;
-        delivery.last_status_code = attempt.status_code;
-        delivery.last_error = attempt.error_detail.clone();
-        delivery.updated_at = attempt.started_at + attempt.duration_ms;
-
+    fn discard(&self, endpoint: EndpointId, claims: &[Claim]) -> StoreResult<()> {
+        let mut claimed = self.lock();
         let mut batch = Batch::default();
-        batch.insert(
-            keys::attempt(delivery.id, attempt.attempt),
-            encode(&attempt)?,
-        );
-        if !stale {
-            delivery.cycle_attempts += 1;
-            batch.remove(lease_key);
-            match outcome.next {
-                NextStep::Retry { due_ms, anchor_ms } => {
-                    delivery.status = DeliveryStatus::Pending;
-                    delivery.next_attempt_at = Some(due_ms);
-                    delivery.anchor_ms = anchor_ms;
-                    batch.insert(keys::due(outcome.endpoint_id, due_ms, delivery.id), &[]);
-                }
-                NextStep::Finish(status) => {
-                    delivery.status = status;
-                    delivery.next_attempt_at = None;
-                }
-            }
-            if let (true, Some((key, digest))) = (attempt.success, &outcome.dedup) {
-                batch.insert(keys::dedup(outcome.endpoint_id, key), digest.as_slice());
+        let mut removed = 0;
+        for claim in claims {
+            claimed.remove(&claim.delivery_id);
+            let key = keys::due(endpoint, claim.due_ms, claim.delivery_id);
+            if self.tree.contains_key(&key)? {
+                batch.remove(key);
+                removed += 1;
             }
         }
-        if outcome.counts_toward_health {
-            let stats_key = keys::stats(outcome.endpoint_id, day_of(attempt.started_at));
-            let mut day: DailyRollup = self.get(&stats_key)?.unwrap_or_default();
-            day.add(attempt.duration_ms, attempt.success);
-            batch.insert(stats_key, encode(&day)?);
-        }
-        let mut consecutive_failures = self.failures(outcome.endpoint_id)?;
-        if outcome.counts_toward_health {
-            let failures_key = keys::failures(outcome.endpoint_id);
-            if attempt.success {
-                consecutive_failures = 0;
-                batch.remove(failures_key);
-            } else {
-                consecutive_failures = consecutive_failures.saturating_add(1);
-                batch.insert(failures_key, &consecutive_failures.to_be_bytes());
-            }
-        }
-        batch.insert(keys::delivery(delivery.id), encode(&delivery)?);
         self.tree.apply_batch(batch)?;
-        if !stale && delivery.status.is_final() {
-            self.pending.fetch_sub(1, Ordering::Relaxed);
+        self.pending.fetch_sub(removed, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn record_attempts(
+        &self,
+        outcomes: Vec<AttemptOutcome>,
+    ) -> StoreResult<Vec<StoreResult<Recorded>>> {
+        let mut claimed = self.lock();
+        let mut group = RecordGroup::default();
+        let mut answers = Vec::with_capacity(outcomes.len());
+        for outcome in outcomes {
+            claimed.remove(&outcome.delivery_id);
+            answers.push(self.record_one(&mut group, outcome));
         }
-        Ok(Recorded {
-            delivery,
-            attempt,
-            stale,
-            consecutive_failures,
-        })
+        for (key, day) in &group.stats {
+            group.batch.insert(key.as_slice(), encode(day)?);
+        }
+        for (endpoint, count) in &group.failures {
+            match count {
+                0 => group.batch.remove(keys::failures(*endpoint)),
+                n => group
+                    .batch
+                    .insert(keys::failures(*endpoint), &n.to_be_bytes()),
+            }
+        }
+        for delivery in group.deliveries.values() {
+            group
+                .batch
+                .insert(keys::delivery(delivery.id), encode(delivery)?);
+        }
+        self.tree.apply_batch(group.batch)?;
+        self.pending.fetch_sub(group.finished, Ordering::Relaxed);
+        Ok(answers)
     }
 
     fn replay(&self, id: DeliveryId, now_ms: u64) -> StoreResult<Delivery> {

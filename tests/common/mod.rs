@@ -173,7 +173,7 @@ pub fn quick_policy(name: &str, interval: &str, attempts: u32) -> Policy {
     )
 }
 
-/// Opens herald on `dir` with extra policies and a short lease.
+/// Opens herald on `dir` with extra policies, private targets allowed.
 pub async fn open(dir: &std::path::Path, policies: Vec<Policy>) -> Herald {
     open_with(dir, policies, herald::EngineConfig::default()).await
 }
@@ -183,7 +183,6 @@ pub async fn open_with(
     policies: Vec<Policy>,
     mut config: herald::EngineConfig,
 ) -> Herald {
-    config.lease_margin = Duration::from_millis(500);
     config.client.targets.allow_private = true; // receivers live on 127.0.0.1
     let mut builder = Herald::builder().data_dir(dir).engine_config(config);
     for p in policies {
@@ -312,7 +311,7 @@ pub mod fixtures {
         (message, delivery)
     }
 
-    /// Records an attempt started at `at_ms` (the delivery does not move: no lease matches).
+    /// Records an attempt started at `at_ms` (the delivery does not move: no due entry matches).
     pub fn record_attempt(
         store: &dyn Store,
         endpoint: EndpointId,
@@ -324,7 +323,7 @@ pub mod fixtures {
             .record_attempt(AttemptOutcome {
                 delivery_id: delivery,
                 endpoint_id: endpoint,
-                lease_ms: 0,
+                due_ms: 0,
                 attempt: Attempt {
                     attempt: 0,
                     cycle: 0,
