@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, RwLock};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -68,6 +68,9 @@ pub struct SledStore {
     db: sled::Db,
     tree: sled::Tree,
     log_file: File,
+    /// Decoded endpoint records. Filled on a miss and changed by every endpoint write, both
+    /// under `transition`, so a reader can never put back a record a writer replaced.
+    endpoint_cache: RwLock<HashMap<EndpointId, Endpoint>>,
     /// Serialises state transitions; holds the deliveries claimed by this process.
     transition: Mutex<HashSet<DeliveryId>>,
     /// Pending deliveries (one due entry each): counted at open, then changed under
@@ -130,6 +133,7 @@ impl SledStore {
             tree,
             log_file,
             transition: Mutex::new(HashSet::new()),
+            endpoint_cache: RwLock::new(HashMap::new()),
             pending: AtomicU64::new(pending),
         })
     }
@@ -281,12 +285,47 @@ impl SledStore {
     }
 
     /// An endpoint record as stored (without its failure count).
+    /// The endpoint record (without its failure count), from the cache when possible.
     fn stored_endpoint(&self, id: EndpointId) -> StoreResult<Option<Endpoint>> {
-        let key = keys::endpoint(id);
-        match self.tree.get(&key)? {
-            Some(bytes) => self.open_endpoint(&key, &bytes).map(Some),
-            None => Ok(None),
+        if let Some(endpoint) = self.cached_endpoint(id) {
+            return Ok(Some(endpoint));
         }
+        let _guard = self.lock();
+        self.load_endpoint(id)
+    }
+
+    fn cached_endpoint(&self, id: EndpointId) -> Option<Endpoint> {
+        let cache = self
+            .endpoint_cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        cache.get(&id).cloned()
+    }
+
+    /// Like `stored_endpoint`, for callers already holding `transition`.
+    fn load_endpoint(&self, id: EndpointId) -> StoreResult<Option<Endpoint>> {
+        if let Some(endpoint) = self.cached_endpoint(id) {
+            return Ok(Some(endpoint));
+        }
+        let key = keys::endpoint(id);
+        let Some(bytes) = self.tree.get(&key)? else {
+            return Ok(None);
+        };
+        let endpoint = self.open_endpoint(&key, &bytes)?;
+        self.cache_endpoint(id, Some(&endpoint));
+        Ok(Some(endpoint))
+    }
+
+    /// Sets (or with `None` forgets) a cached record; callers hold `transition`.
+    fn cache_endpoint(&self, id: EndpointId, endpoint: Option<&Endpoint>) {
+        let mut cache = self
+            .endpoint_cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        match endpoint {
+            Some(endpoint) => cache.insert(id, endpoint.clone()),
+            None => cache.remove(&id),
+        };
     }
 
     /// Endpoint records carry secrets, tokens and credentials: they are sealed.
@@ -503,14 +542,16 @@ impl Store for SledStore {
     fn put_endpoint(&self, endpoint: &Endpoint) -> StoreResult<()> {
         let _guard = self.lock();
         let mut batch = Batch::default();
-        if let Some(old) = self.stored_endpoint(endpoint.id)?
+        if let Some(old) = self.load_endpoint(endpoint.id)?
             && old.tenant != endpoint.tenant
         {
             batch.remove(keys::tenant_endpoint(&old.tenant, old.id));
         }
         batch.insert(keys::endpoint(endpoint.id), self.seal_endpoint(endpoint)?);
         batch.insert(keys::tenant_endpoint(&endpoint.tenant, endpoint.id), &[]);
-        Ok(self.tree.apply_batch(batch)?)
+        self.cache_endpoint(endpoint.id, None);
+        self.tree.apply_batch(batch)?;
+        Ok(())
     }
 
     fn endpoint(&self, id: EndpointId) -> StoreResult<Option<Endpoint>> {
@@ -525,10 +566,11 @@ impl Store for SledStore {
 
     fn disable_endpoint(&self, id: EndpointId, now_ms: u64) -> StoreResult<bool> {
         let _guard = self.lock();
-        match self.stored_endpoint(id)? {
+        match self.load_endpoint(id)? {
             Some(mut endpoint) if endpoint.enabled => {
                 endpoint.enabled = false;
                 endpoint.updated_at = now_ms;
+                self.cache_endpoint(id, None);
                 self.tree
                     .insert(keys::endpoint(id), self.seal_endpoint(&endpoint)?)?;
                 Ok(true)
@@ -539,11 +581,12 @@ impl Store for SledStore {
 
     fn enable_endpoint(&self, id: EndpointId, now_ms: u64) -> StoreResult<Option<Endpoint>> {
         let _guard = self.lock();
-        let Some(mut endpoint) = self.stored_endpoint(id)? else {
+        let Some(mut endpoint) = self.load_endpoint(id)? else {
             return Ok(None);
         };
         endpoint.enabled = true;
         endpoint.updated_at = now_ms;
+        self.cache_endpoint(id, None);
         let mut batch = Batch::default();
         batch.insert(keys::endpoint(id), self.seal_endpoint(&endpoint)?);
         batch.remove(keys::failures(id));
@@ -580,9 +623,10 @@ impl Store for SledStore {
 
     fn delete_endpoint(&self, id: EndpointId, now_ms: u64) -> StoreResult<bool> {
         let _guard = self.lock();
-        let Some(endpoint) = self.stored_endpoint(id)? else {
+        let Some(endpoint) = self.load_endpoint(id)? else {
             return Ok(false);
         };
+        self.cache_endpoint(id, None);
         loop {
             let due: Vec<IVec> = self
                 .tree
