@@ -1,6 +1,8 @@
 //! Test harness: real HTTP receivers on 127.0.0.1 and herald instances on temporary dirs.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -1,0 +1,135 @@
+//! The real `herald serve` binary on a temporary directory, driven over HTTP.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub const ADMIN: &str = "admin-token-0123456789";
+pub const PRODUCER: &str = "producer-token-0123456789";
+
+/// A running daemon on a free port; killed on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub base: String,
+    /// Everything it logged so far.
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Daemon {
+    pub fn start(data: &Path) -> Daemon {
+        Self::start_with(data, None)
+    }
+
+    /// With `--config FILE`; the environment still overrides listen, data and tokens.
+    pub fn start_with(data: &Path, config: Option<&Path>) -> Daemon {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let policies = data.join("policies");
+        std::fs::create_dir_all(&policies).unwrap();
+        std::fs::write(
+            policies.join("quick.toml"),
+            "name = \"quick\"\n[schedule]\nkind = \"fixed\"\ninterval = \"200ms\"\nmax_attempts = 50\n[request]\ntimeout = \"2s\"\n",
+        )
+        .unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+        command.arg("serve");
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        let mut child = command
+            .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
+            .env("HERALD_DATA_DIR", data.join("store"))
+            .env("HERALD_POLICIES_DIR", &policies)
+            .env("HERALD_ADMIN_TOKEN", ADMIN)
+            .env("HERALD_PRODUCER_TOKEN", PRODUCER)
+            .env("HERALD_LOG", "debug")
+            .env("HERALD_ALLOW_PRIVATE_TARGETS", "true")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait for the "serving" log line (not a sleep); keep draining stderr afterwards.
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut told = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&line);
+                sink.lock().unwrap().push('\n');
+                if !told && line.contains("herald serving") {
+                    let _ = tx.send(());
+                    told = true;
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("daemon did not start in 20s");
+        Daemon {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, Value, String) {
+        let client = reqwest::Client::new();
+        let mut request = client.request(method.parse().unwrap(), format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::Null),
+            content_type,
+        )
+    }
+
+    pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let body = body.map(|b| b.to_string());
+        let (status, value, _) = self.call(method, path, Some(ADMIN), body.as_deref()).await;
+        (status, value)
+    }
+
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
