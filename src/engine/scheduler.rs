@@ -159,6 +159,25 @@ impl Scheduler {
         state.refresh(endpoint);
     }
 
+    /// One claimed delivery of `endpoint` is done; `next_due` when it was rescheduled.
+    fn finished(&self, endpoint: EndpointId, next_due: Option<u64>) {
+        let mut state = self.lock();
+        let was_full = state.outstanding >= self.max_in_flight;
+        state.outstanding -= 1;
+        metrics::gauge!("herald_in_flight").set(state.outstanding as f64);
+        let slot = self.slot(&mut state, endpoint);
+        slot.outstanding -= 1;
+        if let Some(due) = next_due {
+            slot.head = Some(slot.head.map_or(due, |h| h.min(due)));
+        }
+        if state.refresh(endpoint) || was_full {
+            self.wake.notify_one();
+        }
+        if state.outstanding == 0 {
+            self.idle.notify_waiters();
+        }
+    }
+
     /// True once shutdown has begun.
     pub(crate) fn is_stopping(&self) -> bool {
         self.lock().stopping
@@ -360,21 +379,15 @@ async fn runner(engine: Arc<Engine>, endpoint: EndpointId) {
                 return;
             }
         };
-        let next_due = super::attempt::run(&engine, endpoint, claim).await;
-        let mut state = scheduler.lock();
-        let was_full = state.outstanding >= scheduler.max_in_flight;
-        state.outstanding -= 1;
-        metrics::gauge!("herald_in_flight").set(state.outstanding as f64);
-        let slot = scheduler.slot(&mut state, endpoint);
-        slot.outstanding -= 1;
-        if let Some(due) = next_due {
-            slot.head = Some(slot.head.map_or(due, |h| h.min(due)));
-        }
-        if state.refresh(endpoint) || was_full {
-            scheduler.wake.notify_one();
-        }
-        if state.outstanding == 0 {
-            scheduler.idle.notify_waiters();
-        }
+        // The attempt goes on in its own task; this runner moves to its next claim as soon as
+        // the request is over, while the outcome is being recorded (with other runners'
+        // outcomes, in one write). Claims stay outstanding until recorded.
+        let (exchanged, request_over) = tokio::sync::oneshot::channel();
+        let task_engine = engine.clone();
+        tokio::spawn(async move {
+            let next_due = super::attempt::run(&task_engine, endpoint, claim, exchanged).await;
+            task_engine.scheduler.finished(endpoint, next_due);
+        });
+        let _ = request_over.await;
     }
 }

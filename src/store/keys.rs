@@ -18,6 +18,7 @@
 //! | `F`    | endpoint id                           | consecutive failures (u32 BE) |
 //! | `S`    | endpoint id, day (u32 BE)             | daily roll-up                 |
 //! | `J`    | job id                                | bulk replay job               |
+//! | `P`    | —                                     | pending deliveries (u64 BE)   |
 
 use crate::model::{DeliveryId, EndpointId, MessageId};
 
@@ -33,6 +34,8 @@ pub(crate) const DEDUP: u8 = b'K';
 pub(crate) const FAILURES: u8 = b'F';
 pub(crate) const STATS: u8 = b'S';
 pub(crate) const JOB: u8 = b'J';
+/// The pending-delivery count: the number of `Q` entries.
+pub(crate) const PENDING: &[u8] = b"P";
 
 fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     let len = 1 + parts.iter().map(|p| p.len()).sum::<usize>();

@@ -73,8 +73,9 @@ pub struct SledStore {
     endpoint_cache: RwLock<HashMap<EndpointId, Endpoint>>,
     /// Serialises state transitions; holds the deliveries claimed by this process.
     transition: Mutex<HashSet<DeliveryId>>,
-    /// Pending deliveries (one due entry each): counted at open, then changed under
-    /// `transition` in the same places that add or remove due entries for good.
+    /// Pending deliveries (one due entry each). Changed only under `transition`, and stored
+    /// (key `P`) in the same atomic batch as the due entries it counts, so it is exact after a
+    /// crash too and a restart reads it instead of scanning the due index.
     pending: AtomicU64,
 }
 
@@ -126,7 +127,22 @@ impl SledStore {
             .map_err(|e| StoreError::Backend(format!("{}: {e}", log_path.display())))?;
         // Keys only, before anything else can change them: exact, and about a second per
         // million pending deliveries on a cold start.
-        let pending = tree.scan_prefix([keys::DUE]).keys().count() as u64;
+        let pending =
+            match tree.get(keys::PENDING)? {
+                Some(stored) => u64::from_be_bytes(stored.as_ref().try_into().map_err(|_| {
+                    StoreError::Corrupt {
+                        key: "P".into(),
+                        reason: "the pending count is not 8 bytes".into(),
+                    }
+                })?),
+                // A store written before the count was kept: count once, then keep it.
+                None => {
+                    let counted = tree.scan_prefix([keys::DUE]).keys().count() as u64;
+                    tree.insert(keys::PENDING, &counted.to_be_bytes())?;
+                    counted
+                }
+            };
+        tracing::info!(pending, "store opened");
         Ok(SledStore {
             sealer: Sealer::new(&key),
             db,
@@ -366,6 +382,18 @@ impl SledStore {
     fn delivery_required(&self, id: DeliveryId) -> StoreResult<Delivery> {
         self.get(&keys::delivery(id))?
             .ok_or_else(|| StoreError::NotFound(format!("delivery {id}")))
+    }
+
+    /// Applies `batch` with the pending count moved by `added - removed`, written in the same
+    /// batch. Callers hold `transition`.
+    fn apply_counted(&self, mut batch: Batch, added: u64, removed: u64) -> StoreResult<()> {
+        let count = (self.pending.load(Ordering::Relaxed) + added).saturating_sub(removed);
+        if added != removed {
+            batch.insert(keys::PENDING, &count.to_be_bytes());
+        }
+        self.tree.apply_batch(batch)?;
+        self.pending.store(count, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Adds one attempt to `group`; reads see the group's earlier changes first.
@@ -652,8 +680,7 @@ impl Store for SledStore {
                 }
                 batch.remove(key);
             }
-            self.tree.apply_batch(batch)?;
-            self.pending.fetch_sub(removed, Ordering::Relaxed);
+            self.apply_counted(batch, 0, removed)?;
         }
         let mut batch = Batch::default();
         batch.remove(keys::endpoint(id));
@@ -706,8 +733,7 @@ impl Store for SledStore {
             }
             answers.push(Inserted::Created);
         }
-        self.tree.apply_batch(batch)?;
-        self.pending.fetch_add(added, Ordering::Relaxed);
+        self.apply_counted(batch, added, 0)?;
         Ok(answers)
     }
 
@@ -875,8 +901,7 @@ impl Store for SledStore {
                 removed += 1;
             }
         }
-        self.tree.apply_batch(batch)?;
-        self.pending.fetch_sub(removed, Ordering::Relaxed);
+        self.apply_counted(batch, 0, removed)?;
         Ok(())
     }
 
@@ -907,8 +932,7 @@ impl Store for SledStore {
                 .batch
                 .insert(keys::delivery(delivery.id), encode(delivery)?);
         }
-        self.tree.apply_batch(group.batch)?;
-        self.pending.fetch_sub(group.finished, Ordering::Relaxed);
+        self.apply_counted(group.batch, 0, group.finished)?;
         Ok(answers)
     }
 
@@ -936,8 +960,7 @@ impl Store for SledStore {
         let mut batch = Batch::default();
         batch.insert(keys::delivery(id), encode(&delivery)?);
         batch.insert(keys::due(delivery.endpoint_id, now_ms, id), &[]);
-        self.tree.apply_batch(batch)?;
-        self.pending.fetch_add(1, Ordering::Relaxed);
+        self.apply_counted(batch, 1, 0)?;
         Ok(delivery)
     }
 

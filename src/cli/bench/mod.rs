@@ -4,14 +4,16 @@
 //! and removes it afterwards. Results print as a table and, with `--json FILE`, as JSON.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Subcommand;
 use herald::{EngineConfig, Herald, NewEndpoint, NewMessage};
 use serde::Serialize;
-use tokio::sync::Notify;
+
+mod backlog;
+mod deliver;
+mod sink;
 
 /// Benchmark scenarios.
 #[derive(Subcommand)]
@@ -30,19 +32,68 @@ pub enum Scenario {
     },
     /// End-to-end deliveries per second to a local receiver, and the receiver's own ceiling.
     Deliver {
-        /// Messages per run.
-        #[arg(long, default_value_t = 20_000)]
+        #[command(flatten)]
+        load: Load,
+        /// Also write the rows as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Like `deliver`, with the messages posted to the daemon's `POST /v1/messages`.
+    Http {
+        #[command(flatten)]
+        load: Load,
+        /// Also write the rows as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// A large pending backlog: enqueue time, disk, memory, restart to first delivery, idle CPU.
+    Backlog {
+        /// Pending deliveries.
+        #[arg(long, default_value_t = 1_000_000)]
+        deliveries: usize,
+        /// Endpoints they are spread over.
+        #[arg(long, default_value_t = 100)]
+        endpoints: usize,
+        /// Also write the rows as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// The restarted side of `backlog`, run by it as a separate process (not for direct use).
+    #[command(hide = true)]
+    BacklogChild {
+        /// The store directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The endpoint to enable once open.
+        #[arg(long)]
+        probe: String,
+    },
+    /// Healthy throughput of 9 endpoints with a 10th that never answers, against without it.
+    Isolation {
+        /// Messages to the healthy endpoints per run.
+        #[arg(long, default_value_t = 45_000)]
         messages: usize,
-        /// Endpoint counts, comma-separated (messages are spread evenly).
-        #[arg(long, value_delimiter = ',', default_value = "1,100")]
-        endpoints: Vec<usize>,
         /// Attempts in flight per endpoint.
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = 16)]
         concurrency: usize,
         /// Also write the rows as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
     },
+}
+
+/// Load shape of the delivery scenarios.
+#[derive(clap::Args)]
+pub struct Load {
+    /// Messages per run.
+    #[arg(long, default_value_t = 100_000)]
+    messages: usize,
+    /// Endpoint counts, comma-separated (messages are spread evenly).
+    #[arg(long, value_delimiter = ',', default_value = "1,100")]
+    endpoints: Vec<usize>,
+    /// Attempts in flight per endpoint.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -58,35 +109,78 @@ struct Row {
     p50_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     p99_ms: Option<f64>,
+    /// herald against the receiver's ceiling (`deliver`, `http`) or against the run without
+    /// the hung endpoint (`isolation`).
     #[serde(skip_serializing_if = "Option::is_none")]
     ratio_to_ceiling: Option<f64>,
+    /// Figures that fit no column (`backlog`): name and value.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    figures: Vec<(String, f64)>,
+}
+
+impl Row {
+    fn new(scenario: &str, params: String, count: usize, per_second: f64) -> Row {
+        Row {
+            scenario: scenario.into(),
+            params,
+            count,
+            seconds: count as f64 / per_second,
+            per_second,
+            fsyncs_per_1000: None,
+            p50_ms: None,
+            p99_ms: None,
+            ratio_to_ceiling: None,
+            figures: Vec::new(),
+        }
+    }
 }
 
 /// Runs a scenario.
 pub async fn run(scenario: Scenario) -> Result<(), String> {
-    let (rows, json) = match scenario {
+    let mut rows = Vec::new();
+    let json = match scenario {
         Scenario::Send {
             messages,
             senders,
             json,
         } => {
-            let mut rows = Vec::new();
             for s in senders {
                 rows.push(send(messages, s.max(1)).await?);
             }
-            (rows, json)
+            json
         }
-        Scenario::Deliver {
-            messages,
+        Scenario::Deliver { load, json } => {
+            for e in &load.endpoints {
+                rows.extend(
+                    deliver::deliver(load.messages, *e.max(&1), load.concurrency.max(1)).await?,
+                );
+            }
+            json
+        }
+        Scenario::Http { load, json } => {
+            for e in &load.endpoints {
+                rows.extend(
+                    deliver::http(load.messages, *e.max(&1), load.concurrency.max(1)).await?,
+                );
+            }
+            json
+        }
+        Scenario::Backlog {
+            deliveries,
             endpoints,
+            json,
+        } => {
+            rows.extend(backlog::backlog(deliveries, endpoints.max(1)).await?);
+            json
+        }
+        Scenario::BacklogChild { dir, probe } => return backlog::child(&dir, &probe).await,
+        Scenario::Isolation {
+            messages,
             concurrency,
             json,
         } => {
-            let mut rows = Vec::new();
-            for e in endpoints {
-                rows.extend(deliver(messages, e.max(1), concurrency.max(1)).await?);
-            }
-            (rows, json)
+            rows.extend(deliver::isolation(messages, concurrency.max(1)).await?);
+            json
         }
     };
     print_table(&rows);
@@ -124,6 +218,9 @@ fn print_table(rows: &[Row]) {
             opt(r.p99_ms),
             opt(r.ratio_to_ceiling)
         );
+        for (name, value) in &r.figures {
+            println!("{:<9} {name:<30} {value:>8.2}", "");
+        }
     }
 }
 
@@ -238,185 +335,6 @@ async fn send(messages: usize, senders: usize) -> Result<Row, String> {
         p50_ms: Some(percentile(&latencies, 0.50)),
         p99_ms: Some(percentile(&latencies, 0.99)),
         ratio_to_ceiling: None,
+        figures: Vec::new(),
     })
-}
-
-/// A minimal local receiver: answers 200 to everything and counts.
-struct Sink {
-    addr: std::net::SocketAddr,
-    count: Arc<AtomicU64>,
-    reached: Arc<Notify>,
-    target: Arc<AtomicU64>,
-}
-
-impl Sink {
-    async fn start() -> Result<Sink, String> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| e.to_string())?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let count = Arc::new(AtomicU64::new(0));
-        let reached = Arc::new(Notify::new());
-        let target = Arc::new(AtomicU64::new(u64::MAX));
-        let (c, r, t) = (count.clone(), reached.clone(), target.clone());
-        let app = axum::Router::new().fallback(move || {
-            let (c, r, t) = (c.clone(), r.clone(), t.clone());
-            async move {
-                if c.fetch_add(1, Ordering::Relaxed) + 1 >= t.load(Ordering::Relaxed) {
-                    r.notify_one();
-                }
-                ""
-            }
-        });
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Ok(Sink {
-            addr,
-            count,
-            reached,
-            target,
-        })
-    }
-
-    /// Resets the counter and waits until `n` requests arrived (or a minute passed).
-    fn expect(&self, n: usize) {
-        self.count.store(0, Ordering::Relaxed);
-        self.target.store(n as u64, Ordering::Relaxed);
-    }
-
-    async fn wait(&self) -> Result<(), String> {
-        let deadline = Duration::from_secs(120);
-        while self.count.load(Ordering::Relaxed) < self.target.load(Ordering::Relaxed) {
-            tokio::time::timeout(deadline, self.reached.notified())
-                .await
-                .map_err(|_| {
-                    format!(
-                        "receiver got only {} requests",
-                        self.count.load(Ordering::Relaxed)
-                    )
-                })?;
-        }
-        Ok(())
-    }
-}
-
-/// The receiver's ceiling: the same receiver driven directly by a plain HTTP client.
-async fn ceiling(
-    sink: &Sink,
-    messages: usize,
-    concurrency: usize,
-    body: &[u8],
-) -> Result<f64, String> {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        .build()
-        .map_err(|e| e.to_string())?;
-    let url = format!("http://{}/hook", sink.addr);
-    let next = Arc::new(AtomicU64::new(0));
-    sink.expect(messages);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let (client, url, next, body) = (client.clone(), url.clone(), next.clone(), body.to_vec());
-        tasks.push(tokio::spawn(async move {
-            while next.fetch_add(1, Ordering::Relaxed) < messages as u64 {
-                let response = client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-                    .send()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                response.bytes().await.map_err(|e| e.to_string())?;
-            }
-            Ok::<_, String>(())
-        }));
-    }
-    for task in tasks {
-        task.await.map_err(|e| e.to_string())??;
-    }
-    sink.wait().await?;
-    Ok(messages as f64 / started.elapsed().as_secs_f64())
-}
-
-async fn deliver(
-    messages: usize,
-    endpoints: usize,
-    concurrency: usize,
-) -> Result<Vec<Row>, String> {
-    let sink = Sink::start().await?;
-    let payload = serde_json::json!({"job_id": 123456, "status": "completed", "target_language": "de", "words": 1200});
-    let body = serde_json::to_vec(&payload).map_err(|e| e.to_string())?;
-    let total_concurrency = (endpoints * concurrency).min(1024);
-    let ceiling_rate = ceiling(&sink, messages, total_concurrency.min(256), &body).await?;
-
-    let dir = Scratch::new("deliver");
-    let config = EngineConfig {
-        endpoint_concurrency: concurrency,
-        max_in_flight: 2048,
-        ..EngineConfig::default()
-    };
-    let herald = open(&dir, config).await?;
-    let mut ids = Vec::new();
-    for e in 0..endpoints {
-        let url = format!("http://{}/hook/{e}", sink.addr);
-        ids.push(disabled_endpoint(&herald, format!("t{e}"), url).await?);
-    }
-    // Enqueue everything while the endpoints are disabled, then release them at once: the
-    // figure is delivery throughput, not enqueue throughput.
-    let senders = 64;
-    let mut tasks = Vec::new();
-    for s in 0..senders {
-        let herald = herald.clone();
-        let payload = payload.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut i = s;
-            while i < messages {
-                let message =
-                    NewMessage::new(format!("t{}", i % endpoints), "job.completed", &payload)
-                        .map_err(|e| e.to_string())?;
-                herald.send(message).await.map_err(|e| e.to_string())?;
-                i += senders;
-            }
-            Ok::<_, String>(())
-        }));
-    }
-    for task in tasks {
-        task.await.map_err(|e| e.to_string())??;
-    }
-    sink.expect(messages);
-    let started = Instant::now();
-    for id in &ids {
-        herald
-            .set_endpoint_enabled(*id, true)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    sink.wait().await?;
-    let seconds = started.elapsed().as_secs_f64();
-    herald.shutdown().await.map_err(|e| e.to_string())?;
-    let rate = messages as f64 / seconds;
-    Ok(vec![
-        Row {
-            scenario: "ceiling".into(),
-            params: format!("plain client, concurrency={}", total_concurrency.min(256)),
-            count: messages,
-            seconds: messages as f64 / ceiling_rate,
-            per_second: ceiling_rate,
-            fsyncs_per_1000: None,
-            p50_ms: None,
-            p99_ms: None,
-            ratio_to_ceiling: None,
-        },
-        Row {
-            scenario: "deliver".into(),
-            params: format!("endpoints={endpoints} conc={concurrency}"),
-            count: messages,
-            seconds,
-            per_second: rate,
-            fsyncs_per_1000: None,
-            p50_ms: None,
-            p99_ms: None,
-            ratio_to_ceiling: Some(rate / ceiling_rate),
-        },
-    ])
 }

@@ -1,0 +1,271 @@
+//! Delivery scenarios: `deliver` (library to receiver), `http` (through the daemon's producer
+//! API) and `isolation` (healthy endpoints next to one that never answers).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use herald::{EndpointId, EngineConfig, Herald, NewMessage};
+
+use super::sink::{Sink, ceiling};
+use super::{Row, Scratch, disabled_endpoint, open, percentile};
+
+/// The payload every scenario sends: a typical TMS job callback.
+fn payload() -> serde_json::Value {
+    serde_json::json!({"job_id": 123456, "status": "completed", "target_language": "de", "words": 1200})
+}
+
+/// Sends `messages` through the library from 64 tasks; message `i` goes to `tenant(i)`.
+async fn enqueue(
+    herald: &Herald,
+    messages: usize,
+    tenant: impl Fn(usize) -> String + Send + Sync + Clone + 'static,
+) -> Result<(), String> {
+    let senders = 64;
+    let mut tasks = Vec::new();
+    for s in 0..senders {
+        let (herald, tenant) = (herald.clone(), tenant.clone());
+        tasks.push(tokio::spawn(async move {
+            let payload = payload();
+            let mut i = s;
+            while i < messages {
+                let message = NewMessage::new(tenant(i), "job.completed", &payload)
+                    .map_err(|e| e.to_string())?;
+                herald.send(message).await.map_err(|e| e.to_string())?;
+                i += senders;
+            }
+            Ok::<_, String>(())
+        }));
+    }
+    for task in tasks {
+        task.await.map_err(|e| e.to_string())??;
+    }
+    Ok(())
+}
+
+/// Enables `ids` at once and waits until the sink got `expected` requests; returns seconds.
+async fn release(
+    herald: &Herald,
+    sink: &Sink,
+    ids: &[EndpointId],
+    expected: usize,
+) -> Result<f64, String> {
+    sink.expect(expected);
+    let started = Instant::now();
+    for id in ids {
+        herald
+            .set_endpoint_enabled(*id, true)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    sink.wait().await?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+fn engine(concurrency: usize) -> EngineConfig {
+    EngineConfig {
+        endpoint_concurrency: concurrency,
+        max_in_flight: 2048,
+        ..EngineConfig::default()
+    }
+}
+
+fn ceiling_row(messages: usize, concurrency: usize, rate: f64) -> Row {
+    Row {
+        seconds: messages as f64 / rate,
+        ..Row::new(
+            "ceiling",
+            format!("plain client, concurrency={concurrency}"),
+            messages,
+            rate,
+        )
+    }
+}
+
+/// `deliver`: everything is enqueued while the endpoints are disabled, then they are enabled
+/// at once: the figure is delivery throughput alone.
+pub async fn deliver(
+    messages: usize,
+    endpoints: usize,
+    concurrency: usize,
+) -> Result<Vec<Row>, String> {
+    let sink = Sink::start().await?;
+    let body = serde_json::to_vec(&payload()).map_err(|e| e.to_string())?;
+    let client_concurrency = (endpoints * concurrency).min(256);
+    let ceiling_rate = ceiling(&sink, messages, client_concurrency, &body).await?;
+
+    let dir = Scratch::new("deliver");
+    let herald = open(&dir, engine(concurrency)).await?;
+    let mut ids = Vec::new();
+    for e in 0..endpoints {
+        let url = format!("http://{}/hook/{e}", sink.addr);
+        ids.push(disabled_endpoint(&herald, format!("t{e}"), url).await?);
+    }
+    enqueue(&herald, messages, move |i| format!("t{}", i % endpoints)).await?;
+    let seconds = release(&herald, &sink, &ids, messages).await?;
+    herald.shutdown().await.map_err(|e| e.to_string())?;
+    let rate = messages as f64 / seconds;
+    Ok(vec![
+        ceiling_row(messages, client_concurrency, ceiling_rate),
+        Row {
+            seconds,
+            ratio_to_ceiling: Some(rate / ceiling_rate),
+            ..Row::new(
+                "deliver",
+                format!("endpoints={endpoints} conc={concurrency}"),
+                messages,
+                rate,
+            )
+        },
+    ])
+}
+
+/// `http`: 64 producers post to a daemon (the real router on 127.0.0.1) while it delivers to
+/// enabled endpoints; accept latency over HTTP, and end-to-end deliveries per second from the
+/// first post to the last delivery.
+pub async fn http(
+    messages: usize,
+    endpoints: usize,
+    concurrency: usize,
+) -> Result<Vec<Row>, String> {
+    let sink = Sink::start().await?;
+    let body = serde_json::to_vec(&payload()).map_err(|e| e.to_string())?;
+    let client_concurrency = (endpoints * concurrency).min(256);
+    let ceiling_rate = ceiling(&sink, messages, client_concurrency, &body).await?;
+
+    let dir = Scratch::new("http");
+    let herald = open(&dir, engine(concurrency)).await?;
+    for e in 0..endpoints {
+        let url = format!("http://{}/hook/{e}", sink.addr);
+        let id = disabled_endpoint(&herald, format!("t{e}"), url).await?;
+        herald
+            .set_endpoint_enabled(id, true)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let app = herald::server::router(herald.clone(), herald::server::Tokens::default(), None);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let url = format!("http://{addr}/v1/messages");
+    let next = Arc::new(AtomicU64::new(0));
+    sink.expect(messages);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let (client, url, next) = (client.clone(), url.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= messages {
+                    return Ok::<_, String>(latencies);
+                }
+                let body = serde_json::json!({
+                    "tenant": format!("t{}", i % endpoints),
+                    "event_type": "job.completed",
+                    "payload": payload(),
+                });
+                let t = Instant::now();
+                let response = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.to_string())
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let status = response.status().as_u16();
+                response.bytes().await.map_err(|e| e.to_string())?;
+                if status != 202 {
+                    return Err(format!("POST /v1/messages answered {status}"));
+                }
+                latencies.push(t.elapsed());
+            }
+        }));
+    }
+    let mut latencies = Vec::with_capacity(messages);
+    for task in tasks {
+        latencies.extend(task.await.map_err(|e| e.to_string())??);
+    }
+    let accepted_seconds = started.elapsed().as_secs_f64();
+    sink.wait().await?;
+    let seconds = started.elapsed().as_secs_f64();
+    herald.shutdown().await.map_err(|e| e.to_string())?;
+    latencies.sort();
+    let rate = messages as f64 / seconds;
+    Ok(vec![
+        ceiling_row(messages, client_concurrency, ceiling_rate),
+        Row {
+            seconds: accepted_seconds,
+            p50_ms: Some(percentile(&latencies, 0.50)),
+            p99_ms: Some(percentile(&latencies, 0.99)),
+            ..Row::new(
+                "http-post",
+                "64 producers, durable 202s".into(),
+                messages,
+                messages as f64 / accepted_seconds,
+            )
+        },
+        Row {
+            seconds,
+            ratio_to_ceiling: Some(rate / ceiling_rate),
+            ..Row::new(
+                "http-e2e",
+                format!("endpoints={endpoints} conc={concurrency}"),
+                messages,
+                rate,
+            )
+        },
+    ])
+}
+
+/// `isolation`: 9 healthy endpoints, with and without a tenth that accepts connections and
+/// never answers; the healthy throughput of the second run as a ratio of the first.
+pub async fn isolation(messages: usize, concurrency: usize) -> Result<Vec<Row>, String> {
+    let sink = Sink::start().await?;
+    let mut rows = Vec::new();
+    let mut baseline = None;
+    for with_dead in [false, true] {
+        let dir = Scratch::new("isolation");
+        let herald = open(&dir, engine(concurrency)).await?;
+        let mut ids = Vec::new();
+        for e in 0..9 {
+            let url = format!("http://{}/hook/{e}", sink.addr);
+            ids.push(disabled_endpoint(&herald, format!("t{e}"), url).await?);
+        }
+        enqueue(&herald, messages, |i| format!("t{}", i % 9)).await?;
+        if with_dead {
+            let url = format!("http://{}/dead", sink.addr);
+            ids.push(disabled_endpoint(&herald, "dead".into(), url).await?);
+            // As many messages as the healthy ones get each: far more than it can ever hold.
+            enqueue(&herald, messages / 9, |_| "dead".into()).await?;
+        }
+        let seconds = release(&herald, &sink, &ids, messages).await?;
+        // The dead endpoint's attempts are still hanging: stop without waiting for them.
+        herald
+            .shutdown_within(Duration::from_millis(100))
+            .await
+            .map_err(|e| e.to_string())?;
+        let rate = messages as f64 / seconds;
+        let ratio = baseline.map(|b: f64| rate / b);
+        baseline.get_or_insert(rate);
+        let params = if with_dead {
+            format!("9 healthy + 1 hung, conc={concurrency}")
+        } else {
+            format!("9 healthy, conc={concurrency}")
+        };
+        rows.push(Row {
+            seconds,
+            ratio_to_ceiling: ratio,
+            ..Row::new("isolation", params, messages, rate)
+        });
+    }
+    Ok(rows)
+}
