@@ -7,7 +7,6 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use super::Engine;
@@ -28,24 +27,14 @@ pub(crate) struct Judged {
 }
 
 /// Attempts a claimed delivery. Returns the next due time if the delivery was rescheduled.
-/// `exchanged` fires once the request is over (or never made), before the outcome is
-/// recorded: the endpoint's runner can start its next request while this one is written.
-pub(crate) async fn run(
-    engine: &Engine,
-    endpoint_id: EndpointId,
-    claim: Claim,
-    exchanged: oneshot::Sender<()>,
-) -> Option<u64> {
+pub(crate) async fn run(engine: &Engine, endpoint_id: EndpointId, claim: Claim) -> Option<u64> {
     let span = tracing::info_span!(
         "attempt",
         delivery = %claim.delivery_id,
         endpoint = %endpoint_id,
         message_id = tracing::field::Empty,
     );
-    match attempt(engine, endpoint_id, claim, exchanged)
-        .instrument(span)
-        .await
-    {
+    match attempt(engine, endpoint_id, claim).instrument(span).await {
         Ok(next) => next,
         Err(e) => {
             // The entry stays in the due index: the delivery is attempted again after a restart.
@@ -59,7 +48,6 @@ async fn attempt(
     engine: &Engine,
     endpoint_id: EndpointId,
     claim: Claim,
-    exchanged: oneshot::Sender<()>,
 ) -> crate::error::Result<Option<u64>> {
     let store = &engine.store;
     let drop_claim = || store.discard(endpoint_id, &[claim]);
@@ -96,7 +84,6 @@ async fn attempt(
         }
     };
 
-    let _ = exchanged.send(());
     let finished = now_ms();
     let duration_ms = clock.elapsed().as_millis() as u64;
     let success = judged.error.is_none();

@@ -379,15 +379,7 @@ async fn runner(engine: Arc<Engine>, endpoint: EndpointId) {
                 return;
             }
         };
-        // The attempt goes on in its own task; this runner moves to its next claim as soon as
-        // the request is over, while the outcome is being recorded (with other runners'
-        // outcomes, in one write). Claims stay outstanding until recorded.
-        let (exchanged, request_over) = tokio::sync::oneshot::channel();
-        let task_engine = engine.clone();
-        tokio::spawn(async move {
-            let next_due = super::attempt::run(&task_engine, endpoint, claim, exchanged).await;
-            task_engine.scheduler.finished(endpoint, next_due);
-        });
-        let _ = request_over.await;
+        let next_due = super::attempt::run(&engine, endpoint, claim).await;
+        scheduler.finished(endpoint, next_due);
     }
 }

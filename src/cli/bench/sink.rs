@@ -25,7 +25,7 @@ impl Sink {
         let reached = Arc::new(Notify::new());
         let target = Arc::new(AtomicU64::new(u64::MAX));
         let (c, r, t) = (count.clone(), reached.clone(), target.clone());
-        let hang = axum::routing::any(|| std::future::pending::<&'static str>());
+        let hang = axum::routing::any(std::future::pending::<&'static str>);
         let app = axum::Router::new().route("/dead", hang).fallback(move || {
             let (c, r, t) = (c.clone(), r.clone(), t.clone());
             async move {
