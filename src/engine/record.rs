@@ -3,13 +3,15 @@
 //! sled writes its log buffer out (with a `sync_file_range`) for every atomic batch, so one
 //! batch per attempt made that write — not HTTP — the ceiling of delivery throughput. Runners
 //! therefore hand their outcomes to one recorder thread, which records everything that queued
-//! up while its previous round ran as a single batch and then answers each runner. Records
-//! are not fsynced: losing the last ones in a crash repeats those attempts (their due entries
-//! are still in the store), which at-least-once delivery allows. The next flush — lazy, or a
-//! group commit's — makes them durable.
+//! up while its previous round ran — and during a short window after the first outcome — as a
+//! single batch, and then answers each runner. Records are not fsynced: losing the last ones in
+//! a crash repeats those attempts (their due entries are still in the store), which
+//! at-least-once delivery allows. The next flush — lazy, or a group commit's — makes them
+//! durable.
 
 use std::sync::Arc;
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -19,6 +21,14 @@ type Reply = oneshot::Sender<Result<Recorded, StoreError>>;
 
 /// Outcomes recorded in one write at most (bounds the batch and the wait of the first).
 const MAX_GROUP: usize = 512;
+
+/// After the first outcome of a group arrives, how long the recorder waits for more. Every
+/// sled batch costs a log write and a global write lock that stalls readers, so a slightly
+/// larger group is cheaper than an early one: with 32 attempts in flight on the reference
+/// machine, groups grow from ~5 to ~20 and deliveries/s rise ~15% (measured with windows of
+/// 0, 250, 500, 800 and 1,500 µs; 1,500 was slower again). The window costs each attempt at
+/// most this much latency, and only when other attempts are in flight does it gather anything.
+const WINDOW: Duration = Duration::from_micros(300);
 
 const STOPPED: &str = "the record thread has stopped";
 
@@ -53,9 +63,24 @@ fn run(store: &dyn Store, queue: &mpsc::Receiver<(Box<AttemptOutcome>, Reply)>) 
     let mut replies = Vec::new();
     // `recv` blocks without spinning; it fails once every sender is gone.
     while let Ok(first) = queue.recv() {
-        for (outcome, reply) in std::iter::once(first).chain(queue.try_iter().take(MAX_GROUP - 1)) {
-            outcomes.push(*outcome);
-            replies.push(reply);
+        let (outcome, reply) = first;
+        outcomes.push(*outcome);
+        replies.push(reply);
+        let window = Instant::now() + WINDOW;
+        while outcomes.len() < MAX_GROUP {
+            let next = match queue.try_recv() {
+                Ok(next) => next,
+                Err(mpsc::TryRecvError::Disconnected) => break,
+                Err(mpsc::TryRecvError::Empty) => {
+                    let left = window.saturating_duration_since(Instant::now());
+                    match queue.recv_timeout(left) {
+                        Ok(next) => next,
+                        Err(_) => break,
+                    }
+                }
+            };
+            outcomes.push(*next.0);
+            replies.push(next.1);
         }
         metrics::histogram!("herald_record_group_size").record(replies.len() as f64);
         match store.record_attempts(std::mem::take(&mut outcomes)) {
