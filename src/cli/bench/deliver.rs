@@ -227,45 +227,72 @@ pub async fn http(
 }
 
 /// `isolation`: 9 healthy endpoints, with and without a tenth that accepts connections and
-/// never answers; the healthy throughput of the second run as a ratio of the first.
-pub async fn isolation(messages: usize, concurrency: usize) -> Result<Vec<Row>, String> {
+/// never answers; the healthy throughput with it as a ratio of without it. The two kinds of
+/// run alternate `rounds` times and the medians are compared, so that drift of a shared
+/// machine does not land on one side.
+pub async fn isolation(
+    messages: usize,
+    concurrency: usize,
+    rounds: usize,
+) -> Result<Vec<Row>, String> {
     let sink = Sink::start().await?;
-    let mut rows = Vec::new();
-    let mut baseline = None;
-    for with_dead in [false, true] {
-        let dir = Scratch::new("isolation");
-        let herald = open(&dir, engine(concurrency)).await?;
-        let mut ids = Vec::new();
-        for e in 0..9 {
-            let url = format!("http://{}/hook/{e}", sink.addr);
-            ids.push(disabled_endpoint(&herald, format!("t{e}"), url).await?);
+    let mut rates = [Vec::new(), Vec::new()];
+    for _ in 0..rounds {
+        for with_dead in [false, true] {
+            let rate = isolation_run(&sink, messages, concurrency, with_dead).await?;
+            rates[usize::from(with_dead)].push(rate);
         }
-        enqueue(&herald, messages, |i| format!("t{}", i % 9)).await?;
-        if with_dead {
-            let url = format!("http://{}/dead", sink.addr);
-            ids.push(disabled_endpoint(&herald, "dead".into(), url).await?);
-            // As many messages as the healthy ones get each: far more than it can ever hold.
-            enqueue(&herald, messages / 9, |_| "dead".into()).await?;
-        }
-        let seconds = release(&herald, &sink, &ids, messages).await?;
-        // The dead endpoint's attempts are still hanging: stop without waiting for them.
-        herald
-            .shutdown_within(Duration::from_millis(100))
-            .await
-            .map_err(|e| e.to_string())?;
-        let rate = messages as f64 / seconds;
-        let ratio = baseline.map(|b: f64| rate / b);
-        baseline.get_or_insert(rate);
-        let params = if with_dead {
-            format!("9 healthy + 1 hung, conc={concurrency}")
-        } else {
-            format!("9 healthy, conc={concurrency}")
-        };
-        rows.push(Row {
-            seconds,
-            ratio_to_ceiling: ratio,
-            ..Row::new("isolation", params, messages, rate)
-        });
     }
-    Ok(rows)
+    let median = |rates: &mut Vec<f64>| {
+        rates.sort_by(f64::total_cmp);
+        rates[rates.len() / 2]
+    };
+    let (alone, beside) = (median(&mut rates[0]), median(&mut rates[1]));
+    Ok(vec![
+        Row::new(
+            "isolation",
+            format!("9 healthy, conc={concurrency}, median of {rounds}"),
+            messages,
+            alone,
+        ),
+        Row {
+            ratio_to_ceiling: Some(beside / alone),
+            ..Row::new(
+                "isolation",
+                format!("9 healthy + 1 hung, median of {rounds}"),
+                messages,
+                beside,
+            )
+        },
+    ])
+}
+
+/// One isolation run: healthy deliveries per second.
+async fn isolation_run(
+    sink: &Sink,
+    messages: usize,
+    concurrency: usize,
+    with_dead: bool,
+) -> Result<f64, String> {
+    let dir = Scratch::new("isolation");
+    let herald = open(&dir, engine(concurrency)).await?;
+    let mut ids = Vec::new();
+    for e in 0..9 {
+        let url = format!("http://{}/hook/{e}", sink.addr);
+        ids.push(disabled_endpoint(&herald, format!("t{e}"), url).await?);
+    }
+    enqueue(&herald, messages, |i| format!("t{}", i % 9)).await?;
+    if with_dead {
+        let url = format!("http://{}/dead", sink.addr);
+        ids.push(disabled_endpoint(&herald, "dead".into(), url).await?);
+        // As many messages as each healthy endpoint gets: far more than it can ever hold.
+        enqueue(&herald, messages / 9, |_| "dead".into()).await?;
+    }
+    let seconds = release(&herald, sink, &ids, messages).await?;
+    // The hung endpoint's attempts are still waiting: stop without waiting for them.
+    herald
+        .shutdown_within(Duration::from_millis(100))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(messages as f64 / seconds)
 }

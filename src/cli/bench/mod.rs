@@ -76,6 +76,9 @@ pub enum Scenario {
         /// Attempts in flight per endpoint.
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
+        /// Alternating rounds of both runs; medians are compared.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         /// Also write the rows as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -177,9 +180,10 @@ pub async fn run(scenario: Scenario) -> Result<(), String> {
         Scenario::Isolation {
             messages,
             concurrency,
+            rounds,
             json,
         } => {
-            rows.extend(deliver::isolation(messages, concurrency.max(1)).await?);
+            rows.extend(deliver::isolation(messages, concurrency.max(1), rounds.max(1)).await?);
             json
         }
     };
