@@ -293,35 +293,44 @@ pub(crate) async fn run(engine: Arc<Engine>) {
                 continue;
             }
         };
-        for plan in plans {
-            claim(&engine, plan, now).await;
-        }
+        claim(&engine, plans, now).await;
     }
 }
 
-/// Claims one slot's batch and starts runners for it.
-async fn claim(engine: &Arc<Engine>, plan: ClaimPlan, now: u64) {
+/// What the store gave one slot: its claims and its next unclaimed due time.
+type Claimed = Result<(Vec<Claim>, Option<u64>), String>;
+
+/// Claims every planned slot's batch in one blocking call (one thread hand-off per pass, not
+/// per endpoint), then queues the claims and starts runners.
+async fn claim(engine: &Arc<Engine>, plans: Vec<ClaimPlan>, now: u64) {
     let store = engine.store.clone();
-    let endpoint = plan.endpoint;
-    let count = plan.count;
-    let result = tokio::task::spawn_blocking(move || {
-        let claims = store.claim(endpoint, now, count)?;
-        let head = store.due_head(endpoint)?;
-        Ok::<_, crate::store::StoreError>((claims, head))
+    let wanted: Vec<(EndpointId, usize)> = plans.iter().map(|p| (p.endpoint, p.count)).collect();
+    let found = tokio::task::spawn_blocking(move || {
+        wanted
+            .into_iter()
+            .map(|(endpoint, count)| {
+                let claims = store
+                    .claim(endpoint, now, count)
+                    .map_err(|e| e.to_string())?;
+                let head = store.due_head(endpoint).map_err(|e| e.to_string())?;
+                Ok((claims, head))
+            })
+            .collect::<Vec<Claimed>>()
     })
-    .await;
-    let (claims, head) = match result {
-        Ok(Ok(found)) => found,
-        failed => {
-            let reason = match failed {
-                Ok(Err(e)) => e.to_string(),
-                Err(e) => e.to_string(),
-                Ok(Ok(_)) => String::new(),
-            };
-            tracing::error!(%endpoint, error = %reason, "claim failed; retrying in 1s");
+    .await
+    .unwrap_or_else(|e| plans.iter().map(|_| Err(e.to_string())).collect());
+    for (plan, result) in plans.into_iter().zip(found) {
+        let (claims, head) = result.unwrap_or_else(|reason| {
+            tracing::error!(endpoint = %plan.endpoint, error = %reason, "claim failed; retrying in 1s");
             (Vec::new(), Some(now + 1_000))
-        }
-    };
+        });
+        queue_claims(engine, plan, claims, head);
+    }
+}
+
+/// Queues one slot's claims and starts the runners it may have.
+fn queue_claims(engine: &Arc<Engine>, plan: ClaimPlan, claims: Vec<Claim>, head: Option<u64>) {
+    let (endpoint, count) = (plan.endpoint, plan.count);
     let scheduler = &engine.scheduler;
     let mut state = scheduler.lock();
     let unused = count - claims.len();

@@ -19,7 +19,9 @@ pub struct ClientOptions {
     pub no_proxy: Option<String>,
     /// Response bytes read at most (enough for a `body_json` success rule).
     pub max_response_bytes: usize,
-    /// Idle connections kept per host.
+    /// Idle connections kept per host. Many endpoints often share one host (a TMS's own
+    /// callback host), so this matches the default global in-flight cap: fewer would make
+    /// attempts beyond it open a new connection each.
     pub pool_idle_per_host: usize,
     /// Which addresses may be contacted (the SSRF guard; private ranges refused by default).
     pub targets: TargetPolicy,
@@ -31,7 +33,7 @@ impl Default for ClientOptions {
             proxy: None,
             no_proxy: None,
             max_response_bytes: 64 * 1024,
-            pool_idle_per_host: 64,
+            pool_idle_per_host: 1024,
             targets: TargetPolicy::default(),
         }
     }

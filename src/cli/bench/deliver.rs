@@ -62,12 +62,17 @@ async fn release(
     Ok(started.elapsed().as_secs_f64())
 }
 
+/// Every endpoint of a scenario is the same local receiver, i.e. one host: the idle pool per
+/// host must hold all attempts in flight, or most of them would open a new connection — a cost
+/// of the benchmark's shape, not of herald (real endpoints are spread over many hosts).
 fn engine(concurrency: usize) -> EngineConfig {
-    EngineConfig {
+    let mut config = EngineConfig {
         endpoint_concurrency: concurrency,
         max_in_flight: 2048,
         ..EngineConfig::default()
-    }
+    };
+    config.client.pool_idle_per_host = config.max_in_flight;
+    config
 }
 
 fn ceiling_row(messages: usize, concurrency: usize, rate: f64) -> Row {
