@@ -243,7 +243,8 @@ impl Engine {
     }
 
     pub(crate) async fn delete_endpoint(&self, id: EndpointId) -> Result<()> {
-        self.scheduler.remove(id);
+        let queued = self.scheduler.remove(id);
+        self.store.release(&queued)?;
         if !self.store.delete_endpoint(id, now_ms())? {
             return Err(Error::NotFound(format!("endpoint {id}")));
         }

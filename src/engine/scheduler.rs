@@ -145,18 +145,19 @@ impl Scheduler {
         }
     }
 
-    /// Forgets a deleted endpoint (its runners finish their current attempt).
-    pub(crate) fn remove(&self, endpoint: EndpointId) {
+    /// Forgets a deleted endpoint (its runners finish their current attempt); returns its
+    /// queued claims, for the caller to hand back to the store.
+    pub(crate) fn remove(&self, endpoint: EndpointId) -> Vec<Claim> {
         let mut state = self.lock();
-        let mut dropped = 0;
+        let mut dropped = Vec::new();
         if let Some(slot) = state.slots.get_mut(&endpoint) {
             slot.enabled = false;
-            dropped = slot.queue.len();
-            slot.outstanding -= dropped;
-            slot.queue.clear();
+            slot.outstanding -= slot.queue.len();
+            dropped.extend(slot.queue.drain(..));
         }
-        state.outstanding -= dropped;
+        state.outstanding -= dropped.len();
         state.refresh(endpoint);
+        dropped
     }
 
     /// One claimed delivery of `endpoint` is done; `next_due` when it was rescheduled.
