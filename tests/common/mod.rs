@@ -313,6 +313,36 @@ pub mod fixtures {
         (message, delivery)
     }
 
+    /// An attempt outcome for `delivery` claimed at `due_ms`, started at `at_ms`.
+    pub fn outcome(
+        endpoint: EndpointId,
+        delivery: DeliveryId,
+        due_ms: u64,
+        at_ms: u64,
+        success: bool,
+        next: NextStep,
+    ) -> AttemptOutcome {
+        AttemptOutcome {
+            delivery_id: delivery,
+            endpoint_id: endpoint,
+            due_ms,
+            attempt: Attempt {
+                attempt: 0,
+                cycle: 0,
+                started_at: at_ms,
+                duration_ms: 20,
+                status_code: Some(if success { 200 } else { 500 }),
+                error: None,
+                error_detail: None,
+                response_excerpt: String::new(),
+                success,
+            },
+            next,
+            dedup: None,
+            counts_toward_health: true,
+        }
+    }
+
     /// Records an attempt started at `at_ms` (the delivery does not move: no due entry matches).
     pub fn record_attempt(
         store: &dyn Store,
@@ -321,29 +351,12 @@ pub mod fixtures {
         at_ms: u64,
         success: bool,
     ) {
+        let next = NextStep::Retry {
+            due_ms: 0,
+            anchor_ms: 0,
+        };
         store
-            .record_attempt(AttemptOutcome {
-                delivery_id: delivery,
-                endpoint_id: endpoint,
-                due_ms: 0,
-                attempt: Attempt {
-                    attempt: 0,
-                    cycle: 0,
-                    started_at: at_ms,
-                    duration_ms: 20,
-                    status_code: Some(if success { 200 } else { 500 }),
-                    error: None,
-                    error_detail: None,
-                    response_excerpt: String::new(),
-                    success,
-                },
-                next: NextStep::Retry {
-                    due_ms: 0,
-                    anchor_ms: 0,
-                },
-                dedup: None,
-                counts_toward_health: true,
-            })
+            .record_attempt(outcome(endpoint, delivery, 0, at_ms, success, next))
             .unwrap();
     }
 }
