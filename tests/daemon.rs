@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::daemon::{ADMIN, Daemon, PRODUCER};
+use common::daemon::{ADMIN, Daemon, PRODUCER, metric};
 use common::{Receiver, Reply};
 use serde_json::{Value, json};
 
@@ -435,23 +435,9 @@ async fn the_same_idempotency_key_gives_one_message_and_one_delivery() {
     assert_eq!(list["deliveries"].as_array().unwrap().len(), 1);
 }
 
-fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && labels.iter().all(|label| l.contains(label)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test]
 async fn metrics_agree_with_what_happened() {
-    let receiver = Receiver::start(|n, _| {
-        if n % 3 == 0 {
-            Reply::Status(500, "flaky")
-        } else {
-            Reply::Status(200, "ok")
-        }
-    })
-    .await;
+    let receiver = Receiver::flaky().await;
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(dir.path());
     create_endpoint(&daemon, "acme", &receiver.url()).await;

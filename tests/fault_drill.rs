@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::Receiver;
-use common::daemon::{Daemon, PRODUCER};
+use common::daemon::{Daemon, PRODUCER, metric};
 use serde_json::{Value, json};
 
 const PUSHERS: usize = 8;
@@ -166,9 +166,5 @@ async fn scrape(base: &str, name: &str) -> f64 {
     let Ok(response) = reqwest::get(format!("{base}/metrics")).await else {
         return 0.0;
     };
-    let text = response.text().await.unwrap_or_default();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric(&response.text().await.unwrap_or_default(), name, &[])
 }

@@ -173,14 +173,7 @@ async fn test_send_reports_the_answer_and_does_not_move_the_failure_count() {
 
 #[tokio::test]
 async fn todays_stats_count_exactly_what_the_receiver_saw() {
-    let receiver = Receiver::start(|n, _| {
-        if n % 3 == 0 {
-            Reply::Status(500, "flaky")
-        } else {
-            Reply::Status(200, "ok")
-        }
-    })
-    .await;
+    let receiver = Receiver::flaky().await;
     let dir = tempfile::tempdir().unwrap();
     let quick = common::quick_policy("quick", "50ms", 10);
     let herald = open_with(dir.path(), vec![quick], EngineConfig::default()).await;

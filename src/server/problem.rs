@@ -29,6 +29,17 @@ pub struct Problem {
     pub limit: Option<usize>,
 }
 
+/// The `404 not_found` answer, as the OpenAPI document shows it (routes name it in
+/// `responses(...)`; the error itself is an [`ApiError`]).
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 404,
+    description = "not_found",
+    content_type = "application/problem+json"
+)]
+#[allow(dead_code)] // a description for the document, never built
+pub struct NotFound(Problem);
+
 /// An HTTP error with a stable `type`.
 #[derive(Debug)]
 pub struct ApiError {

@@ -105,6 +105,14 @@ struct RecordGroup {
     finished: u64,
 }
 
+/// Where a purge phase resumes: just after the last key it read when it stopped at its
+/// budget; `None` when the phase is complete.
+fn resume_after(last: Option<Vec<u8>>, budget_spent: bool) -> Option<Vec<u8>> {
+    let mut key = last.filter(|_| budget_spent)?;
+    key.push(0);
+    Some(key)
+}
+
 impl SledStore {
     /// Opens (creating if needed) the store in `dir`.
     pub fn open(dir: &Path, options: &SledOptions) -> StoreResult<SledStore> {
@@ -213,13 +221,7 @@ impl SledStore {
             page.messages += 1;
         }
         self.tree.apply_batch(batch)?;
-        page.next = Some(match last {
-            Some(mut key) if scanned == budget => {
-                key.push(0);
-                key
-            }
-            _ => vec![keys::ATTEMPT],
-        });
+        page.next = resume_after(last, scanned == budget).or(Some(vec![keys::ATTEMPT]));
         Ok(page)
     }
 
@@ -248,13 +250,7 @@ impl SledStore {
             last = Some(key.to_vec());
         }
         self.tree.apply_batch(batch)?;
-        page.next = Some(match last {
-            Some(mut key) if scanned == budget => {
-                key.push(0);
-                key
-            }
-            _ => vec![keys::STATS],
-        });
+        page.next = resume_after(last, scanned == budget).or(Some(vec![keys::STATS]));
         Ok(page)
     }
 
@@ -290,13 +286,7 @@ impl SledStore {
             last = Some(key.to_vec());
         }
         self.tree.apply_batch(batch)?;
-        page.next = match last {
-            Some(mut key) if scanned == budget => {
-                key.push(0);
-                Some(key)
-            }
-            _ => None,
-        };
+        page.next = resume_after(last, scanned == budget);
         Ok(page)
     }
 

@@ -133,3 +133,11 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// The sum of the samples of `name` in Prometheus text whose labels include all `labels`.
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -89,6 +89,18 @@ impl Receiver {
         Self::start(|_, _| Reply::Status(200, "ok")).await
     }
 
+    /// Answers 500 to every third request (the 1st, 4th, ...) and 200 to the others.
+    pub async fn flaky() -> Receiver {
+        Receiver::start(|n, _| {
+            if n % 3 == 0 {
+                Reply::Status(500, "flaky")
+            } else {
+                Reply::Status(200, "ok")
+            }
+        })
+        .await
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}/hook", self.addr)
     }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use herald::{EngineConfig, NewMessage};
 
 use super::sink::Sink;
-use super::{Row, Scratch, disabled_endpoint, open};
+use super::{Row, Scratch, disabled_endpoint, enqueue, hooks, open, payload};
 
 /// `(resident, peak resident)` of process `pid` in MiB, from `/proc/PID/status`.
 fn memory_mib(pid: u32) -> (f64, f64) {
@@ -46,38 +46,14 @@ pub async fn backlog(deliveries: usize, endpoints: usize) -> Result<Vec<Row>, St
     let sink = Sink::start().await?;
     let dir = Scratch::new("backlog");
     let herald = open(&dir, EngineConfig::default()).await?;
-    for e in 0..endpoints {
-        let url = format!("http://{}/hook/{e}", sink.addr);
-        disabled_endpoint(&herald, format!("t{e}"), url).await?;
-    }
+    hooks(&herald, &sink, endpoints).await?;
     let probe_url = format!("http://{}/probe", sink.addr);
     let probe = disabled_endpoint(&herald, "probe".into(), probe_url).await?;
 
-    let payload = serde_json::json!({"job_id": 123456, "status": "completed", "target_language": "de", "words": 1200});
     let started = Instant::now();
-    let senders = 64;
-    let mut tasks = Vec::new();
-    for s in 0..senders {
-        let (herald, payload) = (herald.clone(), payload.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut i = s;
-            while i < deliveries {
-                let message = NewMessage::new(format!("t{}", i % endpoints), "e", &payload)
-                    .map_err(|e| e.to_string())?;
-                herald.send(message).await.map_err(|e| e.to_string())?;
-                i += senders;
-                if i % 100_000 < senders {
-                    eprintln!("backlog: {i} enqueued");
-                }
-            }
-            Ok::<_, String>(())
-        }));
-    }
-    for task in tasks {
-        task.await.map_err(|e| e.to_string())??;
-    }
+    enqueue(&herald, deliveries, move |i| format!("t{}", i % endpoints)).await?;
     let enqueue_seconds = started.elapsed().as_secs_f64();
-    let message = NewMessage::new("probe", "e", &payload).map_err(|e| e.to_string())?;
+    let message = NewMessage::new("probe", "e", &payload()).map_err(|e| e.to_string())?;
     herald.send(message).await.map_err(|e| e.to_string())?;
     let (rss_loaded, _) = memory_mib(std::process::id());
     herald.shutdown().await.map_err(|e| e.to_string())?;

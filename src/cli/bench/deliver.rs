@@ -5,42 +5,31 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use herald::{EndpointId, EngineConfig, Herald, NewMessage};
+use herald::{EndpointId, EngineConfig, Herald};
 
 use super::sink::{Sink, ceiling};
-use super::{Row, Scratch, disabled_endpoint, open, percentile};
+use super::{Row, Scratch, disabled_endpoint, enqueue, hooks, open, payload, percentile};
 
-/// The payload every scenario sends: a typical TMS job callback.
-fn payload() -> serde_json::Value {
-    serde_json::json!({"job_id": 123456, "status": "completed", "target_language": "de", "words": 1200})
-}
-
-/// Sends `messages` through the library from 64 tasks; message `i` goes to `tenant(i)`.
-async fn enqueue(
-    herald: &Herald,
+/// The sink's ceiling for this load shape, as a row and as a rate.
+async fn ceiling_for(
+    sink: &Sink,
     messages: usize,
-    tenant: impl Fn(usize) -> String + Send + Sync + Clone + 'static,
-) -> Result<(), String> {
-    let senders = 64;
-    let mut tasks = Vec::new();
-    for s in 0..senders {
-        let (herald, tenant) = (herald.clone(), tenant.clone());
-        tasks.push(tokio::spawn(async move {
-            let payload = payload();
-            let mut i = s;
-            while i < messages {
-                let message = NewMessage::new(tenant(i), "job.completed", &payload)
-                    .map_err(|e| e.to_string())?;
-                herald.send(message).await.map_err(|e| e.to_string())?;
-                i += senders;
-            }
-            Ok::<_, String>(())
-        }));
-    }
-    for task in tasks {
-        task.await.map_err(|e| e.to_string())??;
-    }
-    Ok(())
+    endpoints: usize,
+    concurrency: usize,
+) -> Result<(Row, f64), String> {
+    let body = serde_json::to_vec(&payload()).map_err(|e| e.to_string())?;
+    let client_concurrency = (endpoints * concurrency).min(256);
+    let rate = ceiling(sink, messages, client_concurrency, &body).await?;
+    let row = Row {
+        seconds: messages as f64 / rate,
+        ..Row::new(
+            "ceiling",
+            format!("plain client, concurrency={client_concurrency}"),
+            messages,
+            rate,
+        )
+    };
+    Ok((row, rate))
 }
 
 /// Enables `ids` at once and waits until the sink got `expected` requests; returns seconds.
@@ -75,18 +64,6 @@ fn engine(concurrency: usize) -> EngineConfig {
     config
 }
 
-fn ceiling_row(messages: usize, concurrency: usize, rate: f64) -> Row {
-    Row {
-        seconds: messages as f64 / rate,
-        ..Row::new(
-            "ceiling",
-            format!("plain client, concurrency={concurrency}"),
-            messages,
-            rate,
-        )
-    }
-}
-
 /// `deliver`: everything is enqueued while the endpoints are disabled, then they are enabled
 /// at once: the figure is delivery throughput alone.
 pub async fn deliver(
@@ -95,23 +72,16 @@ pub async fn deliver(
     concurrency: usize,
 ) -> Result<Vec<Row>, String> {
     let sink = Sink::start().await?;
-    let body = serde_json::to_vec(&payload()).map_err(|e| e.to_string())?;
-    let client_concurrency = (endpoints * concurrency).min(256);
-    let ceiling_rate = ceiling(&sink, messages, client_concurrency, &body).await?;
-
+    let (ceiling_row, ceiling_rate) = ceiling_for(&sink, messages, endpoints, concurrency).await?;
     let dir = Scratch::new("deliver");
     let herald = open(&dir, engine(concurrency)).await?;
-    let mut ids = Vec::new();
-    for e in 0..endpoints {
-        let url = format!("http://{}/hook/{e}", sink.addr);
-        ids.push(disabled_endpoint(&herald, format!("t{e}"), url).await?);
-    }
+    let ids = hooks(&herald, &sink, endpoints).await?;
     enqueue(&herald, messages, move |i| format!("t{}", i % endpoints)).await?;
     let seconds = release(&herald, &sink, &ids, messages).await?;
     herald.shutdown().await.map_err(|e| e.to_string())?;
     let rate = messages as f64 / seconds;
     Ok(vec![
-        ceiling_row(messages, client_concurrency, ceiling_rate),
+        ceiling_row,
         Row {
             seconds,
             ratio_to_ceiling: Some(rate / ceiling_rate),
@@ -134,15 +104,10 @@ pub async fn http(
     concurrency: usize,
 ) -> Result<Vec<Row>, String> {
     let sink = Sink::start().await?;
-    let body = serde_json::to_vec(&payload()).map_err(|e| e.to_string())?;
-    let client_concurrency = (endpoints * concurrency).min(256);
-    let ceiling_rate = ceiling(&sink, messages, client_concurrency, &body).await?;
-
+    let (ceiling_row, ceiling_rate) = ceiling_for(&sink, messages, endpoints, concurrency).await?;
     let dir = Scratch::new("http");
     let herald = open(&dir, engine(concurrency)).await?;
-    for e in 0..endpoints {
-        let url = format!("http://{}/hook/{e}", sink.addr);
-        let id = disabled_endpoint(&herald, format!("t{e}"), url).await?;
+    for id in hooks(&herald, &sink, endpoints).await? {
         herald
             .set_endpoint_enabled(id, true)
             .await
@@ -206,7 +171,7 @@ pub async fn http(
     latencies.sort();
     let rate = messages as f64 / seconds;
     Ok(vec![
-        ceiling_row(messages, client_concurrency, ceiling_rate),
+        ceiling_row,
         Row {
             seconds: accepted_seconds,
             p50_ms: Some(percentile(&latencies, 0.50)),
@@ -281,11 +246,7 @@ async fn isolation_run(
 ) -> Result<f64, String> {
     let dir = Scratch::new("isolation");
     let herald = open(&dir, engine(concurrency)).await?;
-    let mut ids = Vec::new();
-    for e in 0..9 {
-        let url = format!("http://{}/hook/{e}", sink.addr);
-        ids.push(disabled_endpoint(&herald, format!("t{e}"), url).await?);
-    }
+    let mut ids = hooks(&herald, sink, 9).await?;
     enqueue(&herald, messages, |i| format!("t{}", i % 9)).await?;
     if with_dead {
         let url = format!("http://{}/dead", sink.addr);

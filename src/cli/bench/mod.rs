@@ -4,12 +4,15 @@
 //! and removes it afterwards. Results print as a table and, with `--json FILE`, as JSON.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Subcommand;
-use herald::{EngineConfig, Herald, NewEndpoint, NewMessage};
+use herald::{EndpointId, EngineConfig, Herald, NewEndpoint, NewMessage};
+
 use serde::Serialize;
+use sink::Sink;
 
 mod backlog;
 mod deliver;
@@ -289,6 +292,54 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
+/// The payload every scenario sends: a typical TMS job callback.
+fn payload() -> serde_json::Value {
+    serde_json::json!({"job_id": 123456, "status": "completed", "target_language": "de", "words": 1200})
+}
+
+/// Sends `messages` through the library from 64 tasks; message `i` goes to `tenant(i)`.
+async fn enqueue(
+    herald: &Herald,
+    messages: usize,
+    tenant: impl Fn(usize) -> String + Send + Sync + Clone + 'static,
+) -> Result<(), String> {
+    let senders = 64;
+    let done = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for s in 0..senders {
+        let (herald, tenant, done) = (herald.clone(), tenant.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let payload = payload();
+            let mut i = s;
+            while i < messages {
+                let message = NewMessage::new(tenant(i), "job.completed", &payload)
+                    .map_err(|e| e.to_string())?;
+                herald.send(message).await.map_err(|e| e.to_string())?;
+                i += senders;
+                let sent = done.fetch_add(1, Ordering::Relaxed) + 1;
+                if sent % 100_000 == 0 {
+                    eprintln!("{sent} enqueued");
+                }
+            }
+            Ok::<_, String>(())
+        }));
+    }
+    for task in tasks {
+        task.await.map_err(|e| e.to_string())??;
+    }
+    Ok(())
+}
+
+/// `n` disabled `tolq` endpoints on the sink, tenants `t0` .. `t{n-1}`.
+async fn hooks(herald: &Herald, sink: &Sink, n: usize) -> Result<Vec<EndpointId>, String> {
+    let mut ids = Vec::with_capacity(n);
+    for e in 0..n {
+        let url = format!("http://{}/hook/{e}", sink.addr);
+        ids.push(disabled_endpoint(herald, format!("t{e}"), url).await?);
+    }
+    Ok(ids)
+}
+
 async fn send(messages: usize, senders: usize) -> Result<Row, String> {
     let messages = if senders == 1 {
         messages.min(2_000)
@@ -300,7 +351,7 @@ async fn send(messages: usize, senders: usize) -> Result<Row, String> {
     // A disabled endpoint: every delivery is stored (and held), none is attempted, so the
     // figure is the durable accept path alone.
     disabled_endpoint(&herald, "bench".into(), "http://127.0.0.1:9/unused".into()).await?;
-    let payload = serde_json::json!({"job_id": 123456, "status": "completed", "target_language": "de", "words": 1200});
+    let payload = payload();
     let stats = herald.commit_stats();
     let flushes_before = stats.flushes.load(Ordering::Relaxed);
     let started = Instant::now();

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::{ADMIN, ApiResult, id, time_range};
 use crate::model::{DeliveryId, DeliveryStatus, EndpointId, rfc3339};
 use crate::server::extract::ApiJson;
-use crate::server::problem::{ApiError, Problem};
+use crate::server::problem::{ApiError, NotFound, Problem};
 use crate::server::views::DeliveryView;
 use crate::store::{DeliveryFilter, ReplayState};
 use crate::{Herald, ReplayJob, ReplayRequest};
@@ -136,7 +136,7 @@ pub async fn list_deliveries(
     params(("id" = String, Path, description = "delivery id")),
     responses(
         (status = 200, body = DeliveryView),
-        (status = 404, description = "not_found", body = Problem, content_type = "application/problem+json"),
+        NotFound,
     ),
     security(("bearer" = []))
 )]
@@ -154,7 +154,7 @@ pub async fn get_delivery(State(herald): State<Herald>, Path(raw): Path<String>)
     params(("id" = String, Path, description = "delivery id")),
     responses(
         (status = 202, body = DeliveryView),
-        (status = 404, description = "not_found", body = Problem, content_type = "application/problem+json"),
+        NotFound,
         (status = 409, description = "conflict: still pending, or its payload was purged", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -259,7 +259,7 @@ pub async fn bulk_replay(
     params(("id" = String, Path, description = "replay job id")),
     responses(
         (status = 200, body = ReplayJobView),
-        (status = 404, description = "not_found", body = Problem, content_type = "application/problem+json"),
+        NotFound,
     ),
     security(("bearer" = []))
 )]

@@ -11,7 +11,7 @@ use crate::Herald;
 use crate::api::{DayStats, EndpointUpdate, EndpointView, NewEndpoint, TestSendResult};
 use crate::model::EndpointId;
 use crate::server::extract::ApiJson;
-use crate::server::problem::{ApiError, Problem};
+use crate::server::problem::{ApiError, NotFound, Problem};
 
 /// Creates an endpoint. Its secret and token are never returned afterwards.
 #[utoipa::path(
@@ -68,7 +68,7 @@ pub async fn list_endpoints(
     params(("id" = String, Path, description = "endpoint id")),
     responses(
         (status = 200, body = EndpointView),
-        (status = 404, description = "not_found", body = Problem, content_type = "application/problem+json"),
+        NotFound,
     ),
     security(("bearer" = []))
 )]
@@ -85,7 +85,7 @@ pub async fn get_endpoint(State(herald): State<Herald>, Path(raw): Path<String>)
     responses(
         (status = 200, body = EndpointView),
         (status = 400, description = "invalid_request, invalid_url or unknown_policy; nothing changed", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "not_found", body = Problem, content_type = "application/problem+json"),
+        NotFound,
     ),
     security(("bearer" = []))
 )]
@@ -106,7 +106,7 @@ pub async fn update_endpoint(
     params(("id" = String, Path, description = "endpoint id")),
     responses(
         (status = 204, description = "deleted"),
-        (status = 404, description = "not_found", body = Problem, content_type = "application/problem+json"),
+        NotFound,
     ),
     security(("bearer" = []))
 )]
@@ -121,7 +121,7 @@ pub async fn delete_endpoint(State(herald): State<Herald>, Path(raw): Path<Strin
     params(("id" = String, Path, description = "endpoint id")),
     responses(
         (status = 200, body = EndpointView),
-        (status = 404, description = "not_found", body = Problem, content_type = "application/problem+json"),
+        NotFound,
     ),
     security(("bearer" = []))
 )]
@@ -135,7 +135,7 @@ pub async fn enable_endpoint(State(herald): State<Herald>, Path(raw): Path<Strin
     params(("id" = String, Path, description = "endpoint id")),
     responses(
         (status = 200, body = EndpointView),
-        (status = 404, description = "not_found", body = Problem, content_type = "application/problem+json"),
+        NotFound,
     ),
     security(("bearer" = []))
 )]
@@ -157,7 +157,7 @@ async fn set_enabled(herald: Herald, raw: &str, enabled: bool) -> ApiResult {
     params(("id" = String, Path, description = "endpoint id")),
     responses(
         (status = 200, body = TestSendResult),
-        (status = 404, description = "not_found", body = Problem, content_type = "application/problem+json"),
+        NotFound,
     ),
     security(("bearer" = []))
 )]
@@ -189,7 +189,7 @@ pub struct StatsView {
     responses(
         (status = 200, body = StatsView),
         (status = 400, description = "invalid_request", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "not_found", body = Problem, content_type = "application/problem+json"),
+        NotFound,
     ),
     security(("bearer" = []))
 )]

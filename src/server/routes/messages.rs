@@ -12,7 +12,7 @@ use crate::Herald;
 use crate::api::{NewMessage, SendReceipt};
 use crate::model::{MessageId, rfc3339};
 use crate::server::extract::ApiJson;
-use crate::server::problem::Problem;
+use crate::server::problem::{NotFound, Problem};
 use crate::server::views::DeliveryView;
 
 /// Accepts a message: stored and fsynced before the answer, then delivered to every endpoint of
@@ -63,7 +63,7 @@ pub struct MessageView {
     params(("id" = String, Path, description = "message id")),
     responses(
         (status = 200, body = MessageView),
-        (status = 404, description = "not_found", body = Problem, content_type = "application/problem+json"),
+        NotFound,
     ),
     security(("bearer" = []))
 )]

@@ -6,7 +6,7 @@ use axum::response::IntoResponse;
 use serde::Serialize;
 
 use super::{ADMIN, ApiResult};
-use crate::server::problem::{ApiError, Problem};
+use crate::server::problem::{ApiError, NotFound};
 use crate::{Herald, Policy};
 
 /// A policy in the list.
@@ -93,7 +93,7 @@ pub async fn list_policies(State(herald): State<Herald>) -> ApiResult {
     params(("name" = String, Path, description = "policy name")),
     responses(
         (status = 200, body = PolicyView),
-        (status = 404, description = "not_found", body = Problem, content_type = "application/problem+json"),
+        NotFound,
     ),
     security(("bearer" = []))
 )]
