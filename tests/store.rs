@@ -116,3 +116,31 @@ fn outcomes_recorded_together_compose_per_endpoint() {
     let endpoint = store.endpoint(endpoint).unwrap().unwrap();
     assert_eq!(endpoint.consecutive_failures, 3);
 }
+
+#[test]
+fn deliveries_page_oldest_or_newest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path(), &SledOptions::default()).unwrap();
+    let endpoint = put_endpoint(&store);
+    let ids: Vec<_> = (0..5)
+        .map(|i| put_message(&store, endpoint, 1_000 + i, DeliveryStatus::Failed).1)
+        .collect();
+    let page = |after, newest_first| -> Vec<_> {
+        store
+            .deliveries(&herald::DeliveryFilter {
+                after,
+                newest_first,
+                limit: 2,
+                ..Default::default()
+            })
+            .unwrap()
+            .iter()
+            .map(|d| d.id)
+            .collect()
+    };
+    assert_eq!(page(None, false), ids[..2]);
+    assert_eq!(page(Some(ids[1]), false), ids[2..4]);
+    assert_eq!(page(None, true), [ids[4], ids[3]]);
+    assert_eq!(page(Some(ids[3]), true), [ids[2], ids[1]]);
+    assert_eq!(page(Some(ids[0]), true), []);
+}

@@ -94,6 +94,7 @@ impl Engine {
             since_ms: job.since_ms,
             until_ms: job.until_ms,
             after: job.cursor,
+            newest_first: false,
             limit,
         }
     }

@@ -153,8 +153,10 @@ pub struct DeliveryFilter {
     pub since_ms: Option<u64>,
     /// Created before (ms).
     pub until_ms: Option<u64>,
-    /// Start after this id (exclusive), for paging.
+    /// Start after this id (exclusive, in the listing's order), for paging.
     pub after: Option<DeliveryId>,
+    /// Newest first instead of oldest first.
+    pub newest_first: bool,
     /// At most this many.
     pub limit: usize,
 }

@@ -764,23 +764,29 @@ impl Store for SledStore {
     }
 
     fn deliveries(&self, filter: &DeliveryFilter) -> StoreResult<Vec<Delivery>> {
-        let start = match (filter.after, filter.since_ms) {
-            (Some(after), Some(since)) => {
-                let mut key = keys::delivery(after.max(first_id_at(since)));
-                key.push(0); // exclusive of `after` itself
-                key
+        let mut start = keys::delivery(first_id_at(filter.since_ms.unwrap_or(0)));
+        let mut end = keys::delivery(first_id_at(filter.until_ms.unwrap_or(u64::MAX >> 16)));
+        if let Some(after) = filter.after {
+            let cursor = keys::delivery(after);
+            if filter.newest_first {
+                end = end.min(cursor); // exclusive of `after` itself
+            } else {
+                let mut cursor = cursor;
+                cursor.push(0); // exclusive of `after` itself
+                start = start.max(cursor);
             }
-            (Some(after), None) => {
-                let mut key = keys::delivery(after);
-                key.push(0);
-                key
-            }
-            (None, Some(since)) => keys::delivery(first_id_at(since)),
-            (None, None) => vec![keys::DELIVERY],
+        }
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let range = self.tree.range(start..end);
+        let entries: Box<dyn Iterator<Item = sled::Result<(IVec, IVec)>>> = if filter.newest_first {
+            Box::new(range.rev())
+        } else {
+            Box::new(range)
         };
-        let end = keys::delivery(first_id_at(filter.until_ms.unwrap_or(u64::MAX >> 16)));
         let mut out = Vec::new();
-        for entry in self.tree.range(start..end) {
+        for entry in entries {
             let (key, value) = entry?;
             let delivery: Delivery = decode(&key, &value)?;
             let wanted = filter.status.is_none_or(|s| s == delivery.status)

@@ -36,9 +36,11 @@ pub struct DeliveryQuery {
     limit: Option<usize>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// `asc` (oldest first, the default) or `desc` (newest first).
+    order: Option<String>,
 }
 
-/// One page of deliveries, oldest first.
+/// One page of deliveries, oldest first unless `order=desc`.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct DeliveryPage {
     deliveries: Vec<DeliveryView>,
@@ -83,6 +85,15 @@ pub async fn list_deliveries(
         .transpose()
         .map_err(|_| ApiError::invalid("`cursor` is not a cursor from a previous page"))?;
     let (since_ms, until_ms) = time_range(query.since.as_deref(), query.until.as_deref())?;
+    let newest_first = match query.order.as_deref() {
+        None | Some("asc") => false,
+        Some("desc") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "`order` must be asc or desc; got {other:?}"
+            )));
+        }
+    };
     // `held` is `pending` on a disabled endpoint: filter on pending, then keep the held ones.
     let stored_status = status.map(|s| match s {
         DeliveryStatus::Held => DeliveryStatus::Pending,
@@ -113,6 +124,7 @@ pub async fn list_deliveries(
         since_ms,
         until_ms,
         after,
+        newest_first,
         limit,
     })?;
     let next_cursor = (deliveries.len() == limit)
