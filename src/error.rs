@@ -40,6 +40,10 @@ pub enum Error {
     /// The store failed; the operation may not have happened.
     #[error(transparent)]
     Store(StoreError),
+    /// The store cannot take writes now (disk full, database unreachable); nothing was
+    /// stored. Worth retrying later.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
     /// herald is shutting down and takes no new work.
     #[error("herald is shutting down")]
     ShuttingDown,
@@ -53,6 +57,7 @@ impl From<StoreError> for Error {
         match e {
             StoreError::NotFound(what) => Error::NotFound(what),
             StoreError::Conflict(why) => Error::Conflict(why),
+            StoreError::Unavailable(why) => Error::Unavailable(why),
             other => Error::Store(other),
         }
     }

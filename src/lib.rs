@@ -7,8 +7,10 @@
 //! # Architecture
 //!
 //! * [`policy`] — pure data and decisions: schedules, success rules, encodings, signing.
-//! * [`store`] — durable state behind the [`store::Store`] trait (sled today).
-//! * `engine` — accepts messages (group commit), schedules per endpoint, runs attempts.
+//! * [`store`] — durable state behind the async [`store::Store`] trait, in the domain's terms:
+//!   the embedded sled backend (default) and PostgreSQL (several nodes, one queue).
+//! * `engine` — the pure delivery decision (`engine::decide`), and what acts on it: accepting
+//!   messages (group commit), scheduling per endpoint, running attempts.
 //! * [`transport`] — HTTP: encodings, signatures, URL rules, the pooled client.
 //! * [`server`] — the sidecar daemon's HTTP API over this library.
 //!
@@ -80,14 +82,24 @@ pub use store::{DeliveryFilter, ReplayJob, ReplayState};
 use engine::Engine;
 use store::{SledOptions, SledStore, Store};
 
+/// Which store a [`Herald`] opens.
+#[derive(Clone)]
+enum StoreChoice {
+    /// The embedded sled store in the data directory.
+    Sled,
+    /// A store built by the caller (tests, custom backends).
+    Given(Arc<dyn Store>),
+}
+
 /// Configures and opens a [`Herald`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HeraldBuilder {
     data_dir: PathBuf,
     policies_dir: Option<PathBuf>,
     extra_policies: Vec<Policy>,
     engine: EngineConfig,
     sled: SledOptions,
+    store: StoreChoice,
 }
 
 impl HeraldBuilder {
@@ -115,9 +127,15 @@ impl HeraldBuilder {
         self
     }
 
-    /// Store tuning.
+    /// Tuning of the embedded sled store.
     pub fn store_options(mut self, options: SledOptions) -> Self {
         self.sled = options;
+        self
+    }
+
+    /// Uses a store opened by the caller instead of the embedded one.
+    pub fn store_backend(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = StoreChoice::Given(store);
         self
     }
 
@@ -130,16 +148,23 @@ impl HeraldBuilder {
         for policy in self.extra_policies {
             policies.insert(policy);
         }
-        let data_dir = self.data_dir.clone();
-        let options = self.sled.clone();
-        let store = tokio::task::spawn_blocking(move || SledStore::open(&data_dir, &options))
-            .await
-            .map_err(|e| Error::Startup(e.to_string()))??;
-        let store = Arc::new(store);
-        let engine = Engine::new(store.clone(), policies, self.engine)?;
+        let store: Arc<dyn Store> = match self.store {
+            StoreChoice::Given(store) => store,
+            StoreChoice::Sled => {
+                let data_dir = self.data_dir.clone();
+                let options = self.sled.clone();
+                let store =
+                    tokio::task::spawn_blocking(move || SledStore::open(&data_dir, &options))
+                        .await
+                        .map_err(|e| Error::Startup(e.to_string()))??;
+                tracing::info!(data_dir = %self.data_dir.display(), "embedded store opened");
+                Arc::new(store)
+            }
+        };
+        let engine = Engine::new(store, policies, self.engine)?;
         engine.start().await?;
-        tracing::info!(data_dir = %self.data_dir.display(), "herald started");
-        Ok(Herald { engine, store })
+        tracing::info!("herald started");
+        Ok(Herald { engine })
     }
 }
 
@@ -149,7 +174,6 @@ impl HeraldBuilder {
 #[derive(Clone)]
 pub struct Herald {
     engine: Arc<Engine>,
-    store: Arc<SledStore>,
 }
 
 impl Herald {
@@ -161,7 +185,12 @@ impl Herald {
             extra_policies: Vec::new(),
             engine: EngineConfig::default(),
             sled: SledOptions::default(),
+            store: StoreChoice::Sled,
         }
+    }
+
+    fn store(&self) -> &dyn Store {
+        self.engine.store.as_ref()
     }
 
     /// Accepts a message. Returns once it and its deliveries are durable (fsynced, shared with
@@ -176,13 +205,13 @@ impl Herald {
     }
 
     /// One endpoint.
-    pub fn endpoint(&self, id: EndpointId) -> Result<Endpoint> {
-        self.engine.endpoint(id)
+    pub async fn endpoint(&self, id: EndpointId) -> Result<Endpoint> {
+        self.engine.endpoint(id).await
     }
 
     /// All endpoints, or one tenant's.
-    pub fn endpoints(&self, tenant: Option<&str>) -> Result<Vec<Endpoint>> {
-        Ok(self.store.endpoints(tenant)?)
+    pub async fn endpoints(&self, tenant: Option<&str>) -> Result<Vec<Endpoint>> {
+        Ok(self.store().endpoints(tenant).await?)
     }
 
     /// Changes an endpoint; a new secret rotates (the old one signs during the grace period).
@@ -207,13 +236,14 @@ impl Herald {
 
     /// An endpoint's attempts per UTC day for the last `days` days (today included), oldest
     /// first, days without attempts included as zeros. Served from a daily roll-up.
-    pub fn endpoint_stats(&self, id: EndpointId, days: u32) -> Result<Vec<DayStats>> {
-        self.endpoint(id)?;
+    pub async fn endpoint_stats(&self, id: EndpointId, days: u32) -> Result<Vec<DayStats>> {
+        self.endpoint(id).await?;
         let today = store::day_of(model::now_ms());
         let first = today.saturating_sub(days.saturating_sub(1));
         let stored: std::collections::HashMap<u32, store::DailyRollup> = self
-            .store
-            .endpoint_days(id, first, today)?
+            .store()
+            .endpoint_days(id, first, today)
+            .await?
             .into_iter()
             .collect();
         Ok((first..=today)
@@ -237,38 +267,59 @@ impl Herald {
     }
 
     /// One message (with its payload).
-    pub fn message(&self, id: MessageId) -> Result<Message> {
-        self.store
-            .message(id)?
+    pub async fn message(&self, id: MessageId) -> Result<Message> {
+        self.store()
+            .message(id)
+            .await?
             .ok_or_else(|| Error::NotFound(format!("message {id}")))
     }
 
     /// A message's deliveries.
-    pub fn message_deliveries(&self, id: MessageId) -> Result<Vec<Delivery>> {
-        Ok(self.store.message_deliveries(id)?)
+    pub async fn message_deliveries(&self, id: MessageId) -> Result<Vec<Delivery>> {
+        Ok(self.store().message_deliveries(id).await?)
     }
 
     /// One delivery.
-    pub fn delivery(&self, id: DeliveryId) -> Result<Delivery> {
-        self.store
-            .delivery(id)?
+    pub async fn delivery(&self, id: DeliveryId) -> Result<Delivery> {
+        self.store()
+            .delivery(id)
+            .await?
             .ok_or_else(|| Error::NotFound(format!("delivery {id}")))
     }
 
-    /// Deliveries matching a filter, oldest first.
-    pub fn deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<Delivery>> {
-        Ok(self.store.deliveries(filter)?)
+    /// Deliveries matching a filter, oldest first (or newest first, as the filter says).
+    pub async fn deliveries(&self, filter: &DeliveryFilter) -> Result<Vec<Delivery>> {
+        Ok(self.store().deliveries(filter).await?)
     }
 
     /// A delivery's attempts over all cycles, oldest first.
-    pub fn attempts(&self, id: DeliveryId) -> Result<Vec<Attempt>> {
-        self.delivery(id)?;
-        Ok(self.store.attempts(id)?)
+    pub async fn attempts(&self, id: DeliveryId) -> Result<Vec<Attempt>> {
+        self.delivery(id).await?;
+        Ok(self.store().attempts(id).await?)
     }
 
-    /// Starts a fresh attempt cycle for a finished delivery; history is kept.
+    /// Starts a fresh attempt cycle for a finished delivery; history is kept. Refused (a
+    /// conflict) while it is pending, when its payload was purged or its endpoint deleted.
     pub async fn replay(&self, id: DeliveryId) -> Result<Delivery> {
-        self.engine.replay(id).await
+        self.engine
+            .command(id, engine::decide::Command::Replay)
+            .await
+    }
+
+    /// Attempts a pending delivery now instead of at its due time (it still counts as one of
+    /// its cycle's attempts). Refused while an attempt is in flight.
+    pub async fn retry_now(&self, id: DeliveryId) -> Result<Delivery> {
+        self.engine
+            .command(id, engine::decide::Command::RetryNow)
+            .await
+    }
+
+    /// Cancels a pending delivery: it becomes `failed` ("cancelled by an operator") and may be
+    /// replayed later. An attempt in flight finishes, and is kept, but changes nothing.
+    pub async fn cancel(&self, id: DeliveryId) -> Result<Delivery> {
+        self.engine
+            .command(id, engine::decide::Command::Cancel)
+            .await
     }
 
     /// Starts a durable bulk replay of finished deliveries matching `request`; it survives
@@ -278,9 +329,10 @@ impl Herald {
     }
 
     /// A bulk replay job.
-    pub fn replay_job(&self, id: uuid::Uuid) -> Result<ReplayJob> {
-        self.store
-            .job(id)?
+    pub async fn replay_job(&self, id: uuid::Uuid) -> Result<ReplayJob> {
+        self.store()
+            .job(id)
+            .await?
             .ok_or_else(|| Error::NotFound(format!("replay {id}")))
     }
 
@@ -308,24 +360,36 @@ impl Herald {
         self.engine.commit_stats()
     }
 
-    /// Deliveries waiting for an attempt, pending or held (O(1), kept by the store).
-    pub fn pending_deliveries(&self) -> u64 {
-        self.engine.store.pending_deliveries()
+    /// Deliveries waiting for an attempt, pending or held (kept exact by the store).
+    pub async fn pending_deliveries(&self) -> Result<u64> {
+        Ok(self.store().pending_count().await?)
     }
 
     /// Sets the gauges that are cheaper to read on demand than to keep on every change:
     /// `herald_deliveries_pending` and `herald_endpoints_disabled`. The daemon calls it on
     /// every `/metrics` scrape; embedders exporting metrics call it before theirs.
-    pub fn publish_gauges(&self) -> Result<()> {
-        metrics::gauge!("herald_deliveries_pending").set(self.pending_deliveries() as f64);
-        let disabled = self.endpoints(None)?.iter().filter(|e| !e.enabled).count();
+    pub async fn publish_gauges(&self) -> Result<()> {
+        let pending = self.pending_deliveries().await?;
+        metrics::gauge!("herald_deliveries_pending").set(pending as f64);
+        let disabled = self
+            .endpoints(None)
+            .await?
+            .iter()
+            .filter(|e| !e.enabled)
+            .count();
         metrics::gauge!("herald_endpoints_disabled").set(disabled as f64);
         Ok(())
     }
 
-    /// Bytes the store occupies on disk.
-    pub fn disk_bytes(&self) -> Result<u64> {
-        Ok(self.store.size_on_disk()?)
+    /// Whether the store takes writes now; an error says why not (disk full, database
+    /// unreachable). The daemon's `/readyz` answers with it.
+    pub async fn check_store(&self) -> Result<()> {
+        Ok(self.store().check().await?)
+    }
+
+    /// Bytes the store occupies on disk, where the backend knows.
+    pub async fn disk_bytes(&self) -> Result<Option<u64>> {
+        Ok(self.store().size_on_disk().await?)
     }
 
     /// Stops scheduling, lets attempts in flight finish (up to 10 seconds; unfinished ones come

@@ -121,6 +121,17 @@ pub struct Endpoint {
     /// its own counter, updated atomically with each attempt; filled in when read.
     #[serde(skip)]
     pub consecutive_failures: u32,
+    /// Why the endpoint is disabled (an operator, or its failures); `None` while enabled.
+    /// Kept with the failure count, filled in when read.
+    #[serde(skip)]
+    pub disabled_reason: Option<String>,
+    /// When it was disabled (ms); `None` while enabled.
+    #[serde(skip)]
+    pub disabled_at: Option<u64>,
+    /// When it was last enabled after being disabled (ms). Attempts that a disablement held
+    /// back restart their schedule's pacing from their first attempt after this time.
+    #[serde(skip)]
+    pub released_at: Option<u64>,
     /// Creation time (ms).
     pub created_at: u64,
     /// Last change (ms).
@@ -224,6 +235,8 @@ pub struct Message {
     pub idempotency_key: Option<String>,
     /// Delta-mode key.
     pub dedup_key: Option<String>,
+    /// Per endpoint, messages sharing this key are attempted one at a time, in order.
+    pub ordering_key: Option<String>,
     /// When it was accepted (ms).
     pub created_at: u64,
 }

@@ -118,11 +118,9 @@ async fn sigkill_mid_send_loses_no_acknowledged_message() {
             break;
         }
         if tokio::time::Instant::now() >= deadline {
-            let states: Vec<String> = acked
-                .iter()
-                .filter(|id| !seen.contains(*id))
-                .take(5)
-                .map(|id| match herald.message_deliveries(id.parse().unwrap()) {
+            let mut states = Vec::new();
+            for id in acked.iter().filter(|id| !seen.contains(*id)).take(5) {
+                states.push(match herald.message_deliveries(id.parse().unwrap()).await {
                     Ok(ds) => format!(
                         "{id}: {:?}",
                         ds.iter()
@@ -130,8 +128,8 @@ async fn sigkill_mid_send_loses_no_acknowledged_message() {
                             .collect::<Vec<_>>()
                     ),
                     Err(e) => format!("{id}: {e}"),
-                })
-                .collect();
+                });
+            }
             panic!(
                 "{lost} of {} acknowledged messages never arrived; e.g. {states:#?}",
                 acked.len()

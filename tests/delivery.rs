@@ -49,9 +49,9 @@ async fn a_receiver_that_fails_twice_gets_exactly_three_requests_on_schedule() {
         assert_eq!(request.header("herald-attempt"), (i + 1).to_string());
         assert_eq!(request.body.as_ref(), br#"{"job":1}"#);
     }
-    let delivery = herald.delivery(receipt.deliveries[0].id).unwrap();
+    let delivery = herald.delivery(receipt.deliveries[0].id).await.unwrap();
     assert_eq!(delivery.status, DeliveryStatus::Succeeded);
-    let attempts = herald.attempts(delivery.id).unwrap();
+    let attempts = herald.attempts(delivery.id).await.unwrap();
     let codes: Vec<_> = attempts.iter().map(|a| a.status_code).collect();
     assert_eq!(codes, vec![Some(500), Some(500), Some(200)]);
     assert!(attempts[2].success && !attempts[0].success);
@@ -84,7 +84,7 @@ async fn exhaustion_fails_after_the_policy_count_and_replay_starts_a_fresh_cycle
     assert_eq!(finals[0].delivery_status, DeliveryStatus::Failed);
     assert_eq!(receiver.count(), 6);
 
-    let attempts = herald.attempts(delivery_id).unwrap();
+    let attempts = herald.attempts(delivery_id).await.unwrap();
     let cycles: Vec<_> = attempts.iter().map(|a| (a.attempt, a.cycle)).collect();
     assert_eq!(cycles, vec![(1, 1), (2, 1), (3, 1), (4, 2), (5, 2), (6, 2)]);
     let ids = receiver.message_ids();
@@ -207,6 +207,7 @@ async fn deliveries_due_in_an_hour_cost_no_cpu_meanwhile() {
             limit: 2000,
             ..DeliveryFilter::default()
         })
+        .await
         .unwrap();
     assert_eq!(pending.len(), 1000);
 
@@ -245,7 +246,7 @@ async fn bad_input_is_a_typed_error_and_stores_nothing() {
             "{url}: {bad:?}"
         );
     }
-    assert!(herald.endpoints(None).unwrap().is_empty());
+    assert!(herald.endpoints(None).await.unwrap().is_empty());
 
     herald
         .create_endpoint(endpoint("acme", receiver.url(), "ovesio"))
@@ -279,7 +280,7 @@ async fn bad_input_is_a_typed_error_and_stores_nothing() {
         limit: 100,
         ..DeliveryFilter::default()
     };
-    assert!(herald.deliveries(&all).unwrap().is_empty());
+    assert!(herald.deliveries(&all).await.unwrap().is_empty());
     assert_eq!(receiver.count(), 0);
 }
 
@@ -491,11 +492,15 @@ async fn the_pending_count_follows_every_transition_and_survives_a_restart() {
         }
     }
     let finals = wait_final(&mut outcomes, 4, Duration::from_secs(5)).await;
-    assert_eq!(herald.pending_deliveries(), 3, "only the held ones");
+    assert_eq!(
+        herald.pending_deliveries().await.unwrap(),
+        3,
+        "only the held ones"
+    );
     herald.replay(finals[0].delivery_id).await.unwrap();
-    assert_eq!(herald.pending_deliveries(), 4);
+    assert_eq!(herald.pending_deliveries().await.unwrap(), 4);
     wait_final(&mut outcomes, 1, Duration::from_secs(5)).await;
-    assert_eq!(herald.pending_deliveries(), 3);
+    assert_eq!(herald.pending_deliveries().await.unwrap(), 3);
     herald.shutdown().await.unwrap();
     drop(herald);
 
@@ -505,7 +510,11 @@ async fn the_pending_count_follows_every_transition_and_survives_a_restart() {
         EngineConfig::default(),
     )
     .await;
-    assert_eq!(herald.pending_deliveries(), 3, "counted again at open");
+    assert_eq!(
+        herald.pending_deliveries().await.unwrap(),
+        3,
+        "counted again at open"
+    );
     herald.delete_endpoint(quiet.id).await.unwrap();
-    assert_eq!(herald.pending_deliveries(), 0);
+    assert_eq!(herald.pending_deliveries().await.unwrap(), 0);
 }

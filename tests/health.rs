@@ -43,7 +43,7 @@ async fn five_failures_disable_the_endpoint_notify_once_and_hold_until_enabled()
         operators.wait_for(1, Duration::from_secs(10)).await,
         "no notification"
     );
-    let disabled = herald.endpoint(created.id).unwrap();
+    let disabled = herald.endpoint(created.id).await.unwrap();
     assert!(!disabled.enabled);
     assert_eq!(disabled.consecutive_failures, 5);
     assert_eq!(
@@ -123,7 +123,7 @@ async fn gone_disables_at_once_under_disable_on_gone() {
             .iter()
             .all(|e| e.delivery_status == DeliveryStatus::Failed)
     );
-    let strict = herald.endpoint(strict.id).unwrap();
+    let strict = herald.endpoint(strict.id).await.unwrap();
     assert!(!strict.enabled, "410 disables under disable_on_gone");
     assert_eq!(
         finals
@@ -134,7 +134,7 @@ async fn gone_disables_at_once_under_disable_on_gone() {
         1
     );
     assert!(
-        herald.endpoint(lenient.id).unwrap().enabled,
+        herald.endpoint(lenient.id).await.unwrap().enabled,
         "410 is an ordinary failure otherwise"
     );
 }
@@ -158,7 +158,7 @@ async fn test_send_reports_the_answer_and_does_not_move_the_failure_count() {
         assert!(!result.success);
         assert_eq!(result.response_excerpt, "busy");
     }
-    let after = herald.endpoint(created.id).unwrap();
+    let after = herald.endpoint(created.id).await.unwrap();
     assert!(
         after.enabled,
         "test-sends never disable (deactivate_after = 1)"
@@ -168,7 +168,10 @@ async fn test_send_reports_the_answer_and_does_not_move_the_failure_count() {
         receiver.requests()[0].header("herald-event-type"),
         "herald.test"
     );
-    assert_eq!(herald.endpoint_stats(created.id, 1).unwrap()[0].attempts, 0);
+    assert_eq!(
+        herald.endpoint_stats(created.id, 1).await.unwrap()[0].attempts,
+        0
+    );
 }
 
 #[tokio::test]
@@ -189,7 +192,7 @@ async fn todays_stats_count_exactly_what_the_receiver_saw() {
             .unwrap();
     }
     wait_final(&mut outcomes, 8, Duration::from_secs(10)).await;
-    let days = herald.endpoint_stats(created.id, 14).unwrap();
+    let days = herald.endpoint_stats(created.id, 14).await.unwrap();
     assert_eq!(days.len(), 14);
     let today = days.last().unwrap();
     let requests = receiver.count() as u64;
@@ -206,14 +209,14 @@ async fn todays_stats_count_exactly_what_the_receiver_saw() {
     );
 }
 
-#[test]
-fn the_roll_up_is_exact_per_day() {
+#[tokio::test]
+async fn the_roll_up_is_exact_per_day() {
     use common::fixtures::{put_endpoint, put_message, record_attempt};
     use herald::store::{SledOptions, SledStore, Store};
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path(), &SledOptions::default()).unwrap();
-    let endpoint = put_endpoint(&store);
-    let (_, delivery) = put_message(&store, endpoint, 0, DeliveryStatus::Pending);
+    let endpoint = put_endpoint(&store).await;
+    let (_, delivery) = put_message(&store, endpoint, 0, DeliveryStatus::Pending).await;
     let day = 86_400_000_u64;
     // (day index, success) for a known mix over three days.
     let mix = [
@@ -226,10 +229,11 @@ fn the_roll_up_is_exact_per_day() {
         (103, false),
     ];
     for (d, success) in mix {
-        record_attempt(&store, endpoint, delivery, d * day + 3_600_000, success);
+        record_attempt(&store, endpoint, delivery, d * day + 3_600_000, success).await;
     }
     let days: Vec<(u32, u64, u64, u64)> = store
         .endpoint_days(endpoint, 99, 104)
+        .await
         .unwrap()
         .into_iter()
         .map(|(d, r)| (d, r.attempts, r.successes, r.failures()))

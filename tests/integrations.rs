@@ -246,7 +246,7 @@ async fn ovesio_counts_only_200_with_success_true_and_fails_after_three_attempts
     }
     assert_eq!(failing.count(), 3);
     assert_eq!(succeeding.count(), 1);
-    let attempts = herald.attempts(bad.deliveries[0].id).unwrap();
+    let attempts = herald.attempts(bad.deliveries[0].id).await.unwrap();
     assert!(attempts.iter().all(|a| !a.success));
     assert_eq!(attempts[1].response_excerpt, "OK");
 }
@@ -402,7 +402,7 @@ async fn delta_mode_skips_an_unchanged_payload_and_sends_a_changed_one() {
     let same = send("Hello").await;
     assert_eq!(same.deliveries[0].status, DeliveryStatus::Skipped);
     assert_eq!(
-        herald.delivery(same.deliveries[0].id).unwrap().status,
+        herald.delivery(same.deliveries[0].id).await.unwrap().status,
         DeliveryStatus::Skipped
     );
     let changed = send("Hello, world").await;

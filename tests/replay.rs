@@ -40,7 +40,7 @@ async fn replay_child() {
         ..EngineConfig::default()
     };
     let herald = open_with(std::path::Path::new(&dir), policies(), config).await;
-    let endpoint_id = herald.endpoints(Some("acme")).unwrap()[0].id;
+    let endpoint_id = herald.endpoints(Some("acme")).await.unwrap()[0].id;
     let job = herald
         .replay_many(ReplayRequest {
             endpoint_id: Some(endpoint_id),
@@ -54,7 +54,7 @@ async fn replay_child() {
     println!("job {} matched {}", job.id, job.matched);
     loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let job = herald.replay_job(job.id).unwrap();
+        let job = herald.replay_job(job.id).await.unwrap();
         println!("queued {}", job.queued);
     }
 }
@@ -158,7 +158,7 @@ async fn a_bulk_replay_killed_part_way_resumes_and_delivers_everything() {
     }
     let seen: HashSet<String> = receiver.message_ids();
     assert_eq!(seen.len(), MESSAGES);
-    let mut job = herald.replay_job(job_id).unwrap();
+    let mut job = herald.replay_job(job_id).await.unwrap();
     for _ in 0..50 {
         if job.state == ReplayState::Done {
             break;
@@ -166,7 +166,7 @@ async fn a_bulk_replay_killed_part_way_resumes_and_delivers_everything() {
         receiver
             .wait_for(usize::MAX, Duration::from_millis(100))
             .await;
-        job = herald.replay_job(job_id).unwrap();
+        job = herald.replay_job(job_id).await.unwrap();
     }
     assert_eq!(job.state, ReplayState::Done);
     assert_eq!(job.matched, MESSAGES as u64);

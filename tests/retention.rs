@@ -17,29 +17,29 @@ async fn housekeeping_purges_old_history_and_keeps_new_and_pending() {
     let old = now - 20 * DAY;
     let (endpoint, old_done, old_pending, recent) = {
         let store = SledStore::open(dir.path(), &SledOptions::default()).unwrap();
-        let endpoint = put_endpoint(&store);
+        let endpoint = put_endpoint(&store).await;
         // 600 old finished messages: more than one purge page.
         let mut old_done = Vec::new();
         for i in 0..600 {
             let (message, delivery) =
-                put_message(&store, endpoint, old + i, DeliveryStatus::Succeeded);
-            record_attempt(&store, endpoint, delivery, old + i, true);
+                put_message(&store, endpoint, old + i, DeliveryStatus::Succeeded).await;
+            record_attempt(&store, endpoint, delivery, old + i, true).await;
             old_done.push((message, delivery));
         }
         // An old delivery still pending (e.g. held): kept, but its old attempts go.
-        let old_pending = put_message(&store, endpoint, old, DeliveryStatus::Pending);
-        record_attempt(&store, endpoint, old_pending.1, old, false);
-        record_attempt(&store, endpoint, old_pending.1, now - DAY, false);
+        let old_pending = put_message(&store, endpoint, old, DeliveryStatus::Pending).await;
+        record_attempt(&store, endpoint, old_pending.1, old, false).await;
+        record_attempt(&store, endpoint, old_pending.1, now - DAY, false).await;
         // A recent finished message: kept whole.
-        let recent = put_message(&store, endpoint, now - DAY, DeliveryStatus::Failed);
-        record_attempt(&store, endpoint, recent.1, now - DAY, false);
-        store.flush().unwrap();
+        let recent = put_message(&store, endpoint, now - DAY, DeliveryStatus::Failed).await;
+        record_attempt(&store, endpoint, recent.1, now - DAY, false).await;
+        store.sync().await.unwrap();
         (endpoint, old_done, old_pending, recent)
     };
 
     let herald = Herald::builder().data_dir(dir.path()).open().await.unwrap();
     assert_eq!(
-        herald.endpoint_stats(endpoint, 30).unwrap()[9].attempts,
+        herald.endpoint_stats(endpoint, 30).await.unwrap()[9].attempts,
         601
     );
     let report = herald
@@ -54,21 +54,25 @@ async fn housekeeping_purges_old_history_and_keeps_new_and_pending() {
     assert!(report.rollups >= 1);
 
     for (message, delivery) in &old_done {
-        assert!(matches!(herald.message(*message), Err(Error::NotFound(_))));
         assert!(matches!(
-            herald.delivery(*delivery),
+            herald.message(*message).await,
+            Err(Error::NotFound(_))
+        ));
+        assert!(matches!(
+            herald.delivery(*delivery).await,
             Err(Error::NotFound(_))
         ));
     }
-    let pending = herald.delivery(old_pending.1).unwrap();
+    let pending = herald.delivery(old_pending.1).await.unwrap();
     assert_eq!(
         pending.status,
         DeliveryStatus::Pending,
         "pending deliveries are never purged"
     );
-    assert!(herald.message(old_pending.0).is_ok());
+    assert!(herald.message(old_pending.0).await.is_ok());
     let kept: Vec<u64> = herald
         .attempts(old_pending.1)
+        .await
         .unwrap()
         .iter()
         .map(|a| a.started_at)
@@ -78,9 +82,9 @@ async fn housekeeping_purges_old_history_and_keeps_new_and_pending() {
         vec![now - DAY],
         "only the attempt inside the retention stays"
     );
-    assert!(herald.message(recent.0).is_ok());
-    assert_eq!(herald.attempts(recent.1).unwrap().len(), 1);
-    let stats = herald.endpoint_stats(endpoint, 30).unwrap();
+    assert!(herald.message(recent.0).await.is_ok());
+    assert_eq!(herald.attempts(recent.1).await.unwrap().len(), 1);
+    let stats = herald.endpoint_stats(endpoint, 30).await.unwrap();
     assert_eq!(stats[9].attempts, 0, "old roll-ups are purged");
     assert_eq!(stats[28].attempts, 2, "yesterday's roll-up stays");
 

@@ -1,18 +1,14 @@
 //! Accepting a message: validate, route, check sizes, store atomically, wait for the group
 //! commit, then schedule. Nothing is stored when any check fails, and nothing is acknowledged
 //! before it is durable.
-//!
-//! Store calls here run inline on the async task: sled reads and batch writes are in-memory
-//! operations of a few microseconds; the one slow operation, the fsync, happens on the commit
-//! thread.
 
 use sha2::{Digest, Sha256};
 
 use super::Engine;
 use crate::api::{DeliveryReceipt, NewMessage, SendReceipt};
 use crate::error::{Error, Result};
-use crate::model::{Delivery, DeliveryId, DeliveryStatus, Endpoint, Message, MessageId, now_ms};
-use crate::store::{Inserted, MAX_PAYLOAD_BYTES, MessageWrite, NewDelivery};
+use crate::model::{Delivery, DeliveryStatus, Endpoint, Message, MessageId, now_ms};
+use crate::store::{Inserted, MessageWrite};
 use crate::transport::{encode, redact};
 
 /// Longest tenant or event type.
@@ -67,14 +63,15 @@ impl Engine {
             }
         }
         let payload_len = new.payload.get().len();
-        if payload_len > MAX_PAYLOAD_BYTES {
+        let ceiling = self.store.max_payload_bytes();
+        if payload_len > ceiling {
             return Err(Error::PayloadTooLarge {
                 size: payload_len,
-                limit: MAX_PAYLOAD_BYTES,
+                limit: ceiling,
             });
         }
 
-        let targets = self.targets(&new)?;
+        let targets = self.targets(&new).await?;
         let now = now_ms();
         let message = Message {
             id: MessageId::new(),
@@ -84,6 +81,7 @@ impl Engine {
             callback_url: new.callback_url,
             idempotency_key: new.idempotency_key,
             dedup_key: new.dedup_key,
+            ordering_key: None,
             created_at: now,
         };
         let payload = message.payload.get();
@@ -107,35 +105,13 @@ impl Engine {
             }
             let unchanged = match (&message.dedup_key, payload_digest) {
                 (Some(key), Some(digest)) => {
-                    self.store.dedup_digest(endpoint.id, key)? == Some(digest)
+                    self.store.dedup_digest(endpoint.id, key).await? == Some(digest)
                 }
                 _ => false,
             };
-            let status = if unchanged {
-                DeliveryStatus::Skipped
-            } else {
-                DeliveryStatus::Pending
-            };
-            deliveries.push(NewDelivery {
-                delivery: Delivery {
-                    id: DeliveryId::new(),
-                    message_id: message.id,
-                    endpoint_id: endpoint.id,
-                    url_override: message.callback_url.clone(),
-                    status,
-                    cycle: 1,
-                    cycle_attempts: 0,
-                    total_attempts: 0,
-                    anchor_ms: now,
-                    next_attempt_at: (!unchanged).then_some(now),
-                    last_status_code: None,
-                    last_error: unchanged
-                        .then(|| "skipped: payload unchanged for this dedup key".to_string()),
-                    created_at: now,
-                    updated_at: now,
-                },
-                due_ms: (!unchanged).then_some(now),
-            });
+            deliveries.push(super::decide::new_delivery(
+                &message, endpoint, unchanged, now,
+            ));
         }
 
         let (inserted, write) = self
@@ -148,11 +124,11 @@ impl Engine {
         let (message, deliveries) = (write.message, write.deliveries);
         if let Inserted::Existing(id) = inserted {
             // The first answer, not a second send. It was acknowledged, hence durable.
-            let deliveries = self.store.message_deliveries(id)?;
-            let receipts = deliveries
-                .iter()
-                .map(|d| self.receipt(d, None))
-                .collect::<Result<_>>()?;
+            let deliveries = self.store.message_deliveries(id).await?;
+            let mut receipts = Vec::with_capacity(deliveries.len());
+            for delivery in &deliveries {
+                receipts.push(self.receipt(delivery, None).await?);
+            }
             return Ok(SendReceipt {
                 id,
                 created: false,
@@ -162,11 +138,11 @@ impl Engine {
         metrics::counter!("herald_messages_accepted_total").increment(1);
 
         let mut receipts = Vec::with_capacity(deliveries.len());
-        for (new, endpoint) in deliveries.iter().zip(&targets) {
-            if let Some(due) = new.due_ms {
+        for (delivery, endpoint) in deliveries.iter().zip(&targets) {
+            if let Some(due) = delivery.next_attempt_at {
                 self.scheduler.note_due(endpoint.id, due);
             }
-            receipts.push(self.receipt(&new.delivery, Some(endpoint))?);
+            receipts.push(self.receipt(delivery, Some(endpoint)).await?);
         }
         Ok(SendReceipt {
             id: message.id,
@@ -179,8 +155,8 @@ impl Engine {
     /// only (its policy and secrets, the message's URL); otherwise every endpoint of the tenant
     /// that subscribes to the event type. Disabled endpoints are included: their deliveries
     /// are held until the endpoint is enabled again.
-    fn targets(&self, message: &NewMessage) -> Result<Vec<Endpoint>> {
-        let endpoints = self.store.endpoints(Some(&message.tenant))?;
+    async fn targets(&self, message: &NewMessage) -> Result<Vec<Endpoint>> {
+        let endpoints = self.store.endpoints(Some(&message.tenant)).await?;
         if message.callback_url.is_some() {
             let default = endpoints.into_iter().find(|e| e.default).ok_or_else(|| {
                 Error::InvalidRequest(format!(
@@ -198,7 +174,7 @@ impl Engine {
     }
 
     /// The receipt line for a delivery; `held` when its endpoint is disabled.
-    pub(crate) fn receipt(
+    pub(crate) async fn receipt(
         &self,
         delivery: &Delivery,
         endpoint: Option<&Endpoint>,
@@ -207,7 +183,7 @@ impl Engine {
         let endpoint = match endpoint {
             Some(e) => Some(e),
             None => {
-                loaded = self.store.endpoint(delivery.endpoint_id)?;
+                loaded = self.store.endpoint(delivery.endpoint_id).await?;
                 loaded.as_ref()
             }
         };

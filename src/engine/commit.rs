@@ -1,17 +1,16 @@
-//! Group commit: many writers, one batch, one fsync.
+//! Group commit: many writers, one store write, one fsync (or one database commit).
 //!
 //! Senders prepare their records in parallel and hand them to one writer thread. The thread
-//! takes everything that queued up while its previous round ran, applies it as a single store
-//! write, makes it durable with a single [`Store::flush`], and then answers every sender. With
-//! an fsync costing a few milliseconds, throughput grows with the number of concurrent senders
-//! instead of being capped at one message per fsync, and nothing is acknowledged before it is
-//! on disk. Other writes (endpoint changes, replays) apply their own change and then ask for a
-//! plain sync, which joins the next round.
+//! takes everything that queued up while its previous round ran and stores it with a single
+//! [`Store::insert_messages`], which returns once the group is durable, and then answers every
+//! sender. With an fsync or a commit costing a millisecond or more, throughput grows with the
+//! number of concurrent senders instead of being capped at one message per fsync, and nothing
+//! is acknowledged before it is durable.
 //!
-//! Applying the whole group in one batch matters as much as sharing the fsync: measured on the
-//! 2-core reference machine, 64 senders each applying its own batch reached ~5,000 sends/s with
-//! the disk mostly idle (contention and hand-offs around sled's log), while one batch per group
-//! removes that contention.
+//! Applying the whole group in one write matters as much as sharing the fsync: measured on the
+//! 2-core reference machine, 64 senders each applying its own sled batch reached ~5,000
+//! sends/s with the disk mostly idle (contention and hand-offs around sled's log), while one
+//! batch per group removes that contention.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,29 +20,20 @@ use tokio::sync::oneshot;
 
 use crate::store::{Inserted, MessageWrite, Store, StoreError};
 
-/// What a sender asks of the writer thread.
-enum Request {
-    /// Store this message, make it durable, answer with what was done (and the write back).
-    Insert(
-        Box<MessageWrite>,
-        oneshot::Sender<Result<(Inserted, Box<MessageWrite>), String>>,
-    ),
-    /// Make every write so far durable.
-    Sync(oneshot::Sender<Result<(), String>>),
-}
+type Reply = oneshot::Sender<Result<(Inserted, Box<MessageWrite>), StoreError>>;
 
-/// Hands out durability to writers, one store write and one flush per group.
+/// Hands out durability to writers, one store write per group.
 pub(crate) struct GroupCommit {
-    requests: mpsc::Sender<Request>,
+    requests: mpsc::Sender<(Box<MessageWrite>, Reply)>,
     stats: Arc<CommitStats>,
 }
 
 /// Counters for the benchmark and the metrics.
 #[derive(Debug, Default)]
 pub struct CommitStats {
-    /// Flushes performed.
+    /// Group writes performed (each one fsync or commit).
     pub flushes: AtomicU64,
-    /// Requests served.
+    /// Messages written.
     pub waiters: AtomicU64,
 }
 
@@ -51,13 +41,17 @@ const STOPPED: &str = "the commit thread has stopped";
 
 impl GroupCommit {
     /// Starts the writer thread. It ends when the last `GroupCommit` handle is dropped.
+    ///
+    /// The thread drives the async store with the runtime's handle, so that gathering the next
+    /// group never waits for a runtime worker.
     pub(crate) fn start(store: Arc<dyn Store>) -> std::io::Result<GroupCommit> {
-        let (requests, queue) = mpsc::channel::<Request>();
+        let (requests, queue) = mpsc::channel();
         let stats = Arc::new(CommitStats::default());
         let thread_stats = stats.clone();
+        let runtime = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name("herald-commit".into())
-            .spawn(move || run(store.as_ref(), &queue, &thread_stats))?;
+            .spawn(move || run(&runtime, store.as_ref(), &queue, &thread_stats))?;
         Ok(GroupCommit { requests, stats })
     }
 
@@ -68,24 +62,11 @@ impl GroupCommit {
     ) -> Result<(Inserted, MessageWrite), StoreError> {
         let (tx, rx) = oneshot::channel();
         self.requests
-            .send(Request::Insert(Box::new(write), tx))
+            .send((Box::new(write), tx))
             .map_err(|_| StoreError::Backend(STOPPED.into()))?;
         match rx.await {
             Ok(Ok((inserted, write))) => Ok((inserted, *write)),
-            Ok(Err(e)) => Err(StoreError::Backend(e)),
-            Err(_) => Err(StoreError::Backend(STOPPED.into())),
-        }
-    }
-
-    /// Returns once every write this task made before calling is durable.
-    pub(crate) async fn durable(&self) -> Result<(), StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.requests
-            .send(Request::Sync(tx))
-            .map_err(|_| StoreError::Backend(STOPPED.into()))?;
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(StoreError::Backend(e)),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(StoreError::Backend(STOPPED.into())),
         }
     }
@@ -95,55 +76,44 @@ impl GroupCommit {
     }
 }
 
-fn run(store: &dyn Store, queue: &mpsc::Receiver<Request>, stats: &CommitStats) {
+fn run(
+    runtime: &tokio::runtime::Handle,
+    store: &dyn Store,
+    queue: &mpsc::Receiver<(Box<MessageWrite>, Reply)>,
+    stats: &CommitStats,
+) {
     let mut writes: Vec<MessageWrite> = Vec::new();
-    let mut insert_replies = Vec::new();
-    let mut sync_replies = Vec::new();
+    let mut replies = Vec::new();
     // `recv` blocks without spinning; it fails once every sender is gone.
     while let Ok(first) = queue.recv() {
-        for request in std::iter::once(first).chain(queue.try_iter()) {
-            match request {
-                Request::Insert(write, reply) => {
-                    writes.push(*write);
-                    insert_replies.push(reply);
-                }
-                Request::Sync(reply) => sync_replies.push(reply),
-            }
+        for (write, reply) in std::iter::once(first).chain(queue.try_iter()) {
+            writes.push(*write);
+            replies.push(reply);
         }
-        let served = writes.len() + sync_replies.len();
-        let inserted = if writes.is_empty() {
-            Ok(Vec::new())
-        } else {
-            store.insert_messages(&writes).map_err(|e| e.to_string())
-        };
-        let flushed = store.flush().map_err(|e| e.to_string());
+        let outcome = runtime.block_on(store.insert_messages(&writes));
         stats.flushes.fetch_add(1, Ordering::Relaxed);
-        stats.waiters.fetch_add(served as u64, Ordering::Relaxed);
+        stats
+            .waiters
+            .fetch_add(writes.len() as u64, Ordering::Relaxed);
         metrics::counter!("herald_fsyncs_total").increment(1);
-        metrics::histogram!("herald_group_commit_size").record(served as f64);
-        let outcome = inserted.and_then(|answers| flushed.clone().map(|()| answers));
-        if let Err(e) = &outcome {
-            tracing::error!(error = %e, "group commit failed; its senders are told nothing was acknowledged");
-        }
+        metrics::histogram!("herald_group_commit_size").record(writes.len() as f64);
         match outcome {
             Ok(answers) => {
                 for ((answer, write), reply) in answers
                     .into_iter()
                     .zip(writes.drain(..))
-                    .zip(insert_replies.drain(..))
+                    .zip(replies.drain(..))
                 {
                     let _ = reply.send(Ok((answer, Box::new(write))));
                 }
             }
             Err(e) => {
+                tracing::error!(error = %e, "group commit failed; its senders are told nothing was acknowledged");
                 writes.clear();
-                for reply in insert_replies.drain(..) {
+                for reply in replies.drain(..) {
                     let _ = reply.send(Err(e.clone()));
                 }
             }
-        }
-        for reply in sync_replies.drain(..) {
-            let _ = reply.send(flushed.clone());
         }
     }
 }

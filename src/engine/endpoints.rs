@@ -123,15 +123,15 @@ impl Engine {
     }
 
     /// Only one default endpoint per tenant: setting the flag clears it elsewhere.
-    fn take_default_flag(&self, endpoint: &Endpoint) -> Result<()> {
+    async fn take_default_flag(&self, endpoint: &Endpoint) -> Result<()> {
         if !endpoint.default {
             return Ok(());
         }
-        for mut other in self.store.endpoints(Some(&endpoint.tenant))? {
+        for mut other in self.store.endpoints(Some(&endpoint.tenant)).await? {
             if other.id != endpoint.id && other.default {
                 other.default = false;
                 other.updated_at = now_ms();
-                self.store.put_endpoint(&other)?;
+                self.store.put_endpoint(&other).await?;
             }
         }
         Ok(())
@@ -163,20 +163,23 @@ impl Engine {
             default: new.default,
             enabled: true,
             consecutive_failures: 0,
+            disabled_reason: None,
+            disabled_at: None,
+            released_at: None,
             created_at: now,
             updated_at: now,
         };
         self.validate_endpoint(&endpoint)?;
-        self.take_default_flag(&endpoint)?;
-        self.store.put_endpoint(&endpoint)?;
-        self.commit.durable().await?;
+        self.take_default_flag(&endpoint).await?;
+        self.store.put_endpoint(&endpoint).await?;
         self.scheduler.set_enabled(endpoint.id, true, None);
         Ok(endpoint)
     }
 
-    pub(crate) fn endpoint(&self, id: EndpointId) -> Result<Endpoint> {
+    pub(crate) async fn endpoint(&self, id: EndpointId) -> Result<Endpoint> {
         self.store
-            .endpoint(id)?
+            .endpoint(id)
+            .await?
             .ok_or_else(|| Error::NotFound(format!("endpoint {id}")))
     }
 
@@ -185,7 +188,7 @@ impl Engine {
         id: EndpointId,
         update: EndpointUpdate,
     ) -> Result<Endpoint> {
-        let mut endpoint = self.endpoint(id)?;
+        let mut endpoint = self.endpoint(id).await?;
         let now = now_ms();
         if let Some(url) = update.url {
             endpoint.url = url;
@@ -216,9 +219,8 @@ impl Engine {
         }
         endpoint.updated_at = now;
         self.validate_endpoint(&endpoint)?;
-        self.take_default_flag(&endpoint)?;
-        self.store.put_endpoint(&endpoint)?;
-        self.commit.durable().await?;
+        self.take_default_flag(&endpoint).await?;
+        self.store.put_endpoint(&endpoint).await?;
         Ok(endpoint)
     }
 
@@ -229,26 +231,31 @@ impl Engine {
         id: EndpointId,
         enabled: bool,
     ) -> Result<Endpoint> {
+        let now = now_ms();
         if enabled {
             self.store
-                .enable_endpoint(id, now_ms())?
+                .enable_endpoint(id, now)
+                .await?
                 .ok_or_else(|| Error::NotFound(format!("endpoint {id}")))?;
-        } else if !self.store.disable_endpoint(id, now_ms())? {
-            self.endpoint(id)?; // not found → 404; already disabled is fine
+        } else if !self
+            .store
+            .disable_endpoint(id, now, "by an operator")
+            .await?
+        {
+            self.endpoint(id).await?; // not found → 404; already disabled is fine
         }
-        self.commit.durable().await?;
-        let head = self.store.due_head(id)?;
+        let head = self.store.due_head(id, now).await?;
         self.scheduler.set_enabled(id, enabled, head);
-        self.endpoint(id)
+        self.endpoint(id).await
     }
 
     pub(crate) async fn delete_endpoint(&self, id: EndpointId) -> Result<()> {
         let queued = self.scheduler.remove(id);
-        self.store.release(&queued)?;
-        if !self.store.delete_endpoint(id, now_ms())? {
+        self.store.release(&queued).await?;
+        let closing = super::decide::endpoint_deleted(now_ms());
+        if !self.store.delete_endpoint(id, &closing).await? {
             return Err(Error::NotFound(format!("endpoint {id}")));
         }
-        self.commit.durable().await?;
         Ok(())
     }
 }

@@ -26,13 +26,12 @@ const NOTIFY_POLICY: &str = "herald-notify";
 impl Engine {
     /// Makes the system tenant's endpoint point at `notify_url` (creating it if needed).
     pub(crate) async fn ensure_notify_endpoint(&self, notify_url: &str) -> Result<()> {
-        let existing = self.store.endpoints(Some(SYSTEM_TENANT))?;
+        let existing = self.store.endpoints(Some(SYSTEM_TENANT)).await?;
         match existing.into_iter().next() {
             Some(mut endpoint) if endpoint.url != notify_url => {
                 endpoint.url = notify_url.to_string();
                 endpoint.updated_at = now_ms();
-                self.store.put_endpoint(&endpoint)?;
-                self.commit.durable().await?;
+                self.store.put_endpoint(&endpoint).await?;
             }
             Some(_) => {}
             None => {
@@ -49,17 +48,22 @@ impl Engine {
         Ok(())
     }
 
-    /// Disables `endpoint` after `failures` consecutive failures (or a 410), once.
+    /// Disables `endpoint` for `reason` (its failures, or a 410), once: of concurrent callers,
+    /// on any node, only the one the store says disabled it logs and notifies.
     pub(crate) async fn deactivate(
         &self,
         endpoint: &Endpoint,
         failures: u32,
+        reason: &str,
         last_error: &str,
     ) -> Result<()> {
-        if !self.store.disable_endpoint(endpoint.id, now_ms())? {
+        if !self
+            .store
+            .disable_endpoint(endpoint.id, now_ms(), reason)
+            .await?
+        {
             return Ok(()); // already disabled, by an operator or a concurrent attempt
         }
-        self.commit.durable().await?;
         self.scheduler.set_enabled(endpoint.id, false, None);
         metrics::counter!("herald_endpoints_disabled_total").increment(1);
         tracing::warn!(
@@ -67,7 +71,7 @@ impl Engine {
             tenant = %endpoint.tenant,
             url = %redact(&endpoint.url),
             failures,
-            last_error,
+            reason,
             "endpoint disabled: its deliveries are held until it is enabled again"
         );
         if endpoint.tenant == SYSTEM_TENANT || self.config.notify_url.is_none() {

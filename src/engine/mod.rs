@@ -1,15 +1,19 @@
 //! The engine: accepts messages, schedules deliveries, runs attempts and records outcomes.
 //!
+//! * [`decide`] holds every rule about what happens to a delivery, as pure functions;
 //! * [`accept`] turns a message into deliveries and stores them durably (group commit);
 //! * [`scheduler`] decides when deliveries are attempted, endpoint by endpoint;
-//! * [`attempt`] performs one attempt and records what came of it;
-//! * [`endpoints`] validates and changes endpoint configuration.
+//! * [`attempt`] performs one attempt, asks [`decide`] what it means and records that;
+//! * [`endpoints`] validates and changes endpoint configuration;
+//! * [`commands`] carries out an operator's commands on one delivery (replay, retry, cancel).
 //!
 //! The engine never speaks HTTP to producers or operators; `server` does that on top of it.
 
 mod accept;
 mod attempt;
+mod commands;
 mod commit;
+pub(crate) mod decide;
 mod endpoints;
 mod health;
 mod probe;
@@ -25,7 +29,7 @@ use tokio::sync::broadcast;
 
 use crate::api::AttemptEvent;
 use crate::error::{Error, Result};
-use crate::model::{Delivery, DeliveryId, now_ms};
+use crate::model::now_ms;
 use crate::policy::PolicySet;
 use crate::store::Store;
 use crate::transport::{Client, ClientOptions};
@@ -80,6 +84,10 @@ pub(crate) struct Engine {
     pub(crate) scheduler: Scheduler,
     pub(crate) outcomes: broadcast::Sender<AttemptEvent>,
     pub(crate) config: EngineConfig,
+    /// How long a claim lasts: long enough for a claim to wait in its endpoint's queue behind
+    /// one attempt and then be attempted, with the slowest policy's timeout, plus a margin.
+    /// Only a claimer that died (or hung) lets it run out.
+    pub(crate) lease_for: Duration,
 }
 
 impl Engine {
@@ -95,7 +103,13 @@ impl Engine {
         let recorder =
             record::Recorder::start(store.clone()).map_err(|e| Error::Startup(e.to_string()))?;
         let (outcomes, _) = broadcast::channel(4096);
+        let slowest = policies
+            .iter()
+            .map(|p| p.request.timeout)
+            .max()
+            .unwrap_or_default();
         Ok(Arc::new(Engine {
+            lease_for: slowest * 2 + Duration::from_secs(30),
             scheduler: Scheduler::new(config.max_in_flight, config.endpoint_concurrency),
             store,
             policies: Arc::new(policies),
@@ -109,12 +123,8 @@ impl Engine {
 
     /// Loads every endpoint's earliest due entry and starts the scheduler loop.
     pub(crate) async fn start(self: &Arc<Self>) -> Result<()> {
-        let store = self.store.clone();
-        let (endpoints, heads) = tokio::task::spawn_blocking(move || {
-            Ok::<_, Error>((store.endpoints(None)?, store.due_heads()?))
-        })
-        .await
-        .map_err(|e| Error::Startup(e.to_string()))??;
+        let endpoints = self.store.endpoints(None).await?;
+        let heads = self.store.due_heads(now_ms()).await?;
         for endpoint in &endpoints {
             self.scheduler
                 .set_enabled(endpoint.id, endpoint.enabled, None);
@@ -126,29 +136,16 @@ impl Engine {
             self.ensure_notify_endpoint(url).await?;
         }
         tokio::spawn(scheduler::run(self.clone()));
-        self.resume_replays()?;
+        self.resume_replays().await?;
         Ok(())
-    }
-
-    /// Starts a fresh attempt cycle for a finished delivery; the history is kept.
-    pub(crate) async fn replay(&self, id: DeliveryId) -> Result<Delivery> {
-        let store = self.store.clone();
-        let delivery = tokio::task::spawn_blocking(move || store.replay(id, now_ms()))
-            .await
-            .map_err(|e| Error::Store(crate::store::StoreError::Backend(e.to_string())))??;
-        self.commit.durable().await?;
-        if let Some(due) = delivery.next_attempt_at {
-            self.scheduler.note_due(delivery.endpoint_id, due);
-        }
-        Ok(delivery)
     }
 
     /// Stops scheduling, hands queued claims back (their entries never left the due index,
     /// so a restart picks them up at once), waits up to `grace` for attempts in flight, and
     /// flushes.
     pub(crate) async fn shutdown(&self, grace: Duration) -> Result<()> {
-        for (_, claims) in self.scheduler.stop() {
-            self.store.release(&claims)?;
+        for (_, leases) in self.scheduler.stop() {
+            self.store.release(&leases).await?;
         }
         if tokio::time::timeout(grace, self.scheduler.idle())
             .await
@@ -159,7 +156,7 @@ impl Engine {
                 "attempts still in flight at shutdown; they are due again after a restart"
             );
         }
-        self.commit.durable().await?;
+        self.store.sync().await?;
         Ok(())
     }
 

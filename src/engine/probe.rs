@@ -12,7 +12,7 @@ use crate::model::{EndpointId, MessageId, now_ms, rfc3339};
 impl Engine {
     /// Sends a `herald.test` event to the endpoint and reports what came back.
     pub(crate) async fn test_endpoint(&self, id: EndpointId) -> Result<TestSendResult> {
-        let endpoint = self.endpoint(id)?;
+        let endpoint = self.endpoint(id).await?;
         let policy = self
             .policies
             .get(&endpoint.policy)

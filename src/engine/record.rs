@@ -1,13 +1,17 @@
 //! Grouped attempt records: many runners, one store write.
 //!
-//! sled writes its log buffer out (with a `sync_file_range`) for every atomic batch, so one
-//! batch per attempt made that write — not HTTP — the ceiling of delivery throughput. Runners
-//! therefore hand their outcomes to one recorder thread, which records everything that queued
-//! up while its previous round ran — and during a short window after the first outcome — as a
-//! single batch, and then answers each runner. Records are not fsynced: losing the last ones in
-//! a crash repeats those attempts (their due entries are still in the store), which
-//! at-least-once delivery allows. The next flush — lazy, or a group commit's — makes them
-//! durable.
+//! A store write has a fixed cost per call (sled writes its log buffer out for every atomic
+//! batch; PostgreSQL pays a round trip and a commit), so one write per attempt made that write
+//! — not HTTP — the ceiling of delivery throughput. Runners therefore hand their outcomes to
+//! one recorder thread, which records everything that queued up while its previous round ran —
+//! and during a short window after the first outcome — with a single
+//! [`Store::record_outcomes`], and then answers each runner. The store may make the write
+//! durable lazily: losing the last ones in a crash repeats those attempts once their leases
+//! expire, which at-least-once delivery allows.
+//!
+//! The thread drives the async store with the runtime's handle; a thread (not a task) keeps
+//! the gathering window precise to microseconds, where the runtime's timers round to
+//! milliseconds.
 
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -15,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::store::{AttemptOutcome, Recorded, Store, StoreError};
+use crate::store::{Outcome, Recorded, Store, StoreError};
 
 type Reply = oneshot::Sender<Result<Recorded, StoreError>>;
 
@@ -34,21 +38,22 @@ const STOPPED: &str = "the record thread has stopped";
 
 /// Hands attempt outcomes to the recorder thread.
 pub(crate) struct Recorder {
-    requests: mpsc::Sender<(Box<AttemptOutcome>, Reply)>,
+    requests: mpsc::Sender<(Box<Outcome>, Reply)>,
 }
 
 impl Recorder {
     /// Starts the recorder thread. It ends when the last handle is dropped.
     pub(crate) fn start(store: Arc<dyn Store>) -> std::io::Result<Recorder> {
         let (requests, queue) = mpsc::channel();
+        let runtime = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name("herald-record".into())
-            .spawn(move || run(store.as_ref(), &queue))?;
+            .spawn(move || run(&runtime, store.as_ref(), &queue))?;
         Ok(Recorder { requests })
     }
 
     /// Records one attempt with whatever else is waiting; returns what was recorded.
-    pub(crate) async fn record(&self, outcome: AttemptOutcome) -> Result<Recorded, StoreError> {
+    pub(crate) async fn record(&self, outcome: Outcome) -> Result<Recorded, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.requests
             .send((Box::new(outcome), tx))
@@ -58,7 +63,11 @@ impl Recorder {
     }
 }
 
-fn run(store: &dyn Store, queue: &mpsc::Receiver<(Box<AttemptOutcome>, Reply)>) {
+fn run(
+    runtime: &tokio::runtime::Handle,
+    store: &dyn Store,
+    queue: &mpsc::Receiver<(Box<Outcome>, Reply)>,
+) {
     let mut outcomes = Vec::new();
     let mut replies = Vec::new();
     // `recv` blocks without spinning; it fails once every sender is gone.
@@ -83,7 +92,7 @@ fn run(store: &dyn Store, queue: &mpsc::Receiver<(Box<AttemptOutcome>, Reply)>) 
             replies.push(next.1);
         }
         metrics::histogram!("herald_record_group_size").record(replies.len() as f64);
-        match store.record_attempts(std::mem::take(&mut outcomes)) {
+        match runtime.block_on(store.record_outcomes(std::mem::take(&mut outcomes))) {
             Ok(answers) => {
                 for (answer, reply) in answers.into_iter().zip(replies.drain(..)) {
                     let _ = reply.send(answer);

@@ -1,15 +1,16 @@
 //! Bulk replay: a durable job that replays every finished delivery matching a filter.
 //!
-//! The job record (filter, cursor, counts) is written after every batch, so a job interrupted by
-//! a crash resumes after the last delivery it handled; a delivery replayed twice because the
-//! crash fell between its replay and the cursor write is refused the second time (it is pending
-//! again), so nothing is sent twice by the job itself. Replays are paced at
+//! Each batch of replays is stored in one atomic write together with the job record (filter,
+//! cursor, counts), so a job interrupted by a crash resumes exactly after the last batch it
+//! stored: every matching delivery is counted once, as replayed or as skipped. Replays are
+//! paced at
 //! [`super::EngineConfig::replay_per_second`] so a receiver that just recovered is not flooded.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::Engine;
+use super::decide::Command;
 use crate::error::{Error, Result};
 use crate::model::{DeliveryStatus, EndpointId, now_ms};
 use crate::store::{DeliveryFilter, ReplayJob, ReplayState, StoreError};
@@ -45,12 +46,13 @@ impl Engine {
         }
         let mut endpoint_ids: Vec<EndpointId> = request.endpoint_id.into_iter().collect();
         if let Some(id) = request.endpoint_id {
-            self.endpoint(id)?;
+            self.endpoint(id).await?;
         }
         if let Some(tenant) = &request.tenant {
             let ids: Vec<EndpointId> = self
                 .store
-                .endpoints(Some(tenant))?
+                .endpoints(Some(tenant))
+                .await?
                 .iter()
                 .map(|e| e.id)
                 .collect();
@@ -79,9 +81,8 @@ impl Engine {
             cursor: None,
             created_at: now_ms(),
         };
-        job.matched = self.count_matching(&job)?;
-        self.store.put_job(&job)?;
-        self.commit.durable().await?;
+        job.matched = self.count_matching(&job).await?;
+        self.store.put_job(&job).await?;
         tokio::spawn(run_job(self.clone(), job.clone()));
         Ok(job)
     }
@@ -99,11 +100,11 @@ impl Engine {
         }
     }
 
-    fn count_matching(&self, job: &ReplayJob) -> Result<u64> {
+    async fn count_matching(&self, job: &ReplayJob) -> Result<u64> {
         let mut probe = job.clone();
         let mut count = 0;
         loop {
-            let page = self.store.deliveries(&Self::filter(&probe, 10_000))?;
+            let page = self.store.deliveries(&Self::filter(&probe, 10_000)).await?;
             count += page.len() as u64;
             match page.last() {
                 Some(last) if page.len() == 10_000 => probe.cursor = Some(last.id),
@@ -113,8 +114,8 @@ impl Engine {
     }
 
     /// Resumes every job that was running when herald stopped.
-    pub(crate) fn resume_replays(self: &Arc<Self>) -> Result<()> {
-        for job in self.store.running_jobs()? {
+    pub(crate) async fn resume_replays(self: &Arc<Self>) -> Result<()> {
+        for job in self.store.running_jobs().await? {
             tracing::info!(job = %job.id, queued = job.queued, matched = job.matched, "resuming bulk replay");
             tokio::spawn(run_job(self.clone(), job));
         }
@@ -145,29 +146,48 @@ async fn replay_batch(engine: &Engine, job: &mut ReplayJob) -> Result<bool> {
     if engine.scheduler.is_stopping() {
         return Ok(false);
     }
-    let page = engine.store.deliveries(&Engine::filter(job, BATCH))?;
+    let page = engine.store.deliveries(&Engine::filter(job, BATCH)).await?;
     let now = now_ms();
+    let mut next = job.clone();
+    let mut transitions = Vec::with_capacity(page.len());
     for delivery in &page {
-        match engine.store.replay(delivery.id, now) {
-            Ok(replayed) => {
-                job.queued += 1;
-                if let Some(due) = replayed.next_attempt_at {
-                    engine.scheduler.note_due(replayed.endpoint_id, due);
-                }
+        match engine.plan_command(&Command::Replay, delivery, now).await {
+            Ok(transition) => {
+                transitions.push(transition);
+                next.queued += 1;
             }
-            Err(StoreError::Conflict(reason)) => {
-                job.skipped += 1;
+            Err(Error::Conflict(reason)) => {
+                next.skipped += 1;
                 tracing::info!(job = %job.id, delivery = %delivery.id, reason, "not replayed");
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
-        job.cursor = Some(delivery.id);
+        next.cursor = Some(delivery.id);
     }
     let more = page.len() == BATCH;
     if !more {
-        job.state = ReplayState::Done;
+        next.state = ReplayState::Done;
     }
-    engine.store.put_job(job)?;
-    engine.commit.durable().await?;
+    match engine
+        .store
+        .apply_transitions(&transitions, Some(&next))
+        .await
+    {
+        Ok(()) => {}
+        // A delivery of the page changed between reading and writing: read the page again.
+        Err(StoreError::Conflict(reason)) => {
+            tracing::debug!(job = %job.id, reason, "bulk replay batch raced a change; retrying it");
+            return Ok(true);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    *job = next;
+    for transition in &transitions {
+        if let Some(due) = transition.delivery.next_attempt_at {
+            engine
+                .scheduler
+                .note_due(transition.delivery.endpoint_id, due);
+        }
+    }
     Ok(more)
 }

@@ -11,9 +11,10 @@
 //! * A slot claims in batches: when it has at most `limit` outstanding claims it takes up to
 //!   `2 × limit - outstanding` more, so its runners always find the next delivery queued in
 //!   memory and a claim is one store batch per endpoint, not one per delivery.
-//! * Claims are leases held by this process: a claimed entry stays in the store's due index
-//!   (the store remembers the claim in memory), so claiming writes nothing, and after a crash
-//!   the entry is simply due; nothing needs repairing at start-up.
+//! * Claims are leases ([`Lease`]) with an expiry: the store hands each due delivery to one
+//!   claimer at a time. If the process dies mid-attempt, the lease expires (or, in the embedded
+//!   store, dies with the process) and the delivery is simply due again; nothing needs
+//!   repairing at start-up.
 //! * Isolation: an endpoint never has more than `limit` attempts in flight nor `2 × limit`
 //!   claims, so a dead endpoint holds only its own budget; the global `max_in_flight` bounds the
 //!   claims of all endpoints together.
@@ -26,7 +27,7 @@ use tokio::sync::Notify;
 
 use super::Engine;
 use crate::model::{EndpointId, now_ms};
-use crate::store::Claim;
+use crate::store::Lease;
 
 /// One endpoint's scheduling state.
 #[derive(Debug)]
@@ -34,7 +35,7 @@ struct Slot {
     /// Earliest due entry in the store (a lower bound: it may already have been claimed).
     head: Option<u64>,
     /// Claimed deliveries waiting for a runner.
-    queue: VecDeque<Claim>,
+    queue: VecDeque<Lease>,
     /// Claims not yet finished: queued plus being attempted.
     outstanding: usize,
     /// Runner tasks alive (each attempts one delivery at a time).
@@ -147,7 +148,7 @@ impl Scheduler {
 
     /// Forgets a deleted endpoint (its runners finish their current attempt); returns its
     /// queued claims, for the caller to hand back to the store.
-    pub(crate) fn remove(&self, endpoint: EndpointId) -> Vec<Claim> {
+    pub(crate) fn remove(&self, endpoint: EndpointId) -> Vec<Lease> {
         let mut state = self.lock();
         let mut dropped = Vec::new();
         if let Some(slot) = state.slots.get_mut(&endpoint) {
@@ -190,7 +191,7 @@ impl Scheduler {
     }
 
     /// Stops claiming; runners finish their current attempt and hand back queued claims.
-    pub(crate) fn stop(&self) -> Vec<(EndpointId, Vec<Claim>)> {
+    pub(crate) fn stop(&self) -> Vec<(EndpointId, Vec<Lease>)> {
         let mut state = self.lock();
         state.stopping = true;
         let mut released = Vec::new();
@@ -298,39 +299,28 @@ pub(crate) async fn run(engine: Arc<Engine>) {
     }
 }
 
-/// What the store gave one slot: its claims and its next unclaimed due time.
-type Claimed = Result<(Vec<Claim>, Option<u64>), String>;
-
-/// Claims every planned slot's batch in one blocking call (one thread hand-off per pass, not
-/// per endpoint), then queues the claims and starts runners.
+/// Claims every planned slot's batch, then queues the leases and starts runners.
 async fn claim(engine: &Arc<Engine>, plans: Vec<ClaimPlan>, now: u64) {
-    let store = engine.store.clone();
-    let wanted: Vec<(EndpointId, usize)> = plans.iter().map(|p| (p.endpoint, p.count)).collect();
-    let found = tokio::task::spawn_blocking(move || {
-        wanted
-            .into_iter()
-            .map(|(endpoint, count)| {
-                let claims = store
-                    .claim(endpoint, now, count)
-                    .map_err(|e| e.to_string())?;
-                let head = store.due_head(endpoint).map_err(|e| e.to_string())?;
-                Ok((claims, head))
-            })
-            .collect::<Vec<Claimed>>()
-    })
-    .await
-    .unwrap_or_else(|e| plans.iter().map(|_| Err(e.to_string())).collect());
-    for (plan, result) in plans.into_iter().zip(found) {
-        let (claims, head) = result.unwrap_or_else(|reason| {
-            tracing::error!(endpoint = %plan.endpoint, error = %reason, "claim failed; retrying in 1s");
+    let store = &engine.store;
+    for plan in plans {
+        let claimed = async {
+            let leases = store
+                .claim(plan.endpoint, now, plan.count, engine.lease_for)
+                .await?;
+            let head = store.due_head(plan.endpoint, now).await?;
+            Ok::<_, crate::store::StoreError>((leases, head))
+        }
+        .await;
+        let (leases, head) = claimed.unwrap_or_else(|e| {
+            tracing::error!(endpoint = %plan.endpoint, error = %e, "claim failed; retrying in 1s");
             (Vec::new(), Some(now + 1_000))
         });
-        queue_claims(engine, plan, claims, head);
+        queue_claims(engine, plan, leases, head);
     }
 }
 
 /// Queues one slot's claims and starts the runners it may have.
-fn queue_claims(engine: &Arc<Engine>, plan: ClaimPlan, claims: Vec<Claim>, head: Option<u64>) {
+fn queue_claims(engine: &Arc<Engine>, plan: ClaimPlan, claims: Vec<Lease>, head: Option<u64>) {
     let (endpoint, count) = (plan.endpoint, plan.count);
     let scheduler = &engine.scheduler;
     let mut state = scheduler.lock();
@@ -366,7 +356,7 @@ async fn runner(engine: Arc<Engine>, endpoint: EndpointId) {
             if slot.enabled {
                 slot.queue.pop_front().ok_or_else(Vec::new)
             } else {
-                let returned: Vec<Claim> = slot.queue.drain(..).collect();
+                let returned: Vec<Lease> = slot.queue.drain(..).collect();
                 slot.outstanding -= returned.len();
                 state.outstanding -= returned.len();
                 Err(returned)
@@ -376,7 +366,7 @@ async fn runner(engine: Arc<Engine>, endpoint: EndpointId) {
             Ok(claim) => claim,
             Err(returned) => {
                 if !returned.is_empty()
-                    && let Err(e) = engine.store.release(&returned)
+                    && let Err(e) = engine.store.release(&returned).await
                 {
                     // They are due again at the latest after a restart.
                     tracing::error!(%endpoint, error = %e, "could not hand back queued claims");
@@ -389,7 +379,7 @@ async fn runner(engine: Arc<Engine>, endpoint: EndpointId) {
                 return;
             }
         };
-        let next_due = super::attempt::run(&engine, endpoint, claim).await;
+        let next_due = super::attempt::run(&engine, claim).await;
         scheduler.finished(endpoint, next_due);
     }
 }

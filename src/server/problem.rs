@@ -123,6 +123,10 @@ impl From<Error> for ApiError {
             Error::ShuttingDown => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", detail)
             }
+            Error::Unavailable(_) => {
+                tracing::warn!(error = %detail, "request refused: the store takes no writes now");
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
+            }
             Error::Policy(_) | Error::Store(_) | Error::Startup(_) => {
                 tracing::error!(error = %detail, "request failed");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", detail)

@@ -2,7 +2,11 @@
 
 use serde::Serialize;
 
-use crate::model::{Attempt, Delivery, DeliveryStatus, Endpoint, rfc3339};
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
+use crate::Herald;
+use crate::model::{Attempt, Delivery, DeliveryStatus, Endpoint, EndpointId, rfc3339};
 use crate::transport::redact;
 
 /// One attempt.
@@ -45,7 +49,11 @@ pub struct DeliveryView {
     pub(crate) status: DeliveryStatus,
     cycle: u32,
     attempt_count: u32,
+    /// When the next attempt is due; absent while held.
     next_attempt_at: Option<String>,
+    /// Why a held delivery is not attempted (its endpoint is disabled, and why).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    held_reason: Option<String>,
     last_status_code: Option<u16>,
     last_error: Option<String>,
     created_at: String,
@@ -57,7 +65,10 @@ pub struct DeliveryView {
 impl DeliveryView {
     /// A delivery as shown; pending deliveries of a disabled endpoint show as `held`.
     pub fn new(d: &Delivery, endpoint: Option<&Endpoint>, attempts: Option<&[Attempt]>) -> Self {
-        let held = d.status == DeliveryStatus::Pending && endpoint.is_some_and(|e| !e.enabled);
+        let held_reason = endpoint
+            .filter(|_| d.status == DeliveryStatus::Pending)
+            .and_then(crate::engine::decide::held_reason);
+        let held = held_reason.is_some();
         let url = d
             .url_override
             .as_deref()
@@ -72,7 +83,8 @@ impl DeliveryView {
             status: if held { DeliveryStatus::Held } else { d.status },
             cycle: d.cycle,
             attempt_count: d.total_attempts,
-            next_attempt_at: d.next_attempt_at.map(rfc3339),
+            next_attempt_at: d.next_attempt_at.filter(|_| !held).map(rfc3339),
+            held_reason,
             last_status_code: d.last_status_code,
             last_error: d.last_error.clone(),
             created_at: rfc3339(d.created_at),
@@ -80,4 +92,19 @@ impl DeliveryView {
             attempts: attempts.map(|a| a.iter().map(AttemptView::from).collect()),
         }
     }
+}
+
+/// Views of deliveries, each with its endpoint (each endpoint read once).
+pub async fn delivery_views(herald: &Herald, deliveries: &[Delivery]) -> Vec<DeliveryView> {
+    let mut endpoints: HashMap<EndpointId, Option<Endpoint>> = HashMap::new();
+    let mut views = Vec::with_capacity(deliveries.len());
+    for delivery in deliveries {
+        let endpoint = match endpoints.entry(delivery.endpoint_id) {
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(slot) => slot.insert(herald.endpoint(delivery.endpoint_id).await.ok()),
+        };
+        let endpoint = endpoint.as_ref();
+        views.push(DeliveryView::new(delivery, endpoint, None));
+    }
+    views
 }

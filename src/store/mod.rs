@@ -1,20 +1,34 @@
-//! Durable state behind one trait.
+//! Durable state behind one async trait, in the domain's terms.
 //!
-//! The engine speaks only to [`Store`]; [`SledStore`] is the implementation shipped today. A
-//! second backend (PostgreSQL with `FOR UPDATE SKIP LOCKED` leases, for several herald nodes
-//! sharing a queue) would implement the same trait.
+//! The engine speaks only to [`Store`]. Two backends implement it: the embedded sled store
+//! ([`sled::SledStore`], the default: nothing to install) and PostgreSQL (several herald nodes
+//! sharing one queue). The trait names no backend type: claims are opaque [`Lease`]s with an
+//! expiry, the purge resumes from an opaque [`PurgeCursor`], and every write is described by
+//! the domain record it leaves behind.
 //!
-//! Two rules every implementation keeps:
-//! * each method that changes state does so atomically: a crash leaves either all of it or
-//!   none of it;
-//! * writes become durable at the next [`Store::flush`]. The engine decides when to wait for
-//!   one (before acknowledging a message) and when a lazy background flush is enough (attempt
-//!   outcomes: losing one only repeats an attempt, which at-least-once allows).
+//! **The store persists decisions; it does not make them.** What an attempt means for its
+//! delivery and its endpoint, what a replay or a cancellation does, is worked out by the
+//! engine's pure decision code (`engine::decide`) and handed over as records ([`Outcome`],
+//! [`Transition`], [`Closing`]). A backend applies them atomically, checks that what it
+//! replaces is still what the decision was based on, and keeps its indexes (the due index, the
+//! pending count, the daily roll-ups) in step.
+//!
+//! Rules every backend keeps (the conformance suite in `tests/store_conformance.rs` checks
+//! them):
+//! * each method that changes state does so atomically: a crash leaves all of it or none;
+//! * a method that changes state returns once the change is durable, except
+//!   [`Store::record_outcomes`], which may return before (see there);
+//! * a due delivery is leased to one claimer at a time until the lease expires or is given
+//!   back; a lease that expired may be taken over, and the late holder's outcome is then kept
+//!   as an attempt without moving the delivery.
 
-mod keys;
 mod rollup;
 mod seal;
-mod sled_store;
+pub mod sled;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
 
 use crate::model::{
     Attempt, Delivery, DeliveryId, DeliveryStatus, Endpoint, EndpointId, Message, MessageId,
@@ -22,14 +36,23 @@ use crate::model::{
 
 pub use rollup::{DailyRollup, day_of};
 pub use seal::{KEY_BYTES, Sealer, load_or_create_key};
-pub use sled_store::{MAX_PAYLOAD_BYTES, SledOptions, SledStore};
+pub use sled::{SledOptions, SledStore};
+
+/// The largest payload any backend accepts (a backend may accept less:
+/// [`Store::max_payload_bytes`]). Callbacks are small documents; this bounds what one message
+/// may cost in memory and on disk.
+pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 
 /// Errors from the storage layer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    /// The backend failed (I/O, corruption).
+    /// The backend failed (I/O, a lost connection); the operation may not have happened.
     #[error("storage: {0}")]
     Backend(String),
+    /// The backend cannot take writes now (disk full, database unreachable); nothing was
+    /// written. It may recover by itself.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
     /// A stored record could not be decoded.
     #[error("stored record {key} is unreadable: {reason}")]
     Corrupt {
@@ -38,7 +61,8 @@ pub enum StoreError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The operation does not apply in the record's current state.
+    /// The operation does not apply in the record's current state (it changed meanwhile, or
+    /// an attempt is in flight).
     #[error("{0}")]
     Conflict(String),
     /// No such record.
@@ -46,32 +70,17 @@ pub enum StoreError {
     NotFound(String),
 }
 
-impl From<sled::Error> for StoreError {
-    fn from(e: sled::Error) -> Self {
-        StoreError::Backend(e.to_string())
-    }
-}
-
 /// Result alias for store operations.
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// A delivery to create with its message, and when it is first due (`None`: not scheduled,
-/// e.g. skipped by delta mode).
-#[derive(Debug, Clone)]
-pub struct NewDelivery {
-    /// The record.
-    pub delivery: Delivery,
-    /// First due time (ms), for pending deliveries.
-    pub due_ms: Option<u64>,
-}
-
-/// A message and its deliveries, to be stored together.
+/// A delivery to create with its message; pending deliveries enter the due index at their
+/// `next_attempt_at`.
 #[derive(Debug)]
 pub struct MessageWrite {
     /// The message.
     pub message: Message,
     /// Its deliveries.
-    pub deliveries: Vec<NewDelivery>,
+    pub deliveries: Vec<Delivery>,
 }
 
 /// What [`Store::insert_messages`] did with one message.
@@ -83,61 +92,90 @@ pub enum Inserted {
     Existing(MessageId),
 }
 
-/// A due delivery reserved by [`Store::claim`] for one attempt.
+/// Identifies one lease among all leases a store ever handed out. Opaque to the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LeaseToken(u128);
+
+impl LeaseToken {
+    /// A fresh, unique token. (A token made outside a store matches no lease: an outcome
+    /// recorded under it is stale.)
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> LeaseToken {
+        LeaseToken(uuid::Uuid::now_v7().as_u128())
+    }
+}
+
+/// A due delivery reserved by [`Store::claim`] for one attempt, until `expires_at_ms`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Claim {
+pub struct Lease {
     /// The delivery to attempt.
     pub delivery_id: DeliveryId,
-    /// Where its due entry sits; the claim's token when recording.
-    pub due_ms: u64,
-}
-
-/// What happens to a delivery after an attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NextStep {
-    /// Try again at `due_ms`.
-    Retry {
-        /// When.
-        due_ms: u64,
-        /// The cycle's anchor from now on.
-        anchor_ms: u64,
-    },
-    /// Final state for this cycle.
-    Finish(DeliveryStatus),
-}
-
-/// One finished attempt, to record.
-#[derive(Debug, Clone)]
-pub struct AttemptOutcome {
-    /// The delivery attempted.
-    pub delivery_id: DeliveryId,
-    /// Its endpoint (its due entry lives under it).
+    /// Its endpoint.
     pub endpoint_id: EndpointId,
-    /// The claimed entry's due time; when that entry is gone (the endpoint was deleted
-    /// meanwhile) only the attempt is kept.
+    /// When the delivery was due (ms): how late the attempt is, e.g. after a hold.
     pub due_ms: u64,
-    /// The attempt (its `attempt` and `cycle` numbers are filled in by the store).
-    pub attempt: Attempt,
-    /// What happens next.
-    pub next: NextStep,
-    /// Delta mode: on success, remember this payload digest for (endpoint, dedup key).
-    pub dedup: Option<(String, [u8; 32])>,
-    /// Whether the attempt moves the endpoint's consecutive-failure count.
-    pub counts_toward_health: bool,
+    /// After this time (ms) another claimer may take the delivery over.
+    pub expires_at_ms: u64,
+    /// Which lease this is.
+    pub token: LeaseToken,
 }
 
-/// What [`Store::record_attempts`] did for one attempt.
+/// How an attempt moves the endpoint's consecutive-failure count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthChange {
+    /// Leave it (attempts to a message's own `callback_url`).
+    Untouched,
+    /// Back to zero (a success).
+    Reset,
+    /// One more failure.
+    Increment,
+}
+
+/// One finished attempt and the decision taken on it, to record.
 #[derive(Debug, Clone)]
-pub struct Recorded {
-    /// The delivery after the change.
-    pub delivery: Delivery,
-    /// The attempt as stored.
+pub struct Outcome {
+    /// The lease the attempt was made under.
+    pub lease: Lease,
+    /// The attempt, numbered.
     pub attempt: Attempt,
-    /// The claimed entry was gone (the endpoint was deleted meanwhile): the attempt was
-    /// kept but the delivery did not move.
+    /// The delivery after the attempt; pending ones enter the due index at `next_attempt_at`.
+    pub delivery: Delivery,
+    /// What the attempt does to the endpoint's failure count.
+    pub health: HealthChange,
+    /// Delta mode: remember this payload digest for (endpoint, dedup key).
+    pub dedup: Option<(String, [u8; 32])>,
+}
+
+/// What [`Store::record_outcomes`] did for one outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    /// The lease was no longer valid (expired and taken over, or revoked by a change such as
+    /// deleting the endpoint or cancelling the delivery): the attempt was kept, and counted in
+    /// the roll-up and the failure count (it did happen), but the delivery did not move.
     pub stale: bool,
-    /// The endpoint's consecutive failures after this attempt.
+    /// The endpoint's consecutive failures after this outcome.
     pub consecutive_failures: u32,
+}
+
+/// A decided change of one delivery outside an attempt (replay, retry now, cancel).
+#[derive(Debug, Clone)]
+pub struct Transition {
+    /// The delivery as read when the change was decided. If the stored one differs, nothing
+    /// is written and the answer is [`StoreError::Conflict`].
+    pub expected: Delivery,
+    /// The delivery after the change; pending ones enter the due index at `next_attempt_at`.
+    pub delivery: Delivery,
+}
+
+/// What deleting an endpoint does to its deliveries that are still pending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closing {
+    /// Their final status.
+    pub status: DeliveryStatus,
+    /// Their `last_error`.
+    pub reason: String,
+    /// Their `updated_at`.
+    pub at_ms: u64,
 }
 
 /// Filters for listing deliveries (admin API).
@@ -161,6 +199,10 @@ pub struct DeliveryFilter {
     pub limit: usize,
 }
 
+/// Where a retention purge resumes; opaque to the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurgeCursor(pub(crate) Vec<u8>);
+
 /// What one [`Store::purge_page`] removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PurgePage {
@@ -173,7 +215,7 @@ pub struct PurgePage {
     /// Daily roll-ups removed.
     pub rollups: u64,
     /// Where the next page starts; `None` when the purge is complete.
-    pub next: Option<Vec<u8>>,
+    pub next: Option<PurgeCursor>,
 }
 
 /// A bulk replay, as stored: it survives restarts and resumes from `cursor`.
@@ -215,99 +257,137 @@ pub enum ReplayState {
     Done,
 }
 
-/// The durable state of a herald instance.
+/// The durable state of a herald instance (or of a cluster of them).
+#[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Creates or replaces an endpoint.
-    fn put_endpoint(&self, endpoint: &Endpoint) -> StoreResult<()>;
-    /// One endpoint.
-    fn endpoint(&self, id: EndpointId) -> StoreResult<Option<Endpoint>>;
-    /// All endpoints, or a tenant's.
-    fn endpoints(&self, tenant: Option<&str>) -> StoreResult<Vec<Endpoint>>;
-    /// Disables an enabled endpoint; false when it was already disabled (or is gone), so that
-    /// concurrent callers agree on who disabled it.
-    fn disable_endpoint(&self, id: EndpointId, now_ms: u64) -> StoreResult<bool>;
-    /// Enables an endpoint and resets its consecutive-failure count.
-    fn enable_endpoint(&self, id: EndpointId, now_ms: u64) -> StoreResult<Option<Endpoint>>;
-    /// Deletes an endpoint; its pending deliveries become `failed` ("endpoint deleted").
-    /// Returns false when there was no such endpoint.
-    fn delete_endpoint(&self, id: EndpointId, now_ms: u64) -> StoreResult<bool>;
+    // --- endpoints ---
 
-    /// Stores a group of messages with their deliveries and due entries in one atomic write.
-    /// A message whose tenant already used its idempotency key (before, or earlier in the same
-    /// group) is not written; its answer is [`Inserted::Existing`]. Answers follow the order of
-    /// `writes`.
-    fn insert_messages(&self, writes: &[MessageWrite]) -> StoreResult<Vec<Inserted>>;
+    /// Creates or replaces an endpoint's configuration (not its health: failure count and
+    /// disablement change only through the methods below).
+    async fn put_endpoint(&self, endpoint: &Endpoint) -> StoreResult<()>;
+    /// One endpoint, with its health.
+    async fn endpoint(&self, id: EndpointId) -> StoreResult<Option<Endpoint>>;
+    /// All endpoints, or a tenant's.
+    async fn endpoints(&self, tenant: Option<&str>) -> StoreResult<Vec<Endpoint>>;
+    /// Disables an enabled endpoint, keeping why and when. False when it was already
+    /// disabled or is gone, so that of concurrent callers (on any node) exactly one is told
+    /// it disabled the endpoint.
+    async fn disable_endpoint(
+        &self,
+        id: EndpointId,
+        now_ms: u64,
+        reason: &str,
+    ) -> StoreResult<bool>;
+    /// Enables an endpoint: resets its failure count and, if it was disabled, notes
+    /// `released_at = now_ms`. `None` when there is no such endpoint.
+    async fn enable_endpoint(&self, id: EndpointId, now_ms: u64) -> StoreResult<Option<Endpoint>>;
+    /// Deletes an endpoint; its pending deliveries are finished as `closing` says, and
+    /// outstanding leases on them are revoked. False when there was no such endpoint.
+    async fn delete_endpoint(&self, id: EndpointId, closing: &Closing) -> StoreResult<bool>;
+
+    // --- messages and their records ---
+
+    /// Stores a group of messages with their deliveries and due entries in one atomic,
+    /// durable write. A message whose tenant already used its idempotency key (before, or
+    /// earlier in the same group) is not written; its answer is [`Inserted::Existing`].
+    /// Answers follow the order of `writes`.
+    async fn insert_messages(&self, writes: &[MessageWrite]) -> StoreResult<Vec<Inserted>>;
     /// One message, with its payload.
-    fn message(&self, id: MessageId) -> StoreResult<Option<Message>>;
+    async fn message(&self, id: MessageId) -> StoreResult<Option<Message>>;
     /// A message's deliveries.
-    fn message_deliveries(&self, id: MessageId) -> StoreResult<Vec<Delivery>>;
+    async fn message_deliveries(&self, id: MessageId) -> StoreResult<Vec<Delivery>>;
     /// One delivery.
-    fn delivery(&self, id: DeliveryId) -> StoreResult<Option<Delivery>>;
+    async fn delivery(&self, id: DeliveryId) -> StoreResult<Option<Delivery>>;
     /// A delivery's attempts, oldest first.
-    fn attempts(&self, id: DeliveryId) -> StoreResult<Vec<Attempt>>;
-    /// Deliveries matching a filter, oldest first.
-    fn deliveries(&self, filter: &DeliveryFilter) -> StoreResult<Vec<Delivery>>;
+    async fn attempts(&self, id: DeliveryId) -> StoreResult<Vec<Attempt>>;
+    /// Deliveries matching a filter, in id (creation) order.
+    async fn deliveries(&self, filter: &DeliveryFilter) -> StoreResult<Vec<Delivery>>;
     /// An endpoint's daily roll-ups for days `first..=last` (days since the epoch, UTC); days
     /// without attempts are absent.
-    fn endpoint_days(
+    async fn endpoint_days(
         &self,
         endpoint: EndpointId,
         first: u32,
         last: u32,
     ) -> StoreResult<Vec<(u32, DailyRollup)>>;
     /// The payload digest of the last successful delivery for (endpoint, dedup key).
-    fn dedup_digest(&self, endpoint: EndpointId, key: &str) -> StoreResult<Option<[u8; 32]>>;
+    async fn dedup_digest(&self, endpoint: EndpointId, key: &str) -> StoreResult<Option<[u8; 32]>>;
 
-    /// The earliest due entry (ms) of every endpoint that has one; read once at start-up.
-    fn due_heads(&self) -> StoreResult<Vec<(EndpointId, u64)>>;
-    /// The earliest due entry of one endpoint that is not claimed.
-    fn due_head(&self, endpoint: EndpointId) -> StoreResult<Option<u64>>;
-    /// Reserves up to `limit` of an endpoint's entries due at or before `now_ms` that are not
-    /// reserved already. A claim is a lease held by this process: the entry stays where it is
-    /// in the store, so if the process dies mid-attempt it is simply due after the restart.
-    fn claim(&self, endpoint: EndpointId, now_ms: u64, limit: usize) -> StoreResult<Vec<Claim>>;
-    /// Gives claims back without an attempt; their entries stay due.
-    fn release(&self, claims: &[Claim]) -> StoreResult<()>;
-    /// Gives claims back and removes their entries: their deliveries need no attempt.
-    fn discard(&self, endpoint: EndpointId, claims: &[Claim]) -> StoreResult<()>;
-    /// Records attempts and moves their deliveries on, all in one atomic write. One answer per
-    /// outcome, in order: an outcome whose delivery is gone is answered with an error and the
-    /// others are still recorded. The write is not flushed (see [`Store::flush`]).
-    fn record_attempts(
+    // --- the queue ---
+
+    /// The earliest due time of every endpoint's deliveries that are not leased at `now_ms`
+    /// (leases that expired count as not leased); read at start-up.
+    async fn due_heads(&self, now_ms: u64) -> StoreResult<Vec<(EndpointId, u64)>>;
+    /// The earliest due time of one endpoint's deliveries that are not leased at `now_ms`.
+    async fn due_head(&self, endpoint: EndpointId, now_ms: u64) -> StoreResult<Option<u64>>;
+    /// Leases up to `limit` of an endpoint's deliveries due at or before `now_ms` that are
+    /// not leased (or whose lease expired), each until `now_ms + lease_for`. Earliest due
+    /// first.
+    async fn claim(
         &self,
-        outcomes: Vec<AttemptOutcome>,
+        endpoint: EndpointId,
+        now_ms: u64,
+        limit: usize,
+        lease_for: Duration,
+    ) -> StoreResult<Vec<Lease>>;
+    /// Gives leases back without an attempt; their deliveries stay due as they were.
+    async fn release(&self, leases: &[Lease]) -> StoreResult<()>;
+    /// Records attempts and the decisions on them, in one atomic write: the attempt, the
+    /// delivery's new state and due entry, the endpoint's failure count and daily roll-up,
+    /// the dedup digest. One answer per outcome, in order; an outcome whose delivery is gone
+    /// is answered with an error and the others are still recorded.
+    ///
+    /// The write may become durable only later (the sled backend flushes it lazily): losing it
+    /// in a crash repeats the attempt once the lease expires, which at-least-once delivery
+    /// allows. [`Store::sync`] waits for it.
+    async fn record_outcomes(
+        &self,
+        outcomes: Vec<Outcome>,
     ) -> StoreResult<Vec<StoreResult<Recorded>>>;
-    /// Records one attempt (see [`Store::record_attempts`]).
-    fn record_attempt(&self, outcome: AttemptOutcome) -> StoreResult<Recorded> {
-        self.record_attempts(vec![outcome])?
-            .pop()
-            .unwrap_or_else(|| Err(StoreError::Backend("no answer for the attempt".into())))
-    }
-    /// Starts a fresh cycle for a finished delivery, due at `now_ms`; history is kept.
-    fn replay(&self, id: DeliveryId, now_ms: u64) -> StoreResult<Delivery>;
+    /// Applies decided changes to deliveries, and stores `job` (a bulk replay's progress) with
+    /// them, all or nothing: if any delivery differs from its `expected` record, nothing is
+    /// written and the answer is [`StoreError::Conflict`]. A change revokes a lease on its
+    /// delivery, except that a delivery that stays pending while leased is refused with
+    /// [`StoreError::Conflict`] (an attempt is in flight).
+    async fn apply_transitions(
+        &self,
+        transitions: &[Transition],
+        job: Option<&ReplayJob>,
+    ) -> StoreResult<()>;
+
+    // --- retention ---
 
     /// One bounded page of the retention purge. Starting from `cursor` (`None` = the
     /// beginning), it removes finished messages created before `cutoff_ms` with their
-    /// deliveries and attempts, then attempts older than the cutoff of deliveries that are kept,
-    /// then daily roll-ups before the cutoff day. Messages with a pending delivery are never
-    /// removed. Returns what it removed and where the next page starts (`None`: done).
-    fn purge_page(
+    /// deliveries and attempts, then attempts older than the cutoff of deliveries that are
+    /// kept, then daily roll-ups before the cutoff day. Messages with a pending delivery are
+    /// never removed. Returns what it removed and where the next page starts.
+    async fn purge_page(
         &self,
         cutoff_ms: u64,
-        cursor: Option<Vec<u8>>,
+        cursor: Option<PurgeCursor>,
         budget: usize,
     ) -> StoreResult<PurgePage>;
 
+    // --- bulk replay jobs ---
+
     /// Creates or updates a bulk replay job.
-    fn put_job(&self, job: &ReplayJob) -> StoreResult<()>;
+    async fn put_job(&self, job: &ReplayJob) -> StoreResult<()>;
     /// One bulk replay job.
-    fn job(&self, id: uuid::Uuid) -> StoreResult<Option<ReplayJob>>;
+    async fn job(&self, id: uuid::Uuid) -> StoreResult<Option<ReplayJob>>;
     /// Every job not yet done (resumed at start-up).
-    fn running_jobs(&self) -> StoreResult<Vec<ReplayJob>>;
+    async fn running_jobs(&self) -> StoreResult<Vec<ReplayJob>>;
 
-    /// Deliveries waiting for an attempt (pending or held), kept in memory: O(1).
-    fn pending_deliveries(&self) -> u64;
+    // --- the store itself ---
 
-    /// Makes every write so far durable.
-    fn flush(&self) -> StoreResult<()>;
+    /// Deliveries waiting for an attempt (pending or held), exact.
+    async fn pending_count(&self) -> StoreResult<u64>;
+    /// Makes every write so far durable (recorded outcomes included).
+    async fn sync(&self) -> StoreResult<()>;
+    /// Whether the store takes writes now; an error says why not.
+    async fn check(&self) -> StoreResult<()>;
+    /// The largest payload this backend accepts, whatever a policy allows.
+    fn max_payload_bytes(&self) -> usize;
+    /// Bytes the store occupies on disk, where the backend knows.
+    async fn size_on_disk(&self) -> StoreResult<Option<u64>>;
 }

@@ -239,11 +239,19 @@ pub async fn wait_final(
 
 /// Store fixtures: records written straight through the `Store` trait, with chosen times.
 pub mod fixtures {
+    use std::time::Duration;
+
     use herald::model::{
         Attempt, Delivery, DeliveryId, DeliveryStatus, Endpoint, EndpointId, Message, MessageId,
     };
-    use herald::store::{AttemptOutcome, MessageWrite, NewDelivery, NextStep, Store};
+    use herald::store::{HealthChange, Lease, LeaseToken, MessageWrite, Outcome, Store};
     use uuid::{NoContext, Timestamp, Uuid};
+
+    /// Pending deliveries made by [`put_message`] are due at this time: far in the future, so
+    /// a live engine leaves them alone.
+    pub const DUE: u64 = 4_000_000_000_000;
+    /// A claim's lease in the fixtures.
+    pub const LEASE: Duration = Duration::from_secs(30);
 
     /// A UUIDv7 minted at `ms`.
     pub fn uuid_at(ms: u64) -> Uuid {
@@ -254,121 +262,180 @@ pub mod fixtures {
         ))
     }
 
-    /// A plain endpoint record.
-    pub fn put_endpoint(store: &dyn Store) -> EndpointId {
-        let id = EndpointId::new();
-        store
-            .put_endpoint(&Endpoint {
-                id,
-                tenant: "acme".into(),
-                url: "https://tms.example/cb".into(),
-                policy: "tolq".into(),
-                secret: None,
-                previous_secret: None,
-                token: None,
-                headers: Default::default(),
-                event_types: vec![],
-                default: true,
-                enabled: true,
-                consecutive_failures: 0,
-                created_at: 0,
-                updated_at: 0,
-            })
-            .unwrap();
-        id
+    /// An endpoint record of tenant `acme`.
+    pub fn endpoint_record() -> Endpoint {
+        Endpoint {
+            id: EndpointId::new(),
+            tenant: "acme".into(),
+            url: "https://tms.example/cb".into(),
+            policy: "tolq".into(),
+            secret: None,
+            previous_secret: None,
+            token: None,
+            headers: Default::default(),
+            event_types: vec![],
+            default: true,
+            enabled: true,
+            consecutive_failures: 0,
+            disabled_reason: None,
+            disabled_at: None,
+            released_at: None,
+            created_at: 0,
+            updated_at: 0,
+        }
     }
 
-    /// A message with one delivery in `status`, both created at `at_ms`.
-    pub fn put_message(
+    /// Stores a plain endpoint.
+    pub async fn put_endpoint(store: &dyn Store) -> EndpointId {
+        let endpoint = endpoint_record();
+        store.put_endpoint(&endpoint).await.unwrap();
+        endpoint.id
+    }
+
+    /// A message record created at `at_ms`.
+    pub fn message_record(at_ms: u64, idempotency_key: Option<&str>) -> Message {
+        Message {
+            id: MessageId(uuid_at(at_ms)),
+            tenant: "acme".into(),
+            event_type: "e".into(),
+            payload: serde_json::value::to_raw_value(&serde_json::json!({"at": at_ms})).unwrap(),
+            callback_url: None,
+            idempotency_key: idempotency_key.map(str::to_string),
+            dedup_key: None,
+            ordering_key: None,
+            created_at: at_ms,
+        }
+    }
+
+    /// A delivery record of `message` to `endpoint`; pending ones are due at `due_ms`.
+    pub fn delivery_record(
+        message: &Message,
+        endpoint: EndpointId,
+        status: DeliveryStatus,
+        due_ms: u64,
+    ) -> Delivery {
+        let pending = status == DeliveryStatus::Pending;
+        Delivery {
+            id: DeliveryId(uuid_at(message.created_at)),
+            message_id: message.id,
+            endpoint_id: endpoint,
+            url_override: None,
+            status,
+            cycle: 1,
+            cycle_attempts: 0,
+            total_attempts: 0,
+            anchor_ms: due_ms,
+            next_attempt_at: pending.then_some(due_ms),
+            last_status_code: None,
+            last_error: None,
+            created_at: message.created_at,
+            updated_at: message.created_at,
+        }
+    }
+
+    /// A message with one delivery in `status`, both created at `at_ms`; pending deliveries
+    /// are due at [`DUE`].
+    pub async fn put_message(
         store: &dyn Store,
         endpoint: EndpointId,
         at_ms: u64,
         status: DeliveryStatus,
     ) -> (MessageId, DeliveryId) {
-        let message = MessageId(uuid_at(at_ms));
-        let delivery = DeliveryId(uuid_at(at_ms));
-        let pending = status == DeliveryStatus::Pending;
-        store
-            .insert_messages(&[MessageWrite {
-                message: Message {
-                    id: message,
-                    tenant: "acme".into(),
-                    event_type: "e".into(),
-                    payload: serde_json::value::to_raw_value(&serde_json::json!({})).unwrap(),
-                    callback_url: None,
-                    idempotency_key: None,
-                    dedup_key: None,
-                    created_at: at_ms,
-                },
-                deliveries: vec![NewDelivery {
-                    delivery: Delivery {
-                        id: delivery,
-                        message_id: message,
-                        endpoint_id: endpoint,
-                        url_override: None,
-                        status,
-                        cycle: 1,
-                        cycle_attempts: 0,
-                        total_attempts: 0,
-                        anchor_ms: at_ms,
-                        next_attempt_at: pending.then_some(u64::MAX / 2),
-                        last_status_code: None,
-                        last_error: None,
-                        created_at: at_ms,
-                        updated_at: at_ms,
-                    },
-                    // Far in the future: a live engine leaves it alone.
-                    due_ms: pending.then_some(u64::MAX / 2),
-                }],
-            }])
-            .unwrap();
-        (message, delivery)
+        put_message_due(store, endpoint, at_ms, status, DUE).await
     }
 
-    /// An attempt outcome for `delivery` claimed at `due_ms`, started at `at_ms`.
-    pub fn outcome(
+    /// [`put_message`] with a chosen due time.
+    pub async fn put_message_due(
+        store: &dyn Store,
         endpoint: EndpointId,
-        delivery: DeliveryId,
-        due_ms: u64,
         at_ms: u64,
-        success: bool,
-        next: NextStep,
-    ) -> AttemptOutcome {
-        AttemptOutcome {
-            delivery_id: delivery,
-            endpoint_id: endpoint,
-            due_ms,
-            attempt: Attempt {
-                attempt: 0,
-                cycle: 0,
-                started_at: at_ms,
-                duration_ms: 20,
-                status_code: Some(if success { 200 } else { 500 }),
-                error: None,
-                error_detail: None,
-                response_excerpt: String::new(),
-                success,
-            },
-            next,
-            dedup: None,
-            counts_toward_health: true,
+        status: DeliveryStatus,
+        due_ms: u64,
+    ) -> (MessageId, DeliveryId) {
+        let message = message_record(at_ms, None);
+        let delivery = delivery_record(&message, endpoint, status, due_ms);
+        let ids = (message.id, delivery.id);
+        store
+            .insert_messages(&[MessageWrite {
+                message,
+                deliveries: vec![delivery],
+            }])
+            .await
+            .unwrap();
+        ids
+    }
+
+    /// An attempt started at `at_ms`, numbered `number`.
+    pub fn attempt(number: u32, at_ms: u64, success: bool) -> Attempt {
+        Attempt {
+            attempt: number,
+            cycle: 1,
+            started_at: at_ms,
+            duration_ms: 20,
+            status_code: Some(if success { 200 } else { 500 }),
+            error: None,
+            error_detail: None,
+            response_excerpt: String::new(),
+            success,
         }
     }
 
-    /// Records an attempt started at `at_ms` (the delivery does not move: no due entry matches).
-    pub fn record_attempt(
+    /// The outcome of one attempt under `lease`: the delivery as read, moved on by one
+    /// attempt to `status` (pending ones due again at `next_due`).
+    pub fn outcome(
+        lease: Lease,
+        before: &Delivery,
+        at_ms: u64,
+        success: bool,
+        status: DeliveryStatus,
+        next_due: Option<u64>,
+    ) -> Outcome {
+        let mut delivery = before.clone();
+        delivery.total_attempts += 1;
+        delivery.cycle_attempts += 1;
+        delivery.status = status;
+        delivery.next_attempt_at = next_due;
+        delivery.updated_at = at_ms;
+        Outcome {
+            lease,
+            attempt: attempt(delivery.total_attempts, at_ms, success),
+            delivery,
+            health: if success {
+                HealthChange::Reset
+            } else {
+                HealthChange::Increment
+            },
+            dedup: None,
+        }
+    }
+
+    /// Records one attempt started at `at_ms` under a lease the store never handed out: the
+    /// attempt, the roll-up and the failure count change, the delivery does not move.
+    pub async fn record_attempt(
         store: &dyn Store,
         endpoint: EndpointId,
         delivery: DeliveryId,
         at_ms: u64,
         success: bool,
     ) {
-        let next = NextStep::Retry {
+        let before = store.delivery(delivery).await.unwrap().unwrap();
+        let lease = Lease {
+            delivery_id: delivery,
+            endpoint_id: endpoint,
             due_ms: 0,
-            anchor_ms: 0,
+            expires_at_ms: 0,
+            token: LeaseToken::new(),
         };
-        store
-            .record_attempt(outcome(endpoint, delivery, 0, at_ms, success, next))
-            .unwrap();
+        let status = before.status;
+        let next = outcome(
+            lease,
+            &before,
+            at_ms,
+            success,
+            status,
+            before.next_attempt_at,
+        );
+        let recorded = store.record_outcomes(vec![next]).await.unwrap().remove(0);
+        assert!(recorded.unwrap().stale);
     }
 }

@@ -57,7 +57,12 @@ pub async fn backlog(deliveries: usize, endpoints: usize) -> Result<Vec<Row>, St
     herald.send(message).await.map_err(|e| e.to_string())?;
     let (rss_loaded, _) = memory_mib(std::process::id());
     herald.shutdown().await.map_err(|e| e.to_string())?;
-    let disk = herald.disk_bytes().map_err(|e| e.to_string())? as f64 / (1024.0 * 1024.0);
+    let disk = herald
+        .disk_bytes()
+        .await
+        .map_err(|e| e.to_string())?
+        .unwrap_or(0) as f64
+        / (1024.0 * 1024.0);
     drop(herald);
     // The closed instance's threads let go of the store's file lock as they wind down.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -153,7 +158,11 @@ pub async fn child(dir: &std::path::Path, probe: &str) -> Result<(), String> {
         .set_endpoint_enabled(probe, true)
         .await
         .map_err(|e| e.to_string())?;
-    println!("{opened} {}", herald.pending_deliveries());
+    let pending = herald
+        .pending_deliveries()
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("{opened} {pending}");
     std::future::pending::<()>().await;
     Ok(())
 }

@@ -10,7 +10,7 @@ use super::{ADMIN, ApiResult, id, time_range};
 use crate::model::{DeliveryId, DeliveryStatus, EndpointId, rfc3339};
 use crate::server::extract::ApiJson;
 use crate::server::problem::{ApiError, NotFound, Problem};
-use crate::server::views::DeliveryView;
+use crate::server::views::{DeliveryView, delivery_views};
 use crate::store::{DeliveryFilter, ReplayState};
 use crate::{Herald, ReplayJob, ReplayRequest};
 
@@ -102,7 +102,8 @@ pub async fn list_deliveries(
     let endpoint_ids = match &query.tenant {
         Some(tenant) => {
             let ids: Vec<EndpointId> = herald
-                .endpoints(Some(tenant))?
+                .endpoints(Some(tenant))
+                .await?
                 .iter()
                 .map(|e| e.id)
                 .collect();
@@ -117,22 +118,24 @@ pub async fn list_deliveries(
         }
         None => Vec::new(),
     };
-    let deliveries = herald.deliveries(&DeliveryFilter {
-        status: stored_status,
-        endpoint_id,
-        endpoint_ids,
-        since_ms,
-        until_ms,
-        after,
-        newest_first,
-        limit,
-    })?;
+    let deliveries = herald
+        .deliveries(&DeliveryFilter {
+            status: stored_status,
+            endpoint_id,
+            endpoint_ids,
+            since_ms,
+            until_ms,
+            after,
+            newest_first,
+            limit,
+        })
+        .await?;
     let next_cursor = (deliveries.len() == limit)
         .then(|| deliveries.last().map(|d| d.id.to_string()))
         .flatten();
-    let deliveries = deliveries
-        .iter()
-        .map(|d| DeliveryView::new(d, herald.endpoint(d.endpoint_id).ok().as_ref(), None))
+    let deliveries = delivery_views(&herald, &deliveries)
+        .await
+        .into_iter()
         .filter(|view| status.is_none_or(|s| view.status == s))
         .collect();
     Ok(Json(DeliveryPage {
@@ -153,9 +156,9 @@ pub async fn list_deliveries(
     security(("bearer" = []))
 )]
 pub async fn get_delivery(State(herald): State<Herald>, Path(raw): Path<String>) -> ApiResult {
-    let delivery = herald.delivery(id("delivery", &raw)?)?;
-    let attempts = herald.attempts(delivery.id)?;
-    let endpoint = herald.endpoint(delivery.endpoint_id).ok();
+    let delivery = herald.delivery(id("delivery", &raw)?).await?;
+    let attempts = herald.attempts(delivery.id).await?;
+    let endpoint = herald.endpoint(delivery.endpoint_id).await.ok();
     let view = DeliveryView::new(&delivery, endpoint.as_ref(), Some(&attempts));
     Ok(Json(view).into_response())
 }
@@ -173,7 +176,7 @@ pub async fn get_delivery(State(herald): State<Herald>, Path(raw): Path<String>)
 )]
 pub async fn replay_delivery(State(herald): State<Herald>, Path(raw): Path<String>) -> ApiResult {
     let delivery = herald.replay(id("delivery", &raw)?).await?;
-    let endpoint = herald.endpoint(delivery.endpoint_id).ok();
+    let endpoint = herald.endpoint(delivery.endpoint_id).await.ok();
     let view = DeliveryView::new(&delivery, endpoint.as_ref(), None);
     Ok((StatusCode::ACCEPTED, Json(view)).into_response())
 }
@@ -276,6 +279,6 @@ pub async fn bulk_replay(
     security(("bearer" = []))
 )]
 pub async fn replay_job(State(herald): State<Herald>, Path(raw): Path<String>) -> ApiResult {
-    let job = herald.replay_job(id("replay", &raw)?)?;
+    let job = herald.replay_job(id("replay", &raw)?).await?;
     Ok(Json(ReplayJobView::from(&job)).into_response())
 }

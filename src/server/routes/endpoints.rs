@@ -57,7 +57,7 @@ pub async fn list_endpoints(
     State(herald): State<Herald>,
     Query(query): Query<EndpointQuery>,
 ) -> ApiResult {
-    let endpoints = herald.endpoints(query.tenant.as_deref())?;
+    let endpoints = herald.endpoints(query.tenant.as_deref()).await?;
     let endpoints = endpoints.iter().map(EndpointView::from).collect();
     Ok(Json(EndpointList { endpoints }).into_response())
 }
@@ -73,7 +73,7 @@ pub async fn list_endpoints(
     security(("bearer" = []))
 )]
 pub async fn get_endpoint(State(herald): State<Herald>, Path(raw): Path<String>) -> ApiResult {
-    let endpoint = herald.endpoint(id("endpoint", &raw)?)?;
+    let endpoint = herald.endpoint(id("endpoint", &raw)?).await?;
     Ok(Json(EndpointView::from(&endpoint)).into_response())
 }
 
@@ -203,6 +203,6 @@ pub async fn endpoint_stats(
         return Err(ApiError::invalid("`days` must be 1-90"));
     }
     let endpoint_id: EndpointId = id("endpoint", &raw)?;
-    let days = herald.endpoint_stats(endpoint_id, days)?;
+    let days = herald.endpoint_stats(endpoint_id, days).await?;
     Ok(Json(StatsView { endpoint_id, days }).into_response())
 }

@@ -13,7 +13,7 @@ use crate::api::{NewMessage, SendReceipt};
 use crate::model::{MessageId, rfc3339};
 use crate::server::extract::ApiJson;
 use crate::server::problem::{NotFound, Problem};
-use crate::server::views::DeliveryView;
+use crate::server::views::{DeliveryView, delivery_views};
 
 /// Accepts a message: stored and fsynced before the answer, then delivered to every endpoint of
 /// the tenant that subscribes to its event type (or to its `callback_url`).
@@ -69,12 +69,9 @@ pub struct MessageView {
 )]
 pub async fn message(State(herald): State<Herald>, Path(raw): Path<String>) -> ApiResult {
     let id: MessageId = id("message", &raw)?;
-    let message = herald.message(id)?;
-    let deliveries = herald.message_deliveries(id)?;
-    let deliveries = deliveries
-        .iter()
-        .map(|d| DeliveryView::new(d, herald.endpoint(d.endpoint_id).ok().as_ref(), None))
-        .collect();
+    let message = herald.message(id).await?;
+    let deliveries = herald.message_deliveries(id).await?;
+    let deliveries = delivery_views(&herald, &deliveries).await;
     let payload: Value = serde_json::from_str(message.payload.get()).unwrap_or(Value::Null);
     Ok(Json(MessageView {
         id: message.id,

@@ -25,7 +25,7 @@ pub async fn metrics(
     State(herald): State<Herald>,
     Extension(handle): Extension<Option<PrometheusHandle>>,
 ) -> impl IntoResponse {
-    if let Err(e) = herald.publish_gauges() {
+    if let Err(e) = herald.publish_gauges().await {
         tracing::warn!(error = %e, "gauges not refreshed for this scrape");
     }
     let rendered = handle.as_ref().map(|m| m.render()).unwrap_or_default();

@@ -6,21 +6,28 @@
 //!
 //! | prefix | key                                   | value                         |
 //! |--------|---------------------------------------|-------------------------------|
-//! | `E`    | endpoint id                           | endpoint (JSON)               |
+//! | `E`    | endpoint id                           | endpoint (sealed)             |
 //! | `T`    | tenant, 0, endpoint id                | —  (tenant → endpoints)       |
 //! | `M`    | message id                            | message header + payload      |
 //! | `m`    | message id, delivery id               | —  (message → deliveries)     |
-//! | `D`    | delivery id                           | delivery (JSON)               |
+//! | `D`    | delivery id                           | delivery                      |
 //! | `Q`    | endpoint id, due ms, delivery id      | —  (the due index)            |
-//! | `A`    | delivery id, attempt number           | attempt (JSON)                |
+//! | `A`    | delivery id, attempt number           | attempt                       |
 //! | `I`    | tenant, 0, idempotency key            | message id                    |
 //! | `K`    | endpoint id, dedup key                | payload SHA-256 of last success |
-//! | `F`    | endpoint id                           | consecutive failures (u32 BE) |
+//! | `F`    | endpoint id                           | endpoint health (failures, disablement) |
 //! | `S`    | endpoint id, day (u32 BE)             | daily roll-up                 |
 //! | `J`    | job id                                | bulk replay job               |
 //! | `P`    | —                                     | pending deliveries (u64 BE)   |
 
 use crate::model::{DeliveryId, EndpointId, MessageId};
+
+/// The day field of a roll-up key (`S`, endpoint id, day).
+pub(crate) fn stats_day(key: &[u8]) -> Option<u32> {
+    key.get(17..21)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_be_bytes)
+}
 
 pub(crate) const ENDPOINT: u8 = b'E';
 pub(crate) const TENANT: u8 = b'T';

@@ -1,0 +1,241 @@
+//! Endpoint records (sealed: they carry secrets and tokens), their health (the failure count
+//! and why an endpoint is disabled), and the cache of decoded records.
+
+use sled::{Batch, IVec};
+
+use super::codec::{self, Health, encode};
+use super::{SledStore, keys};
+use crate::model::{Delivery, DeliveryStatus, Endpoint, EndpointId};
+use crate::store::{Closing, StoreResult};
+
+/// Deliveries updated per batch when an endpoint is deleted.
+const DELETE_BATCH: usize = 1_000;
+
+impl SledStore {
+    /// The endpoint record (configuration, no health), from the cache when possible.
+    fn stored_endpoint(&self, id: EndpointId) -> StoreResult<Option<Endpoint>> {
+        if let Some(endpoint) = self.cached_endpoint(id) {
+            return Ok(Some(endpoint));
+        }
+        let _guard = self.lock();
+        self.load_endpoint(id)
+    }
+
+    fn cached_endpoint(&self, id: EndpointId) -> Option<Endpoint> {
+        let cache = self
+            .endpoint_cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        cache.get(&id).cloned()
+    }
+
+    /// Like `stored_endpoint`, for callers already holding `transition`.
+    pub(super) fn load_endpoint(&self, id: EndpointId) -> StoreResult<Option<Endpoint>> {
+        if let Some(endpoint) = self.cached_endpoint(id) {
+            return Ok(Some(endpoint));
+        }
+        let key = keys::endpoint(id);
+        let Some(bytes) = self.tree.get(&key)? else {
+            return Ok(None);
+        };
+        let endpoint: Endpoint = codec::open(&self.sealer, &key, &bytes)?;
+        self.cache_endpoint(id, Some(&endpoint));
+        Ok(Some(endpoint))
+    }
+
+    /// Sets (or with `None` forgets) a cached record; callers hold `transition`.
+    fn cache_endpoint(&self, id: EndpointId, endpoint: Option<&Endpoint>) {
+        let mut cache = self
+            .endpoint_cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        match endpoint {
+            Some(endpoint) => cache.insert(id, endpoint.clone()),
+            None => cache.remove(&id),
+        };
+    }
+
+    pub(super) fn health(&self, endpoint: EndpointId) -> StoreResult<Health> {
+        let key = keys::failures(endpoint);
+        match self.tree.get(&key)? {
+            Some(bytes) => Health::decode(&key, &bytes),
+            None => Ok(Health::default()),
+        }
+    }
+
+    /// The endpoint's health, written into the batch (absent when all default).
+    pub(super) fn put_health(
+        batch: &mut Batch,
+        endpoint: EndpointId,
+        health: &Health,
+    ) -> StoreResult<()> {
+        if *health == Health::default() {
+            batch.remove(keys::failures(endpoint));
+        } else {
+            batch.insert(keys::failures(endpoint), encode(health)?);
+        }
+        Ok(())
+    }
+
+    fn with_health(&self, mut endpoint: Endpoint) -> StoreResult<Endpoint> {
+        let health = self.health(endpoint.id)?;
+        endpoint.consecutive_failures = health.failures;
+        endpoint.disabled_reason = health.disabled_reason;
+        endpoint.disabled_at = health.disabled_at;
+        endpoint.released_at = health.released_at;
+        Ok(endpoint)
+    }
+
+    pub(super) fn endpoint_now(&self, id: EndpointId) -> StoreResult<Option<Endpoint>> {
+        match self.stored_endpoint(id)? {
+            Some(endpoint) => self.with_health(endpoint).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub(super) fn endpoints_now(&self, tenant: Option<&str>) -> StoreResult<Vec<Endpoint>> {
+        let mut out = Vec::new();
+        match tenant {
+            Some(tenant) => {
+                let prefix = keys::tenant_prefix(tenant);
+                for entry in self.tree.scan_prefix(&prefix).keys() {
+                    let key = entry?;
+                    if let Some(id) = EndpointId::from_slice(&key[prefix.len()..])
+                        && let Some(endpoint) = self.endpoint_now(id)?
+                    {
+                        out.push(endpoint);
+                    }
+                }
+            }
+            None => {
+                for entry in self.tree.scan_prefix([keys::ENDPOINT]) {
+                    let (key, value) = entry?;
+                    let endpoint: Endpoint = codec::open(&self.sealer, &key, &value)?;
+                    out.push(self.with_health(endpoint)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) fn put_endpoint_now(&self, endpoint: &Endpoint) -> StoreResult<()> {
+        let _guard = self.lock();
+        let mut batch = Batch::default();
+        if let Some(old) = self.load_endpoint(endpoint.id)?
+            && old.tenant != endpoint.tenant
+        {
+            batch.remove(keys::tenant_endpoint(&old.tenant, old.id));
+        }
+        batch.insert(
+            keys::endpoint(endpoint.id),
+            codec::seal(&self.sealer, endpoint)?,
+        );
+        batch.insert(keys::tenant_endpoint(&endpoint.tenant, endpoint.id), &[]);
+        self.cache_endpoint(endpoint.id, None);
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    pub(super) fn disable_endpoint_now(
+        &self,
+        id: EndpointId,
+        now_ms: u64,
+        reason: &str,
+    ) -> StoreResult<bool> {
+        let _guard = self.lock();
+        let Some(mut endpoint) = self.load_endpoint(id)? else {
+            return Ok(false);
+        };
+        if !endpoint.enabled {
+            return Ok(false);
+        }
+        endpoint.enabled = false;
+        endpoint.updated_at = now_ms;
+        let mut health = self.health(id)?;
+        health.disabled_reason = Some(reason.to_string());
+        health.disabled_at = Some(now_ms);
+        let mut batch = Batch::default();
+        batch.insert(keys::endpoint(id), codec::seal(&self.sealer, &endpoint)?);
+        Self::put_health(&mut batch, id, &health)?;
+        self.cache_endpoint(id, None);
+        self.tree.apply_batch(batch)?;
+        Ok(true)
+    }
+
+    pub(super) fn enable_endpoint_now(
+        &self,
+        id: EndpointId,
+        now_ms: u64,
+    ) -> StoreResult<Option<Endpoint>> {
+        let guard = self.lock();
+        let Some(mut endpoint) = self.load_endpoint(id)? else {
+            return Ok(None);
+        };
+        let was_disabled = !endpoint.enabled;
+        endpoint.enabled = true;
+        endpoint.updated_at = now_ms;
+        let health = Health {
+            released_at: if was_disabled {
+                Some(now_ms)
+            } else {
+                self.health(id)?.released_at
+            },
+            ..Health::default()
+        };
+        let mut batch = Batch::default();
+        batch.insert(keys::endpoint(id), codec::seal(&self.sealer, &endpoint)?);
+        Self::put_health(&mut batch, id, &health)?;
+        self.cache_endpoint(id, None);
+        self.tree.apply_batch(batch)?;
+        drop(guard);
+        self.endpoint_now(id)
+    }
+
+    pub(super) fn delete_endpoint_now(
+        &self,
+        id: EndpointId,
+        closing: &Closing,
+    ) -> StoreResult<bool> {
+        let mut leases = self.lock();
+        let Some(endpoint) = self.load_endpoint(id)? else {
+            return Ok(false);
+        };
+        self.cache_endpoint(id, None);
+        loop {
+            let due: Vec<IVec> = self
+                .tree
+                .scan_prefix(keys::due_prefix(id))
+                .keys()
+                .take(DELETE_BATCH)
+                .collect::<Result<_, _>>()?;
+            if due.is_empty() {
+                break;
+            }
+            let removed = due.len() as u64;
+            let mut batch = Batch::default();
+            for key in due {
+                if let Some((_, _, delivery_id)) = keys::parse_due(&key) {
+                    leases.remove(&delivery_id);
+                    if let Some(mut delivery) =
+                        self.get::<Delivery>(&keys::delivery(delivery_id))?
+                    {
+                        delivery.status = closing.status;
+                        delivery.next_attempt_at = None;
+                        delivery.last_error = Some(closing.reason.clone());
+                        delivery.updated_at = closing.at_ms;
+                        batch.insert(keys::delivery(delivery_id), encode(&delivery)?);
+                    }
+                }
+                batch.remove(key);
+            }
+            self.apply_counted(batch, 0, removed)?;
+        }
+        debug_assert!(closing.status != DeliveryStatus::Pending);
+        let mut batch = Batch::default();
+        batch.remove(keys::endpoint(id));
+        batch.remove(keys::failures(id));
+        batch.remove(keys::tenant_endpoint(&endpoint.tenant, id));
+        self.tree.apply_batch(batch)?;
+        Ok(true)
+    }
+}

@@ -1,0 +1,149 @@
+//! Attempt outcomes, recorded in groups.
+//!
+//! sled writes its log buffer out for every atomic batch, so one batch per group of outcomes
+//! instead of one per attempt is what lets delivery throughput grow with concurrency. Within a
+//! group, later outcomes see the changes of earlier ones (the same delivery, the same
+//! endpoint's failure count and roll-up) before anything is written.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+
+use sled::Batch;
+
+use super::codec::{Health, encode};
+use super::{Leases, SledStore, keys};
+use crate::model::{Delivery, DeliveryId, DeliveryStatus, EndpointId};
+use crate::store::rollup::day_of;
+use crate::store::{DailyRollup, HealthChange, Outcome, Recorded, StoreError, StoreResult};
+
+/// The writes of one group, applied as one batch.
+#[derive(Default)]
+struct Group {
+    batch: Batch,
+    deliveries: HashMap<DeliveryId, Delivery>,
+    stats: HashMap<Vec<u8>, DailyRollup>,
+    /// Each touched endpoint's health, and whether this group changed it.
+    health: HashMap<EndpointId, (Health, bool)>,
+    added_due: HashSet<Vec<u8>>,
+    removed_due: HashSet<Vec<u8>>,
+    finished: u64,
+}
+
+impl SledStore {
+    pub(super) fn record_outcomes_now(
+        &self,
+        outcomes: Vec<Outcome>,
+    ) -> StoreResult<Vec<StoreResult<Recorded>>> {
+        let mut leases = self.lock();
+        let mut group = Group::default();
+        let mut answers = Vec::with_capacity(outcomes.len());
+        for outcome in outcomes {
+            answers.push(self.record_one(&mut group, &mut leases, outcome));
+        }
+        for (key, day) in &group.stats {
+            group.batch.insert(key.as_slice(), encode(day)?);
+        }
+        for (endpoint, (health, changed)) in &group.health {
+            if *changed {
+                Self::put_health(&mut group.batch, *endpoint, health)?;
+            }
+        }
+        for delivery in group.deliveries.values() {
+            group
+                .batch
+                .insert(keys::delivery(delivery.id), encode(delivery)?);
+        }
+        self.apply_counted(group.batch, 0, group.finished)?;
+        Ok(answers)
+    }
+
+    /// Adds one outcome to `group`; reads see the group's earlier changes first.
+    fn record_one(
+        &self,
+        group: &mut Group,
+        leases: &mut Leases,
+        outcome: Outcome,
+    ) -> StoreResult<Recorded> {
+        let lease = outcome.lease;
+        let id = lease.delivery_id;
+        let mut stored = match group.deliveries.remove(&id) {
+            Some(delivery) => delivery,
+            None => self
+                .get(&keys::delivery(id))?
+                .ok_or_else(|| StoreError::NotFound(format!("delivery {id}")))?,
+        };
+        let held = leases
+            .get(&id)
+            .is_some_and(|h| h.lease.token == lease.token);
+        if held {
+            leases.remove(&id);
+        }
+        let lease_key = keys::due(lease.endpoint_id, lease.due_ms, id);
+        let stale = !held
+            || (!group.added_due.contains(&lease_key)
+                && (group.removed_due.contains(&lease_key)
+                    || !self.tree.contains_key(&lease_key)?));
+        let attempt = &outcome.attempt;
+        group
+            .batch
+            .insert(keys::attempt(id, attempt.attempt), encode(attempt)?);
+        if stale {
+            // Keep the numbering ahead of every stored attempt.
+            stored.total_attempts = stored.total_attempts.max(attempt.attempt);
+            group.deliveries.insert(id, stored);
+        } else {
+            group.added_due.remove(&lease_key);
+            group.batch.remove(lease_key.as_slice());
+            group.removed_due.insert(lease_key);
+            let delivery = outcome.delivery;
+            match (delivery.status, delivery.next_attempt_at) {
+                (DeliveryStatus::Pending, Some(due)) => {
+                    let next_key = keys::due(lease.endpoint_id, due, id);
+                    group.batch.insert(next_key.as_slice(), &[]);
+                    group.removed_due.remove(&next_key);
+                    group.added_due.insert(next_key);
+                }
+                _ => group.finished += 1,
+            }
+            if let (true, Some((key, digest))) = (attempt.success, &outcome.dedup) {
+                group
+                    .batch
+                    .insert(keys::dedup(lease.endpoint_id, key), digest.as_slice());
+            }
+            group.deliveries.insert(id, delivery);
+        }
+
+        let stats_key = keys::stats(lease.endpoint_id, day_of(attempt.started_at));
+        let day = match group.stats.entry(stats_key) {
+            Entry::Occupied(day) => day.into_mut(),
+            Entry::Vacant(slot) => {
+                let stored = self.get(slot.key())?.unwrap_or_default();
+                slot.insert(stored)
+            }
+        };
+        day.add(attempt.duration_ms, attempt.success);
+
+        if self.load_endpoint(lease.endpoint_id)?.is_none() {
+            // Deleted meanwhile: nothing left whose health could change.
+            return Ok(Recorded {
+                stale,
+                consecutive_failures: 0,
+            });
+        }
+        let (health, changed) = match group.health.entry(lease.endpoint_id) {
+            Entry::Occupied(health) => health.into_mut(),
+            Entry::Vacant(slot) => slot.insert((self.health(lease.endpoint_id)?, false)),
+        };
+        let before = health.failures;
+        match outcome.health {
+            HealthChange::Untouched => {}
+            HealthChange::Reset => health.failures = 0,
+            HealthChange::Increment => health.failures = health.failures.saturating_add(1),
+        }
+        *changed |= health.failures != before;
+        Ok(Recorded {
+            stale,
+            consecutive_failures: health.failures,
+        })
+    }
+}

@@ -1,0 +1,247 @@
+//! Messages in, the due index, leases and decided transitions.
+//!
+//! The due index holds one key per pending delivery: `Q endpoint due_ms delivery`, so an
+//! endpoint's due deliveries are one range scan in time order. A lease is held in memory (see
+//! the module docs of [`super`]); claiming writes nothing.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sled::{Batch, IVec};
+use uuid::Uuid;
+
+use super::codec::{self, decode, encode};
+use super::{Held, SledStore, keys};
+use crate::model::{Delivery, DeliveryId, DeliveryStatus, EndpointId, MessageId};
+use crate::store::{
+    DeliveryFilter, Inserted, Lease, LeaseToken, MessageWrite, ReplayJob, StoreError, StoreResult,
+    Transition,
+};
+
+/// The smallest delivery id created at `ms`: UUIDv7 puts the millisecond time first.
+pub(super) fn first_id_at(ms: u64) -> DeliveryId {
+    DeliveryId(Uuid::from_u128(u128::from(ms) << 80))
+}
+
+/// The due key of a pending delivery, from the time the record says it is due.
+fn due_key(delivery: &Delivery) -> Option<Vec<u8>> {
+    match (delivery.status, delivery.next_attempt_at) {
+        (DeliveryStatus::Pending, Some(due)) => {
+            Some(keys::due(delivery.endpoint_id, due, delivery.id))
+        }
+        _ => None,
+    }
+}
+
+impl SledStore {
+    pub(super) fn insert_messages_now(
+        &self,
+        writes: &[MessageWrite],
+    ) -> StoreResult<Vec<Inserted>> {
+        let mut batch = Batch::default();
+        let mut answers = Vec::with_capacity(writes.len());
+        let mut claimed_keys: HashMap<Vec<u8>, MessageId> = HashMap::new();
+        let mut added = 0;
+        let _guard = self.lock();
+        for write in writes {
+            let message = &write.message;
+            if let Some(idempotency_key) = &message.idempotency_key {
+                let key = keys::idempotency(&message.tenant, idempotency_key);
+                let earlier = match claimed_keys.get(&key) {
+                    Some(id) => Some(*id),
+                    None => match self.tree.get(&key)? {
+                        Some(existing) => Some(
+                            MessageId::from_slice(&existing)
+                                .ok_or_else(|| codec::corrupt(&key, "not a message id"))?,
+                        ),
+                        None => None,
+                    },
+                };
+                if let Some(id) = earlier {
+                    answers.push(Inserted::Existing(id));
+                    continue;
+                }
+                batch.insert(key.as_slice(), message.id.as_bytes());
+                claimed_keys.insert(key, message.id);
+            }
+            batch.insert(
+                keys::message(message.id),
+                codec::encode_message(&self.sealer, message)?,
+            );
+            for delivery in &write.deliveries {
+                batch.insert(keys::delivery(delivery.id), encode(delivery)?);
+                batch.insert(keys::message_delivery(message.id, delivery.id), &[]);
+                if let Some(due) = due_key(delivery) {
+                    batch.insert(due, &[]);
+                    added += 1;
+                }
+            }
+            answers.push(Inserted::Created);
+        }
+        self.apply_counted(batch, added, 0)?;
+        Ok(answers)
+    }
+
+    pub(super) fn message_deliveries_now(&self, id: MessageId) -> StoreResult<Vec<Delivery>> {
+        let prefix = keys::message_deliveries_prefix(id);
+        let mut out = Vec::new();
+        for entry in self.tree.scan_prefix(&prefix).keys() {
+            let key = entry?;
+            if let Some(delivery_id) = DeliveryId::from_slice(&key[prefix.len()..])
+                && let Some(delivery) = self.get(&keys::delivery(delivery_id))?
+            {
+                out.push(delivery);
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) fn deliveries_now(&self, filter: &DeliveryFilter) -> StoreResult<Vec<Delivery>> {
+        let mut start = keys::delivery(first_id_at(filter.since_ms.unwrap_or(0)));
+        let mut end = keys::delivery(first_id_at(filter.until_ms.unwrap_or(u64::MAX >> 16)));
+        if let Some(after) = filter.after {
+            let cursor = keys::delivery(after);
+            if filter.newest_first {
+                end = end.min(cursor); // exclusive of `after` itself
+            } else {
+                let mut cursor = cursor;
+                cursor.push(0); // exclusive of `after` itself
+                start = start.max(cursor);
+            }
+        }
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let range = self.tree.range(start..end);
+        let entries: Box<dyn Iterator<Item = sled::Result<(IVec, IVec)>>> = if filter.newest_first {
+            Box::new(range.rev())
+        } else {
+            Box::new(range)
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let (key, value) = entry?;
+            let delivery: Delivery = decode(&key, &value)?;
+            let wanted = filter.status.is_none_or(|s| s == delivery.status)
+                && filter.endpoint_id.is_none_or(|e| e == delivery.endpoint_id)
+                && (filter.endpoint_ids.is_empty()
+                    || filter.endpoint_ids.contains(&delivery.endpoint_id));
+            if wanted {
+                out.push(delivery);
+                if out.len() >= filter.limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) fn due_head_now(
+        &self,
+        endpoint: EndpointId,
+        now_ms: u64,
+    ) -> StoreResult<Option<u64>> {
+        let leases = self.lock();
+        for key in self.tree.scan_prefix(keys::due_prefix(endpoint)).keys() {
+            if let Some((_, due_ms, delivery_id)) = keys::parse_due(&key?) {
+                let live = leases
+                    .get(&delivery_id)
+                    .is_some_and(|h| h.lease.expires_at_ms > now_ms);
+                if !live {
+                    return Ok(Some(due_ms));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    pub(super) fn claim_now(
+        &self,
+        endpoint: EndpointId,
+        now_ms: u64,
+        limit: usize,
+        lease_for: Duration,
+    ) -> StoreResult<Vec<Lease>> {
+        let nil = DeliveryId(Uuid::nil());
+        let start = keys::due(endpoint, 0, nil);
+        let end = keys::due(endpoint, now_ms.saturating_add(1), nil);
+        let expires_at_ms = now_ms.saturating_add(lease_for.as_millis() as u64);
+        let mut leases = self.lock();
+        let mut claimed = Vec::new();
+        // Skips at most the endpoint's own live leases (bounded by its concurrency).
+        for key in self.tree.range(start..end).keys() {
+            if claimed.len() == limit {
+                break;
+            }
+            let Some((_, due_ms, delivery_id)) = keys::parse_due(&key?) else {
+                continue;
+            };
+            if leases
+                .get(&delivery_id)
+                .is_some_and(|h| h.lease.expires_at_ms > now_ms)
+            {
+                continue;
+            }
+            let lease = Lease {
+                delivery_id,
+                endpoint_id: endpoint,
+                due_ms,
+                expires_at_ms,
+                token: LeaseToken::new(),
+            };
+            leases.insert(delivery_id, Held { lease });
+            claimed.push(lease);
+        }
+        Ok(claimed)
+    }
+
+    /// Applies decided transitions all or nothing, with a bulk replay job's progress.
+    pub(super) fn apply_transitions_now(
+        &self,
+        transitions: &[Transition],
+        job: Option<&ReplayJob>,
+    ) -> StoreResult<()> {
+        let mut leases = self.lock();
+        let mut batch = Batch::default();
+        let (mut added, mut removed) = (0, 0);
+        let mut seen = HashMap::new();
+        for transition in transitions {
+            let id = transition.expected.id;
+            let current: Delivery = match seen.remove(&id) {
+                Some(delivery) => delivery,
+                None => self
+                    .get(&keys::delivery(id))?
+                    .ok_or_else(|| StoreError::NotFound(format!("delivery {id}")))?,
+            };
+            if current != transition.expected {
+                return Err(StoreError::Conflict(format!(
+                    "delivery {id} changed meanwhile; try again"
+                )));
+            }
+            let new = &transition.delivery;
+            if leases.contains_key(&id) && new.status == DeliveryStatus::Pending {
+                return Err(StoreError::Conflict(format!(
+                    "delivery {id} is being attempted right now"
+                )));
+            }
+            if let Some(old) = due_key(&current) {
+                batch.remove(old);
+                removed += 1;
+            }
+            if let Some(due) = due_key(new) {
+                batch.insert(due, &[]);
+                added += 1;
+            }
+            batch.insert(keys::delivery(id), encode(new)?);
+            seen.insert(id, new.clone());
+        }
+        if let Some(job) = job {
+            batch.insert(keys::job(&job.id), encode(job)?);
+        }
+        self.apply_counted(batch, added, removed)?;
+        for id in seen.keys() {
+            leases.remove(id); // revoked: a late outcome under it is kept as a stale attempt
+        }
+        Ok(())
+    }
+}
