@@ -694,6 +694,8 @@ async fn the_openapi_document_parses_and_lists_every_route() {
         "GET /admin/deliveries",
         "GET /admin/deliveries/{id}",
         "POST /admin/deliveries/{id}/replay",
+        "POST /admin/deliveries/{id}/retry",
+        "POST /admin/deliveries/{id}/cancel",
         "POST /admin/replay",
         "GET /admin/replays/{id}",
         "GET /admin/policies",

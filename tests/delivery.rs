@@ -518,3 +518,71 @@ async fn the_pending_count_follows_every_transition_and_survives_a_restart() {
     herald.delete_endpoint(quiet.id).await.unwrap();
     assert_eq!(herald.pending_deliveries().await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn an_operator_can_retry_a_pending_delivery_now_or_cancel_it() {
+    // Fails first, then accepts; retries are an hour apart.
+    let receiver = Receiver::start(|n, _| {
+        if n == 0 {
+            Reply::Status(500, "down")
+        } else {
+            Reply::Status(200, "ok")
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let herald = open(dir.path(), vec![quick_policy("slow", "1h", 3)]).await;
+    herald
+        .create_endpoint(endpoint("acme", receiver.url(), "slow"))
+        .await
+        .unwrap();
+    let mut outcomes = herald.outcomes();
+    let first = herald
+        .send(NewMessage::new("acme", "e", &json!({"n": 1})).unwrap())
+        .await
+        .unwrap();
+    let event = outcomes.next().await.unwrap();
+    assert_eq!(event.delivery_status, DeliveryStatus::Pending);
+    let id = first.deliveries[0].id;
+
+    // Retry now: attempted at once instead of in an hour.
+    herald.retry_now(id).await.unwrap();
+    let event = outcomes.next().await.unwrap();
+    assert_eq!(
+        (event.attempt, event.delivery_status),
+        (2, DeliveryStatus::Succeeded)
+    );
+    assert!(matches!(
+        herald.retry_now(id).await,
+        Err(herald::Error::Conflict(_))
+    ));
+
+    // Cancel: a pending delivery (its endpoint held) becomes failed and is never attempted.
+    let receipt = herald
+        .send(NewMessage::new("acme", "e", &json!({"n": 2})).unwrap())
+        .await
+        .unwrap();
+    wait_final(&mut outcomes, 1, Duration::from_secs(5)).await;
+    let endpoint_id = receipt.deliveries[0].endpoint_id;
+    herald
+        .set_endpoint_enabled(endpoint_id, false)
+        .await
+        .unwrap();
+    let held = herald
+        .send(NewMessage::new("acme", "e", &json!({"n": 3})).unwrap())
+        .await
+        .unwrap();
+    let cancelled = herald.cancel(held.deliveries[0].id).await.unwrap();
+    assert_eq!(cancelled.status, DeliveryStatus::Failed);
+    assert_eq!(
+        cancelled.last_error.as_deref(),
+        Some("cancelled by an operator")
+    );
+    assert_eq!(herald.pending_deliveries().await.unwrap(), 0);
+    herald
+        .set_endpoint_enabled(endpoint_id, true)
+        .await
+        .unwrap();
+    assert!(!receiver.wait_for(4, Duration::from_millis(300)).await);
+    assert_eq!(receiver.count(), 3);
+}

@@ -240,3 +240,117 @@ async fn the_roll_up_is_exact_per_day() {
         .collect();
     assert_eq!(days, vec![(100, 3, 1, 2), (101, 1, 1, 0), (103, 3, 2, 1)]);
 }
+
+#[tokio::test]
+async fn a_callback_urls_failures_never_touch_the_default_endpoints_health() {
+    // The tenant's own endpoint is healthy; one message's own callback URL answers 410.
+    let own = Receiver::ok().await;
+    let gone = Receiver::start(|_, _| Reply::Status(410, "gone")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let strict = policy(
+        "strict",
+        "[schedule]\nkind = \"fixed\"\ninterval = \"50ms\"\nmax_attempts = 3\n[endpoint]\ndisable_on_gone = true\ndeactivate_after = 2\n",
+    );
+    let herald = open_with(dir.path(), vec![strict], EngineConfig::default()).await;
+    let default = herald
+        .create_endpoint(endpoint("acme", own.url(), "strict"))
+        .await
+        .unwrap();
+    let mut outcomes = herald.outcomes();
+    for n in 0..3 {
+        herald
+            .send(
+                NewMessage::new("acme", "e", &json!({ "n": n }))
+                    .unwrap()
+                    .callback_url(gone.url()),
+            )
+            .await
+            .unwrap();
+    }
+    let finals = wait_final(&mut outcomes, 3, Duration::from_secs(5)).await;
+    assert!(
+        finals
+            .iter()
+            .all(|e| e.delivery_status == DeliveryStatus::Failed)
+    );
+    let after = herald.endpoint(default.id).await.unwrap();
+    assert!(
+        after.enabled,
+        "a 410 from a message's own URL disabled the endpoint"
+    );
+    assert_eq!(after.consecutive_failures, 0);
+    // The endpoint itself still delivers.
+    herald
+        .send(NewMessage::new("acme", "e", &json!({"n": "own"})).unwrap())
+        .await
+        .unwrap();
+    let finals = wait_final(&mut outcomes, 1, Duration::from_secs(5)).await;
+    assert_eq!(finals[0].delivery_status, DeliveryStatus::Succeeded);
+    assert_eq!(own.count(), 1);
+}
+
+#[tokio::test]
+async fn releasing_a_hold_keeps_the_schedules_gaps() {
+    // Every attempt fails; three attempts 400 ms apart.
+    let receiver = Receiver::start(|_, _| Reply::Status(500, "down")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let paced = policy(
+        "paced",
+        "[schedule]\nkind = \"fixed\"\ninterval = \"400ms\"\nmax_attempts = 3\n[request]\ntimeout = \"2s\"\n",
+    );
+    let herald = open_with(dir.path(), vec![paced], EngineConfig::default()).await;
+    let created = herald
+        .create_endpoint(endpoint("acme", receiver.url(), "paced"))
+        .await
+        .unwrap();
+    herald
+        .send(NewMessage::new("acme", "e", &json!({})).unwrap())
+        .await
+        .unwrap();
+    assert!(receiver.wait_for(1, Duration::from_secs(5)).await);
+    herald
+        .set_endpoint_enabled(created.id, false)
+        .await
+        .unwrap();
+    // Held for longer than the rest of the schedule: attempts 2 and 3 were due meanwhile.
+    assert!(!receiver.wait_for(2, Duration::from_millis(1_200)).await);
+    let mut outcomes = herald.outcomes();
+    herald.set_endpoint_enabled(created.id, true).await.unwrap();
+    let finals = wait_final(&mut outcomes, 1, Duration::from_secs(5)).await;
+    assert_eq!(finals[0].delivery_status, DeliveryStatus::Failed);
+    let times: Vec<_> = receiver.requests().iter().map(|r| r.at).collect();
+    assert_eq!(times.len(), 3);
+    let gap = times[2] - times[1];
+    assert!(
+        gap >= Duration::from_millis(350),
+        "the attempts after the release came {gap:?} apart, not the policy's 400 ms"
+    );
+}
+
+#[tokio::test]
+async fn a_delivery_of_a_deleted_endpoint_cannot_be_replayed() {
+    let receiver = Receiver::start(|_, _| Reply::Status(500, "down")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let once = policy(
+        "once",
+        "[schedule]\nkind = \"fixed\"\ninterval = \"1s\"\nmax_attempts = 1\n",
+    );
+    let herald = open_with(dir.path(), vec![once], EngineConfig::default()).await;
+    let created = herald
+        .create_endpoint(endpoint("acme", receiver.url(), "once"))
+        .await
+        .unwrap();
+    let mut outcomes = herald.outcomes();
+    let receipt = herald
+        .send(NewMessage::new("acme", "e", &json!({})).unwrap())
+        .await
+        .unwrap();
+    wait_final(&mut outcomes, 1, Duration::from_secs(5)).await;
+    herald.delete_endpoint(created.id).await.unwrap();
+    let replay = herald.replay(receipt.deliveries[0].id).await;
+    assert!(
+        matches!(&replay, Err(herald::Error::Conflict(why)) if why.contains("deleted")),
+        "{replay:?}"
+    );
+    assert_eq!(herald.pending_deliveries().await.unwrap(), 0);
+}

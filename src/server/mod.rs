@@ -76,6 +76,8 @@ fn api_router(tokens: Tokens) -> OpenApiRouter<Herald> {
         .routes(utoipa_axum::routes!(deliveries::list_deliveries))
         .routes(utoipa_axum::routes!(deliveries::get_delivery))
         .routes(utoipa_axum::routes!(deliveries::replay_delivery))
+        .routes(utoipa_axum::routes!(deliveries::retry_delivery))
+        .routes(utoipa_axum::routes!(deliveries::cancel_delivery))
         .routes(utoipa_axum::routes!(deliveries::bulk_replay))
         .routes(utoipa_axum::routes!(deliveries::replay_job))
         .routes(utoipa_axum::routes!(policies::list_policies))

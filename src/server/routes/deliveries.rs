@@ -181,6 +181,43 @@ pub async fn replay_delivery(State(herald): State<Herald>, Path(raw): Path<Strin
     Ok((StatusCode::ACCEPTED, Json(view)).into_response())
 }
 
+/// Attempts a pending delivery now instead of at its due time (one of its cycle's attempts).
+#[utoipa::path(
+    post, path = "/admin/deliveries/{id}/retry", tag = ADMIN,
+    params(("id" = String, Path, description = "delivery id")),
+    responses(
+        (status = 202, body = DeliveryView),
+        NotFound,
+        (status = 409, description = "conflict: not pending, or an attempt is in flight", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn retry_delivery(State(herald): State<Herald>, Path(raw): Path<String>) -> ApiResult {
+    let delivery = herald.retry_now(id("delivery", &raw)?).await?;
+    let endpoint = herald.endpoint(delivery.endpoint_id).await.ok();
+    let view = DeliveryView::new(&delivery, endpoint.as_ref(), None);
+    Ok((StatusCode::ACCEPTED, Json(view)).into_response())
+}
+
+/// Cancels a pending delivery: it becomes `failed` ("cancelled by an operator") and can be
+/// replayed later.
+#[utoipa::path(
+    post, path = "/admin/deliveries/{id}/cancel", tag = ADMIN,
+    params(("id" = String, Path, description = "delivery id")),
+    responses(
+        (status = 200, body = DeliveryView),
+        NotFound,
+        (status = 409, description = "conflict: not pending", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn cancel_delivery(State(herald): State<Herald>, Path(raw): Path<String>) -> ApiResult {
+    let delivery = herald.cancel(id("delivery", &raw)?).await?;
+    let endpoint = herald.endpoint(delivery.endpoint_id).await.ok();
+    let view = DeliveryView::new(&delivery, endpoint.as_ref(), None);
+    Ok(Json(view).into_response())
+}
+
 /// Which deliveries a bulk replay takes.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
