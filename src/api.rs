@@ -75,6 +75,9 @@ pub struct SendReceipt {
     /// False when an earlier message with the same idempotency key was returned instead.
     #[serde(skip)]
     pub created: bool,
+    /// Set when no endpoint takes the message: why nothing will be delivered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unrouted: Option<String>,
     /// One per target.
     pub deliveries: Vec<DeliveryReceipt>,
 }

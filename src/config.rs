@@ -51,6 +51,9 @@ pub struct Config {
     /// How long shutdown waits for attempts in flight.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// A message no endpoint takes: `accept` (stored, and said so in the answer) or `reject`
+    /// (422 `unrouted`, nothing stored).
+    pub unrouted: crate::Unrouted,
 }
 
 impl Default for Config {
@@ -74,6 +77,7 @@ impl Default for Config {
             endpoint_concurrency: 16,
             cache_bytes: 64 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            unrouted: crate::Unrouted::Accept,
         }
     }
 }
@@ -179,6 +183,18 @@ impl Config {
                 "endpoint_concurrency" => self.endpoint_concurrency = parse(var, &value)?,
                 "cache_bytes" => self.cache_bytes = parse(var, &value)?,
                 "shutdown_grace" => self.shutdown_grace = duration(var, &value)?,
+                "unrouted" => {
+                    self.unrouted = match value.as_str() {
+                        "accept" => crate::Unrouted::Accept,
+                        "reject" => crate::Unrouted::Reject,
+                        other => {
+                            return Err(ConfigError::Env {
+                                var: var.to_string(),
+                                reason: format!("must be accept or reject, not {other:?}"),
+                            });
+                        }
+                    }
+                }
                 _ => {}
             }
         }
@@ -254,6 +270,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("HERALD_ENDPOINT_CONCURRENCY", "endpoint_concurrency"),
     ("HERALD_CACHE_BYTES", "cache_bytes"),
     ("HERALD_SHUTDOWN_GRACE", "shutdown_grace"),
+    ("HERALD_UNROUTED", "unrouted"),
 ];
 
 #[cfg(test)]

@@ -28,6 +28,10 @@ pub enum Error {
         /// The policy's `max_body_bytes`.
         limit: usize,
     },
+    /// No endpoint takes the message and herald is told to refuse such messages; nothing was
+    /// stored.
+    #[error("unrouted: {0}")]
+    Unrouted(String),
     /// No such record.
     #[error("{0} not found")]
     NotFound(String),

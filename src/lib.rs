@@ -70,7 +70,7 @@ pub use api::{
     AttemptEvent, DayStats, DeliveryReceipt, EndpointUpdate, EndpointView, NewEndpoint, NewMessage,
     SendReceipt, TestSendResult,
 };
-pub use engine::{CommitStats, EngineConfig, PurgeReport, ReplayRequest};
+pub use engine::{CommitStats, EngineConfig, PurgeReport, ReplayRequest, Unrouted};
 pub use error::{Error, Result};
 pub use model::{
     Attempt, Delivery, DeliveryId, DeliveryStatus, Endpoint, EndpointId, ErrorKind, Message,

@@ -304,8 +304,67 @@ async fn an_idempotency_key_returns_the_first_receipt_and_sends_once() {
     assert_eq!(first.id, second.id);
     assert_eq!(first.deliveries[0].id, second.deliveries[0].id);
     assert!(receiver.wait_for(1, Duration::from_secs(5)).await);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(receiver.count(), 1);
+    // The same key with the same payload spelled differently is the same message ...
+    let respelled = NewMessage {
+        payload: serde_json::value::RawValue::from_string("{ \"v\" : 1 }".into()).unwrap(),
+        ..message()
+    };
+    assert_eq!(herald.send(respelled).await.unwrap().id, first.id);
+    // ... a different payload or event type under the same key is the producer's bug.
+    let different = NewMessage::new("acme", "e", &json!({"v": 2}))
+        .unwrap()
+        .idempotency_key("k-1");
+    let refused = herald.send(different).await;
+    assert!(
+        matches!(&refused, Err(herald::Error::Conflict(why)) if why.contains("k-1")),
+        "{refused:?}"
+    );
+    let other_event = NewMessage::new("acme", "other", &json!({"v": 1}))
+        .unwrap()
+        .idempotency_key("k-1");
+    assert!(matches!(
+        herald.send(other_event).await,
+        Err(herald::Error::Conflict(_))
+    ));
+    assert!(!receiver.wait_for(2, Duration::from_millis(300)).await);
+}
+
+#[tokio::test]
+async fn a_message_no_endpoint_takes_is_said_so_or_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let herald = open(dir.path(), vec![]).await;
+    let receipt = herald
+        .send(NewMessage::new("acme-typo", "e", &json!({})).unwrap())
+        .await
+        .unwrap();
+    assert!(receipt.deliveries.is_empty());
+    let reason = receipt
+        .unrouted
+        .expect("the answer says nothing is delivered");
+    assert!(reason.contains("acme-typo"), "{reason}");
+    herald.shutdown().await.unwrap();
+    drop(herald);
+
+    let strict = EngineConfig {
+        unrouted: herald::Unrouted::Reject,
+        ..EngineConfig::default()
+    };
+    let herald = open_with(dir.path(), vec![], strict).await;
+    let refused = herald
+        .send(NewMessage::new("acme-typo", "e", &json!({"n": 2})).unwrap())
+        .await;
+    assert!(
+        matches!(refused, Err(herald::Error::Unrouted(_))),
+        "{refused:?}"
+    );
+    let stored = herald
+        .deliveries(&herald::DeliveryFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(stored.is_empty());
 }
 
 #[tokio::test]

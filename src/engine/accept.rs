@@ -4,7 +4,7 @@
 
 use sha2::{Digest, Sha256};
 
-use super::Engine;
+use super::{Engine, Unrouted};
 use crate::api::{DeliveryReceipt, NewMessage, SendReceipt};
 use crate::error::{Error, Result};
 use crate::model::{Delivery, DeliveryStatus, Endpoint, Message, MessageId, now_ms};
@@ -114,6 +114,16 @@ impl Engine {
             ));
         }
 
+        let unrouted = targets.is_empty().then(|| {
+            format!(
+                "no endpoint of tenant {:?} takes {:?} events; nothing will be delivered",
+                message.tenant, message.event_type
+            )
+        });
+        if let Some(reason) = &unrouted {
+            self.note_unrouted(&message.tenant, reason)?;
+        }
+
         let (inserted, write) = self
             .commit
             .insert(MessageWrite {
@@ -123,7 +133,19 @@ impl Engine {
             .await?;
         let (message, deliveries) = (write.message, write.deliveries);
         if let Inserted::Existing(id) = inserted {
-            // The first answer, not a second send. It was acknowledged, hence durable.
+            // The first answer, not a second send — if it is the same message.
+            let first = self
+                .store
+                .message(id)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("message {id}")))?;
+            if !super::decide::same_message(&first, &message) {
+                return Err(Error::Conflict(format!(
+                    "idempotency key {:?} was used for a different message ({id}); a repeated \
+                     send must carry the same event type and payload",
+                    message.idempotency_key.unwrap_or_default()
+                )));
+            }
             let deliveries = self.store.message_deliveries(id).await?;
             let mut receipts = Vec::with_capacity(deliveries.len());
             for delivery in &deliveries {
@@ -132,6 +154,7 @@ impl Engine {
             return Ok(SendReceipt {
                 id,
                 created: false,
+                unrouted: deliveries.is_empty().then(|| unrouted.unwrap_or_default()),
                 deliveries: receipts,
             });
         }
@@ -147,8 +170,31 @@ impl Engine {
         Ok(SendReceipt {
             id: message.id,
             created: true,
+            unrouted,
             deliveries: receipts,
         })
+    }
+
+    /// A message no endpoint takes: refused in strict mode; otherwise counted, and logged
+    /// once per tenant (a typo in a tenant would otherwise lose events without a trace).
+    fn note_unrouted(&self, tenant: &str, reason: &str) -> Result<()> {
+        if self.config.unrouted == Unrouted::Reject {
+            return Err(Error::Unrouted(reason.to_string()));
+        }
+        metrics::counter!("herald_messages_unrouted_total").increment(1);
+        let mut warned = self
+            .unrouted_tenants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // Bounded: past this many distinct tenants, later ones are counted but not logged.
+        if warned.len() < 10_000 && warned.insert(tenant.to_string()) {
+            tracing::warn!(
+                tenant,
+                reason,
+                "message accepted but routed nowhere (logged once per tenant)"
+            );
+        }
+        Ok(())
     }
 
     /// The endpoints a message goes to: with a `callback_url`, the tenant's default endpoint

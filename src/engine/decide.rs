@@ -235,6 +235,15 @@ pub(crate) fn new_delivery(
     }
 }
 
+/// Whether a send that reuses an idempotency key is the same message as the first: the same
+/// event type and the same payload (compared as JSON, so key order and spacing do not
+/// matter). A different one is the producer's bug, refused so that it shows.
+pub(crate) fn same_message(first: &Message, again: &Message) -> bool {
+    let parse = |m: &Message| serde_json::from_str::<serde_json::Value>(m.payload.get()).ok();
+    first.event_type == again.event_type
+        && (first.payload.get() == again.payload.get() || parse(first) == parse(again))
+}
+
 /// What an operator may do to one delivery, besides attempting it.
 pub(crate) enum Command {
     /// A fresh attempt cycle for a finished delivery; its history is kept.

@@ -58,6 +58,19 @@ pub struct EngineConfig {
     pub notify_url: Option<String>,
     /// Bulk replays queue at most this many deliveries per second.
     pub replay_per_second: u32,
+    /// What to do with a message that no endpoint takes.
+    pub unrouted: Unrouted,
+}
+
+/// What happens to a message that no endpoint of its tenant takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unrouted {
+    /// Store and acknowledge it, saying so in the answer (`unrouted`), a metric and a log line.
+    #[default]
+    Accept,
+    /// Refuse it (422 `unrouted`); nothing is stored.
+    Reject,
 }
 
 impl Default for EngineConfig {
@@ -70,6 +83,7 @@ impl Default for EngineConfig {
             client: ClientOptions::default(),
             notify_url: None,
             replay_per_second: 1000,
+            unrouted: Unrouted::Accept,
         }
     }
 }
@@ -88,6 +102,8 @@ pub(crate) struct Engine {
     /// one attempt and then be attempted, with the slowest policy's timeout, plus a margin.
     /// Only a claimer that died (or hung) lets it run out.
     pub(crate) lease_for: Duration,
+    /// Tenants whose unrouted messages were already logged.
+    pub(crate) unrouted_tenants: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Engine {
@@ -110,6 +126,7 @@ impl Engine {
             .unwrap_or_default();
         Ok(Arc::new(Engine {
             lease_for: slowest * 2 + Duration::from_secs(30),
+            unrouted_tenants: Default::default(),
             scheduler: Scheduler::new(config.max_in_flight, config.endpoint_concurrency),
             store,
             policies: Arc::new(policies),

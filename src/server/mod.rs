@@ -131,6 +131,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
             max_in_flight: config.max_in_flight,
             endpoint_concurrency: config.endpoint_concurrency,
             notify_url: config.notify_url.clone(),
+            unrouted: config.unrouted,
             client: crate::transport::ClientOptions {
                 proxy: config.proxy.clone(),
                 no_proxy: config.no_proxy.clone(),

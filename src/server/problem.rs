@@ -119,6 +119,9 @@ impl From<Error> for ApiError {
                 ..ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", detail)
             },
             Error::NotFound(_) => ApiError::not_found(detail),
+            Error::Unrouted(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unrouted", detail)
+            }
             Error::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", detail),
             Error::ShuttingDown => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", detail)
