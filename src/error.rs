@@ -62,6 +62,7 @@ impl From<StoreError> for Error {
             StoreError::NotFound(what) => Error::NotFound(what),
             StoreError::Conflict(why) => Error::Conflict(why),
             StoreError::Unavailable(why) => Error::Unavailable(why),
+            StoreError::Unsupported(why) => Error::InvalidRequest(why),
             other => Error::Store(other),
         }
     }

@@ -387,6 +387,14 @@ impl Herald {
         Ok(self.store().check().await?)
     }
 
+    /// A consistent copy of the store into the new directory `to`, taken while running
+    /// (writes pause for the copy). Restore by pointing `data_dir` at it.
+    pub async fn backup(&self, to: &std::path::Path) -> Result<store::BackupReport> {
+        let report = self.store().backup(to).await?;
+        tracing::info!(dir = %report.dir, records = report.records, paused_ms = report.paused_ms, "backup written");
+        Ok(report)
+    }
+
     /// Bytes the store occupies on disk, where the backend knows.
     pub async fn disk_bytes(&self) -> Result<Option<u64>> {
         Ok(self.store().size_on_disk().await?)

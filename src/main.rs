@@ -73,6 +73,11 @@ enum Command {
         #[arg(long)]
         idempotency_key: Option<String>,
     },
+    /// Check, recover or back up the store (see the README's "Backup and restore").
+    Store {
+        #[command(subcommand)]
+        command: cli::store::StoreCommand,
+    },
     /// Print the HTTP API's OpenAPI document (the same as `GET /openapi.json`).
     Openapi,
     /// Measure herald on this machine with a local receiver (see the README's figures).
@@ -112,6 +117,7 @@ fn main() -> ExitCode {
                     .send(&tenant, &event_type, &payload, idempotency_key)
                     .await
             }
+            Command::Store { command } => cli::store::run(command).await,
             Command::Openapi => herald::server::openapi()
                 .to_pretty_json()
                 .map(|doc| println!("{doc}"))

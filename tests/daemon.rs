@@ -702,6 +702,8 @@ async fn the_openapi_document_parses_and_lists_every_route() {
         "GET /admin/policies/{name}",
         "GET /metrics",
         "GET /healthz",
+        "GET /readyz",
+        "POST /admin/store/backup",
         "GET /openapi.json",
     ];
     expected.sort();

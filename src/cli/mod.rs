@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod policies;
 pub mod remote;
+pub mod store;
 
 use std::path::Path;
 

@@ -98,7 +98,7 @@ pub enum EndpointCommand {
 }
 
 impl Remote {
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,

@@ -50,6 +50,7 @@ fn api_router(tokens: Tokens) -> OpenApiRouter<Herald> {
     use routes::{deliveries, endpoints, messages, ops, policies};
     let ops = OpenApiRouter::new()
         .routes(utoipa_axum::routes!(ops::healthz))
+        .routes(utoipa_axum::routes!(ops::readyz))
         .routes(utoipa_axum::routes!(ops::metrics))
         .routes(utoipa_axum::routes!(ops::openapi));
     let producer = OpenApiRouter::new()
@@ -82,6 +83,7 @@ fn api_router(tokens: Tokens) -> OpenApiRouter<Herald> {
         .routes(utoipa_axum::routes!(deliveries::replay_job))
         .routes(utoipa_axum::routes!(policies::list_policies))
         .routes(utoipa_axum::routes!(policies::get_policy))
+        .routes(utoipa_axum::routes!(ops::backup))
         .route_layer(middleware::from_fn_with_state(tokens, auth::admin));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(producer)
@@ -122,6 +124,9 @@ impl utoipa::Modify for BearerAuth {
 
 /// Runs the daemon until SIGTERM or SIGINT, then shuts down gracefully.
 pub async fn serve(config: Config) -> Result<(), String> {
+    // Everything herald creates (the store, its ledger, the key, backups) is for its own user
+    // only, whether or not a service manager sets a umask.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let metrics = PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| format!("metrics: {e}"))?;

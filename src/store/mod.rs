@@ -53,6 +53,13 @@ pub enum StoreError {
     /// written. It may recover by itself.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The store cannot be trusted as it is (it lost acknowledged data, a file is damaged, the
+    /// key does not open it); the message says what is wrong and what to do.
+    #[error("{0}")]
+    Damaged(String),
+    /// The backend cannot do this (e.g. a file backup of a database server).
+    #[error("{0}")]
+    Unsupported(String),
     /// A stored record could not be decoded.
     #[error("stored record {key} is unreadable: {reason}")]
     Corrupt {
@@ -176,6 +183,19 @@ pub struct Closing {
     pub reason: String,
     /// Their `updated_at`.
     pub at_ms: u64,
+}
+
+/// What a backup wrote.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct BackupReport {
+    /// Where.
+    pub dir: String,
+    /// Records copied.
+    pub records: u64,
+    /// Bytes of keys and values copied.
+    pub bytes: u64,
+    /// How long writes were paused for the copy.
+    pub paused_ms: u64,
 }
 
 /// Filters for listing deliveries (admin API).
@@ -390,4 +410,7 @@ pub trait Store: Send + Sync + 'static {
     fn max_payload_bytes(&self) -> usize;
     /// Bytes the store occupies on disk, where the backend knows.
     async fn size_on_disk(&self) -> StoreResult<Option<u64>>;
+    /// A consistent copy of the whole store into the directory `to`, taken while running, or
+    /// [`StoreError::Unsupported`] where the backend has its own tools (a database server).
+    async fn backup(&self, to: &std::path::Path) -> StoreResult<BackupReport>;
 }

@@ -25,6 +25,18 @@ impl Daemon {
 
     /// With `--config FILE`; the environment still overrides listen, data and tokens.
     pub fn start_with(data: &Path, config: Option<&Path>) -> Daemon {
+        match Self::try_start(data, config) {
+            Ok(daemon) => daemon,
+            Err((status, log)) => panic!("daemon exited with {status}:\n{log}"),
+        }
+    }
+
+    /// Starts the daemon, or returns how it exited and what it logged when it refuses to
+    /// start.
+    pub fn try_start(
+        data: &Path,
+        config: Option<&Path>,
+    ) -> Result<Daemon, (std::process::ExitStatus, String)> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -66,18 +78,25 @@ impl Daemon {
                 sink.lock().unwrap().push_str(&line);
                 sink.lock().unwrap().push('\n');
                 if !told && line.contains("herald serving") {
-                    let _ = tx.send(());
+                    let _ = tx.send(true);
                     told = true;
                 }
             }
+            let _ = tx.send(false); // stderr closed: the process ended
         });
-        rx.recv_timeout(Duration::from_secs(20))
+        let serving = rx
+            .recv_timeout(Duration::from_secs(20))
             .expect("daemon did not start in 20s");
-        Daemon {
+        if !serving {
+            let status = child.wait().unwrap();
+            let text = log.lock().unwrap().clone();
+            return Err((status, text));
+        }
+        Ok(Daemon {
             child,
             base: format!("http://127.0.0.1:{port}"),
             log,
-        }
+        })
     }
 
     pub async fn call(

@@ -35,7 +35,7 @@ impl SledStore {
             return Ok(Some(endpoint));
         }
         let key = keys::endpoint(id);
-        let Some(bytes) = self.tree.get(&key)? else {
+        let Some(bytes) = self.tree()?.get(&key)? else {
             return Ok(None);
         };
         let endpoint: Endpoint = codec::open(&self.sealer, &key, &bytes)?;
@@ -57,7 +57,7 @@ impl SledStore {
 
     pub(super) fn health(&self, endpoint: EndpointId) -> StoreResult<Health> {
         let key = keys::failures(endpoint);
-        match self.tree.get(&key)? {
+        match self.tree()?.get(&key)? {
             Some(bytes) => Health::decode(&key, &bytes),
             None => Ok(Health::default()),
         }
@@ -98,7 +98,7 @@ impl SledStore {
         match tenant {
             Some(tenant) => {
                 let prefix = keys::tenant_prefix(tenant);
-                for entry in self.tree.scan_prefix(&prefix).keys() {
+                for entry in self.tree()?.scan_prefix(&prefix).keys() {
                     let key = entry?;
                     if let Some(id) = EndpointId::from_slice(&key[prefix.len()..])
                         && let Some(endpoint) = self.endpoint_now(id)?
@@ -108,7 +108,7 @@ impl SledStore {
                 }
             }
             None => {
-                for entry in self.tree.scan_prefix([keys::ENDPOINT]) {
+                for entry in self.tree()?.scan_prefix([keys::ENDPOINT]) {
                     let (key, value) = entry?;
                     let endpoint: Endpoint = codec::open(&self.sealer, &key, &value)?;
                     out.push(self.with_health(endpoint)?);
@@ -119,9 +119,10 @@ impl SledStore {
     }
 
     pub(super) fn put_endpoint_now(&self, endpoint: &Endpoint) -> StoreResult<()> {
-        let _guard = self.lock();
+        let mut state = self.lock();
         let mut batch = Batch::default();
-        if let Some(old) = self.load_endpoint(endpoint.id)?
+        let old = self.load_endpoint(endpoint.id)?;
+        if let Some(old) = &old
             && old.tenant != endpoint.tenant
         {
             batch.remove(keys::tenant_endpoint(&old.tenant, old.id));
@@ -132,8 +133,8 @@ impl SledStore {
         );
         batch.insert(keys::tenant_endpoint(&endpoint.tenant, endpoint.id), &[]);
         self.cache_endpoint(endpoint.id, None);
-        self.tree.apply_batch(batch)?;
-        Ok(())
+        let added = u64::from(old.is_none());
+        self.apply_durable(&mut state, batch, (0, 0), |c| c.endpoints += added)
     }
 
     pub(super) fn disable_endpoint_now(
@@ -142,7 +143,7 @@ impl SledStore {
         now_ms: u64,
         reason: &str,
     ) -> StoreResult<bool> {
-        let _guard = self.lock();
+        let mut state = self.lock();
         let Some(mut endpoint) = self.load_endpoint(id)? else {
             return Ok(false);
         };
@@ -158,7 +159,7 @@ impl SledStore {
         batch.insert(keys::endpoint(id), codec::seal(&self.sealer, &endpoint)?);
         Self::put_health(&mut batch, id, &health)?;
         self.cache_endpoint(id, None);
-        self.tree.apply_batch(batch)?;
+        self.apply_durable(&mut state, batch, (0, 0), |_| {})?;
         Ok(true)
     }
 
@@ -167,7 +168,7 @@ impl SledStore {
         id: EndpointId,
         now_ms: u64,
     ) -> StoreResult<Option<Endpoint>> {
-        let guard = self.lock();
+        let mut state = self.lock();
         let Some(mut endpoint) = self.load_endpoint(id)? else {
             return Ok(None);
         };
@@ -186,8 +187,8 @@ impl SledStore {
         batch.insert(keys::endpoint(id), codec::seal(&self.sealer, &endpoint)?);
         Self::put_health(&mut batch, id, &health)?;
         self.cache_endpoint(id, None);
-        self.tree.apply_batch(batch)?;
-        drop(guard);
+        self.apply_durable(&mut state, batch, (0, 0), |_| {})?;
+        drop(state);
         self.endpoint_now(id)
     }
 
@@ -196,14 +197,14 @@ impl SledStore {
         id: EndpointId,
         closing: &Closing,
     ) -> StoreResult<bool> {
-        let mut leases = self.lock();
+        let mut state = self.lock();
         let Some(endpoint) = self.load_endpoint(id)? else {
             return Ok(false);
         };
         self.cache_endpoint(id, None);
         loop {
             let due: Vec<IVec> = self
-                .tree
+                .tree()?
                 .scan_prefix(keys::due_prefix(id))
                 .keys()
                 .take(DELETE_BATCH)
@@ -215,7 +216,7 @@ impl SledStore {
             let mut batch = Batch::default();
             for key in due {
                 if let Some((_, _, delivery_id)) = keys::parse_due(&key) {
-                    leases.remove(&delivery_id);
+                    state.leases.remove(&delivery_id);
                     if let Some(mut delivery) =
                         self.get::<Delivery>(&keys::delivery(delivery_id))?
                     {
@@ -235,7 +236,9 @@ impl SledStore {
         batch.remove(keys::endpoint(id));
         batch.remove(keys::failures(id));
         batch.remove(keys::tenant_endpoint(&endpoint.tenant, id));
-        self.tree.apply_batch(batch)?;
+        self.apply_durable(&mut state, batch, (0, 0), |c| {
+            c.endpoints = c.endpoints.saturating_sub(1)
+        })?;
         Ok(true)
     }
 }

@@ -19,6 +19,8 @@
 //! | `S`    | endpoint id, day (u32 BE)             | daily roll-up                 |
 //! | `J`    | job id                                | bulk replay job               |
 //! | `P`    | —                                     | pending deliveries (u64 BE)   |
+//! | `C`    | —                                     | counters: store id, durable-write sequence (see `ledger`) |
+//! | `X`    | —                                     | a sealed known value: proves the secret key opens this store |
 
 use crate::model::{DeliveryId, EndpointId, MessageId};
 
@@ -43,6 +45,10 @@ pub(crate) const STATS: u8 = b'S';
 pub(crate) const JOB: u8 = b'J';
 /// The pending-delivery count: the number of `Q` entries.
 pub(crate) const PENDING: &[u8] = b"P";
+/// The store's counters (`ledger::Counters`).
+pub(crate) const COUNTERS: &[u8] = b"C";
+/// A sealed known value, opened at start-up to prove the key is this store's.
+pub(crate) const KEY_CHECK: &[u8] = b"X";
 
 fn key(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     let len = 1 + parts.iter().map(|p| p.len()).sum::<usize>();

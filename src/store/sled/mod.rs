@@ -2,15 +2,19 @@
 //!
 //! * [`keys`] — the key layout (one tree; the first byte says what a key is);
 //! * [`codec`] — how records become values (postcard with a version byte, sealing);
+//! * [`open`] — opening with every check (damaged files, a lost tail of the log, the wrong
+//!   key), `herald store check | recover | backup`, and reopening after a full disk;
+//! * [`ledger`] — herald's own evidence of what was durable;
 //! * [`endpoints`] — endpoint records, their health, and a cache of decoded records;
 //! * [`queue`] — messages in, the due index, leases, decided transitions;
 //! * [`outcomes`] — attempt outcomes recorded in groups;
-//! * [`purge`] — the retention purge, in pages.
+//! * [`purge`] — the retention purge, in pages;
+//! * [`store`] — the [`Store`](super::Store) trait over all of the above.
 //!
 //! Durability: sled's own `flush` ends, on Linux, in `sync_file_range`, which neither flushes
-//! the device's write cache nor file metadata. [`SledStore::sync`] therefore follows it with an
-//! `fdatasync` of sled's log file, so an acknowledged message survives power loss, not only a
-//! killed process. Values larger than a quarter of a segment would go to separate blob files
+//! the device's write cache nor file metadata. [`SledStore::flush`] therefore follows it with
+//! an `fdatasync` of sled's log file, so an acknowledged message survives power loss, not only
+//! a killed process. Values larger than a quarter of a segment would go to separate blob files
 //! that sled never syncs; the segment size is raised to 8 MiB and payloads are capped well
 //! below 2 MiB ([`MAX_PAYLOAD_BYTES`]) so every acknowledged byte lives in the synced log.
 //!
@@ -18,32 +22,39 @@
 //! their read and their `apply_batch`; the same mutex guards the leases, which live in memory
 //! because sled's file lock allows one process per store: if the process dies, its leases die
 //! with it and the deliveries are simply due after the restart.
+//!
+//! A failed write (a full disk, an I/O error) leaves sled refusing every later write until it
+//! is reopened. The store then answers writes with [`StoreError::Unavailable`] and, at most
+//! once a second when asked again, reopens sled once the disk has room.
 
 mod codec;
 mod endpoints;
 mod keys;
+mod ledger;
+mod open;
 mod outcomes;
 mod purge;
 mod queue;
+mod store;
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::Duration;
+use std::time::Instant;
 
-use async_trait::async_trait;
+use arc_swap::ArcSwapOption;
 use sled::Batch;
 
 use super::MAX_PAYLOAD_BYTES;
-use super::seal::{Sealer, load_or_create_key};
-use super::{
-    Closing, DailyRollup, DeliveryFilter, Inserted, Lease, MessageWrite, Outcome, PurgeCursor,
-    PurgePage, Recorded, ReplayJob, ReplayState, Store, StoreError, StoreResult, Transition,
-};
-use crate::model::{Attempt, Delivery, DeliveryId, Endpoint, EndpointId, Message, MessageId};
+use super::seal::Sealer;
+use super::{Lease, StoreError, StoreResult};
+use crate::model::{DeliveryId, Endpoint, EndpointId};
 use codec::{decode, encode};
+use ledger::{Counters, Ledger};
+
+pub use open::CheckReport;
 
 /// Tuning for [`SledStore::open`].
 #[derive(Debug, Clone)]
@@ -53,7 +64,7 @@ pub struct SledOptions {
     /// Background flush interval for writes nobody waits on (attempt outcomes).
     pub lazy_flush_ms: u64,
     /// Key that seals endpoint records; `None`: `secret.key` in the store directory, created
-    /// with mode 0600 on first start.
+    /// with mode 0600 when the store is created.
     pub secret_key: Option<[u8; 32]>,
 }
 
@@ -79,320 +90,190 @@ struct Held {
     lease: Lease,
 }
 
-/// The leases of this process, by delivery. Guarded by the transition mutex.
-type Leases = HashMap<DeliveryId, Held>;
+/// What the transition mutex guards.
+#[derive(Default)]
+struct State {
+    /// The leases of this process, by delivery.
+    leases: HashMap<DeliveryId, Held>,
+    /// The store's counters as last written (key `C`).
+    counters: Counters,
+}
 
-/// sled's files, shared with the blocking threads that sync them.
-struct Files {
+/// The open sled database.
+struct Inner {
     db: sled::Db,
+    tree: sled::Tree,
     log: File,
 }
 
-impl Files {
-    fn sync(&self) -> StoreResult<()> {
+impl Inner {
+    fn sync(&self) -> sled::Result<()> {
         self.db.flush()?;
-        self.log
-            .sync_data()
-            .map_err(|e| StoreError::Backend(format!("fdatasync: {e}")))
+        self.log.sync_data()?;
+        Ok(())
     }
+}
+
+/// Why writes fail, and when reopening was last tried.
+#[derive(Default)]
+struct Broken {
+    reason: Option<String>,
+    last_try: Option<Instant>,
 }
 
 /// herald's state in a sled database directory.
 pub struct SledStore {
+    dir: PathBuf,
+    options: SledOptions,
     sealer: Sealer,
-    files: Arc<Files>,
-    tree: sled::Tree,
+    /// `None` only while sled is being reopened.
+    inner: ArcSwapOption<Inner>,
     /// Decoded endpoint records (configuration, not health). Filled on a miss and changed by
-    /// every endpoint write, both under `transition`, so a reader can never put back a record
-    /// a writer replaced.
+    /// every endpoint write, both under `state`, so a reader can never put back a record a
+    /// writer replaced.
     endpoint_cache: RwLock<HashMap<EndpointId, Endpoint>>,
-    /// Serialises state transitions; holds the leases of this process.
-    transition: Mutex<Leases>,
-    /// Pending deliveries (one due entry each). Changed only under `transition`, and stored
-    /// (key `P`) in the same atomic batch as the due entries it counts, so it is exact after a
-    /// crash too and a restart reads it instead of scanning the due index.
+    /// Serialises state transitions; holds the leases of this process and the counters.
+    state: Mutex<State>,
+    /// Pending deliveries (one due entry each). Changed only under `state`, and stored (key
+    /// `P`) in the same atomic batch as the due entries it counts, so it is exact after a crash
+    /// too and a restart reads it instead of scanning the due index.
     pending: AtomicU64,
+    ledger: Mutex<Ledger>,
+    broken: Mutex<Broken>,
 }
 
 impl SledStore {
-    /// Opens (creating if needed) the store in `dir`.
-    pub fn open(dir: &Path, options: &SledOptions) -> StoreResult<SledStore> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::Backend(format!("{}: {e}", dir.display())))?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(options.cache_bytes)
-            .segment_size(8 * 1024 * 1024)
-            .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(Some(options.lazy_flush_ms.max(1)))
-            .open()?;
-        let tree = db.open_tree("herald")?;
-        let key = match options.secret_key {
-            Some(key) => key,
-            None => load_or_create_key(&dir.join("secret.key")).map_err(StoreError::Backend)?,
-        };
-        let log_path = dir.join("db");
-        let log = File::open(&log_path)
-            .map_err(|e| StoreError::Backend(format!("{}: {e}", log_path.display())))?;
-        let pending =
-            match tree.get(keys::PENDING)? {
-                Some(stored) => u64::from_be_bytes(stored.as_ref().try_into().map_err(|_| {
-                    codec::corrupt(keys::PENDING, "the pending count is not 8 bytes")
-                })?),
-                // A store written before the count was kept: count once, then keep it.
-                None => {
-                    let counted = tree.scan_prefix([keys::DUE]).keys().count() as u64;
-                    tree.insert(keys::PENDING, &counted.to_be_bytes())?;
-                    counted
-                }
-            };
-        tracing::info!(pending, "store opened");
-        Ok(SledStore {
-            sealer: Sealer::new(&key),
-            files: Arc::new(Files { db, log }),
-            tree,
-            endpoint_cache: RwLock::new(HashMap::new()),
-            transition: Mutex::new(HashMap::new()),
-            pending: AtomicU64::new(pending),
-        })
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Leases> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave sled half-written (batches are atomic),
         // so a poisoned lock is safe to take over.
-        self.transition.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn inner(&self) -> StoreResult<Arc<Inner>> {
+        self.inner
+            .load_full()
+            .ok_or_else(|| StoreError::Unavailable("the store is being reopened".into()))
+    }
+
+    /// The tree, for reads and for building batches.
+    fn tree(&self) -> StoreResult<sled::Tree> {
+        Ok(self.inner()?.tree.clone())
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> StoreResult<Option<T>> {
-        match self.tree.get(key)? {
+        match self.tree()?.get(key)? {
             Some(bytes) => decode(key, &bytes).map(Some),
             None => Ok(None),
         }
     }
 
+    /// Refuses writes while the store is broken (a full disk), trying to reopen it first.
+    fn writable(&self) -> StoreResult<()> {
+        let reason = self.broken().reason.clone();
+        match reason {
+            None => Ok(()),
+            Some(reason) => {
+                if self.try_reopen() {
+                    Ok(())
+                } else {
+                    Err(StoreError::Unavailable(reason))
+                }
+            }
+        }
+    }
+
+    fn broken(&self) -> MutexGuard<'_, Broken> {
+        self.broken.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A write failed: I/O errors leave sled refusing writes until it is reopened.
+    fn write_failed(&self, e: sled::Error) -> StoreError {
+        match e {
+            sled::Error::Io(io) => {
+                let reason = if io.kind() == std::io::ErrorKind::StorageFull
+                    || io.to_string().contains("No space left")
+                {
+                    format!("the disk holding {} is full ({io})", self.dir.display())
+                } else {
+                    format!("writing to {} failed ({io})", self.dir.display())
+                };
+                let mut broken = self.broken();
+                if broken.reason.is_none() {
+                    tracing::error!(
+                        reason,
+                        "the store takes no writes until it can be reopened; sends are refused with 503 meanwhile"
+                    );
+                    metrics::counter!("herald_store_failures_total").increment(1);
+                }
+                broken.reason = Some(reason.clone());
+                StoreError::Unavailable(reason)
+            }
+            other => StoreError::Backend(other.to_string()),
+        }
+    }
+
+    /// Applies a batch; callers hold `state`.
+    fn apply(&self, batch: Batch) -> StoreResult<()> {
+        self.writable()?;
+        self.tree()?
+            .apply_batch(batch)
+            .map_err(|e| self.write_failed(e))
+    }
+
+    /// Applies a write that is acknowledged once flushed: the counters, changed by `change`
+    /// and with the durable-write sequence advanced (see [`ledger`]), go into the same batch,
+    /// and the pending count moves by `added - removed`. Callers hold `state`.
+    fn apply_durable(
+        &self,
+        state: &mut State,
+        mut batch: Batch,
+        (added, removed): (u64, u64),
+        change: impl FnOnce(&mut Counters),
+    ) -> StoreResult<()> {
+        let mut counters = state.counters;
+        change(&mut counters);
+        counters.seq += 1;
+        batch.insert(keys::COUNTERS, encode(&counters)?);
+        self.apply_counted(batch, added, removed)?;
+        state.counters = counters;
+        Ok(())
+    }
+
     /// Applies `batch` with the pending count moved by `added - removed`, written in the same
-    /// batch. Callers hold `transition`.
+    /// batch. Callers hold `state`.
     fn apply_counted(&self, mut batch: Batch, added: u64, removed: u64) -> StoreResult<()> {
         let count = (self.pending.load(Ordering::Relaxed) + added).saturating_sub(removed);
         if added != removed {
             batch.insert(keys::PENDING, &count.to_be_bytes());
         }
-        self.tree.apply_batch(batch)?;
+        self.apply(batch)?;
         self.pending.store(count, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Makes every write so far durable, on a blocking thread (an fsync takes milliseconds).
+    /// Makes every write so far durable (on a blocking thread: an fsync takes milliseconds),
+    /// then notes in the ledger the sequence that is now durable.
     async fn flush(&self) -> StoreResult<()> {
-        let files = self.files.clone();
-        tokio::task::spawn_blocking(move || files.sync())
+        self.writable()?;
+        let counters = self.lock().counters;
+        let inner = self.inner()?;
+        let synced = tokio::task::spawn_blocking(move || inner.sync())
             .await
-            .map_err(|e| StoreError::Backend(format!("sync thread: {e}")))?
+            .map_err(|e| StoreError::Backend(format!("sync thread: {e}")))?;
+        synced.map_err(|e| self.write_failed(e))?;
+        let entry = ledger::Entry {
+            counters,
+            written_at_ms: crate::model::now_ms(),
+        };
+        let written = self
+            .ledger
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .write(&entry);
+        written.map_err(|e| self.write_failed(sled::Error::Io(e)))
     }
 
-    fn running_jobs_now(&self) -> StoreResult<Vec<ReplayJob>> {
-        let mut jobs = Vec::new();
-        for entry in self.tree.scan_prefix([keys::JOB]) {
-            let (key, value) = entry?;
-            let job: ReplayJob = decode(&key, &value)?;
-            if job.state == ReplayState::Running {
-                jobs.push(job);
-            }
-        }
-        Ok(jobs)
-    }
-}
-
-#[async_trait]
-impl Store for SledStore {
-    async fn put_endpoint(&self, endpoint: &Endpoint) -> StoreResult<()> {
-        self.put_endpoint_now(endpoint)?;
-        self.flush().await
-    }
-
-    async fn endpoint(&self, id: EndpointId) -> StoreResult<Option<Endpoint>> {
-        self.endpoint_now(id)
-    }
-
-    async fn endpoints(&self, tenant: Option<&str>) -> StoreResult<Vec<Endpoint>> {
-        self.endpoints_now(tenant)
-    }
-
-    async fn disable_endpoint(
-        &self,
-        id: EndpointId,
-        now_ms: u64,
-        reason: &str,
-    ) -> StoreResult<bool> {
-        let disabled = self.disable_endpoint_now(id, now_ms, reason)?;
-        self.flush().await?;
-        Ok(disabled)
-    }
-
-    async fn enable_endpoint(&self, id: EndpointId, now_ms: u64) -> StoreResult<Option<Endpoint>> {
-        let endpoint = self.enable_endpoint_now(id, now_ms)?;
-        self.flush().await?;
-        Ok(endpoint)
-    }
-
-    async fn delete_endpoint(&self, id: EndpointId, closing: &Closing) -> StoreResult<bool> {
-        let deleted = self.delete_endpoint_now(id, closing)?;
-        self.flush().await?;
-        Ok(deleted)
-    }
-
-    async fn insert_messages(&self, writes: &[MessageWrite]) -> StoreResult<Vec<Inserted>> {
-        let answers = self.insert_messages_now(writes)?;
-        self.flush().await?;
-        Ok(answers)
-    }
-
-    async fn message(&self, id: MessageId) -> StoreResult<Option<Message>> {
-        let key = keys::message(id);
-        match self.tree.get(&key)? {
-            Some(bytes) => codec::decode_message(&self.sealer, &key, &bytes).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    async fn message_deliveries(&self, id: MessageId) -> StoreResult<Vec<Delivery>> {
-        self.message_deliveries_now(id)
-    }
-
-    async fn delivery(&self, id: DeliveryId) -> StoreResult<Option<Delivery>> {
-        self.get(&keys::delivery(id))
-    }
-
-    async fn attempts(&self, id: DeliveryId) -> StoreResult<Vec<Attempt>> {
-        self.tree
-            .scan_prefix(keys::attempts_prefix(id))
-            .map(|entry| {
-                let (key, value) = entry?;
-                decode(&key, &value)
-            })
-            .collect()
-    }
-
-    async fn deliveries(&self, filter: &DeliveryFilter) -> StoreResult<Vec<Delivery>> {
-        self.deliveries_now(filter)
-    }
-
-    async fn endpoint_days(
-        &self,
-        endpoint: EndpointId,
-        first: u32,
-        last: u32,
-    ) -> StoreResult<Vec<(u32, DailyRollup)>> {
-        let start = keys::stats(endpoint, first);
-        let end = keys::stats(endpoint, last.saturating_add(1));
-        self.tree
-            .range(start..end)
-            .map(|entry| {
-                let (key, value) = entry?;
-                Ok((keys::stats_day(&key).unwrap_or(0), decode(&key, &value)?))
-            })
-            .collect()
-    }
-
-    async fn dedup_digest(&self, endpoint: EndpointId, key: &str) -> StoreResult<Option<[u8; 32]>> {
-        Ok(self
-            .tree
-            .get(keys::dedup(endpoint, key))?
-            .and_then(|v| v.as_ref().try_into().ok()))
-    }
-
-    async fn due_heads(&self, now_ms: u64) -> StoreResult<Vec<(EndpointId, u64)>> {
-        let mut heads = Vec::new();
-        for endpoint in self.endpoints_now(None)? {
-            if let Some(head) = self.due_head_now(endpoint.id, now_ms)? {
-                heads.push((endpoint.id, head));
-            }
-        }
-        Ok(heads)
-    }
-
-    async fn due_head(&self, endpoint: EndpointId, now_ms: u64) -> StoreResult<Option<u64>> {
-        self.due_head_now(endpoint, now_ms)
-    }
-
-    async fn claim(
-        &self,
-        endpoint: EndpointId,
-        now_ms: u64,
-        limit: usize,
-        lease_for: Duration,
-    ) -> StoreResult<Vec<Lease>> {
-        self.claim_now(endpoint, now_ms, limit, lease_for)
-    }
-
-    async fn release(&self, leases: &[Lease]) -> StoreResult<()> {
-        let mut held = self.lock();
-        for lease in leases {
-            if held
-                .get(&lease.delivery_id)
-                .is_some_and(|h| h.lease.token == lease.token)
-            {
-                held.remove(&lease.delivery_id);
-            }
-        }
-        Ok(())
-    }
-
-    async fn record_outcomes(
-        &self,
-        outcomes: Vec<Outcome>,
-    ) -> StoreResult<Vec<StoreResult<Recorded>>> {
-        self.record_outcomes_now(outcomes)
-    }
-
-    async fn apply_transitions(
-        &self,
-        transitions: &[Transition],
-        job: Option<&ReplayJob>,
-    ) -> StoreResult<()> {
-        self.apply_transitions_now(transitions, job)?;
-        self.flush().await
-    }
-
-    async fn purge_page(
-        &self,
-        cutoff_ms: u64,
-        cursor: Option<PurgeCursor>,
-        budget: usize,
-    ) -> StoreResult<PurgePage> {
-        self.purge_page_now(cutoff_ms, cursor, budget)
-    }
-
-    async fn put_job(&self, job: &ReplayJob) -> StoreResult<()> {
-        self.tree.insert(keys::job(&job.id), encode(job)?)?;
-        self.flush().await
-    }
-
-    async fn job(&self, id: uuid::Uuid) -> StoreResult<Option<ReplayJob>> {
-        self.get(&keys::job(&id))
-    }
-
-    async fn running_jobs(&self) -> StoreResult<Vec<ReplayJob>> {
-        self.running_jobs_now()
-    }
-
-    async fn pending_count(&self) -> StoreResult<u64> {
-        Ok(self.pending.load(Ordering::Relaxed))
-    }
-
-    async fn sync(&self) -> StoreResult<()> {
-        self.flush().await
-    }
-
-    async fn check(&self) -> StoreResult<()> {
-        Ok(())
-    }
-
-    fn max_payload_bytes(&self) -> usize {
+    fn payload_ceiling() -> usize {
         MAX_PAYLOAD_BYTES
-    }
-
-    async fn size_on_disk(&self) -> StoreResult<Option<u64>> {
-        Ok(Some(self.files.db.size_on_disk()?))
     }
 }

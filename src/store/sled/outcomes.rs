@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use sled::Batch;
 
 use super::codec::{Health, encode};
-use super::{Leases, SledStore, keys};
+use super::{SledStore, State, keys};
 use crate::model::{Delivery, DeliveryId, DeliveryStatus, EndpointId};
 use crate::store::rollup::day_of;
 use crate::store::{DailyRollup, HealthChange, Outcome, Recorded, StoreError, StoreResult};
@@ -34,11 +34,11 @@ impl SledStore {
         &self,
         outcomes: Vec<Outcome>,
     ) -> StoreResult<Vec<StoreResult<Recorded>>> {
-        let mut leases = self.lock();
+        let mut state = self.lock();
         let mut group = Group::default();
         let mut answers = Vec::with_capacity(outcomes.len());
         for outcome in outcomes {
-            answers.push(self.record_one(&mut group, &mut leases, outcome));
+            answers.push(self.record_one(&mut group, &mut state, outcome));
         }
         for (key, day) in &group.stats {
             group.batch.insert(key.as_slice(), encode(day)?);
@@ -61,7 +61,7 @@ impl SledStore {
     fn record_one(
         &self,
         group: &mut Group,
-        leases: &mut Leases,
+        state: &mut State,
         outcome: Outcome,
     ) -> StoreResult<Recorded> {
         let lease = outcome.lease;
@@ -72,17 +72,18 @@ impl SledStore {
                 .get(&keys::delivery(id))?
                 .ok_or_else(|| StoreError::NotFound(format!("delivery {id}")))?,
         };
-        let held = leases
+        let held = state
+            .leases
             .get(&id)
             .is_some_and(|h| h.lease.token == lease.token);
         if held {
-            leases.remove(&id);
+            state.leases.remove(&id);
         }
         let lease_key = keys::due(lease.endpoint_id, lease.due_ms, id);
         let stale = !held
             || (!group.added_due.contains(&lease_key)
                 && (group.removed_due.contains(&lease_key)
-                    || !self.tree.contains_key(&lease_key)?));
+                    || !self.tree()?.contains_key(&lease_key)?));
         let attempt = &outcome.attempt;
         group
             .batch

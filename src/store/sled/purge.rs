@@ -26,13 +26,17 @@ impl SledStore {
         budget: usize,
     ) -> StoreResult<PurgePage> {
         let cursor = cursor.map_or_else(|| vec![keys::MESSAGE], |c| c.0);
-        let _guard = self.lock();
-        let (mut page, next) = match cursor.first() {
+        let mut state = self.lock();
+        let (mut page, batch, next) = match cursor.first() {
             Some(&keys::MESSAGE) => self.purge_messages(cutoff_ms, cursor, budget)?,
             Some(&keys::ATTEMPT) => self.purge_attempts(cutoff_ms, cursor, budget)?,
             Some(&keys::STATS) => self.purge_rollups(cutoff_ms, cursor, budget)?,
-            _ => (PurgePage::default(), None),
+            _ => (PurgePage::default(), Batch::default(), None),
         };
+        let purged = page.messages;
+        self.apply_durable(&mut state, batch, (0, 0), |c| {
+            c.messages = c.messages.saturating_sub(purged)
+        })?;
         page.next = next.map(PurgeCursor);
         Ok(page)
     }
@@ -43,13 +47,13 @@ impl SledStore {
         cutoff_ms: u64,
         cursor: Vec<u8>,
         budget: usize,
-    ) -> StoreResult<(PurgePage, Option<Vec<u8>>)> {
+    ) -> StoreResult<(PurgePage, Batch, Option<Vec<u8>>)> {
         let end = keys::message(MessageId(first_id_at(cutoff_ms).0));
         let mut page = PurgePage::default();
         let mut batch = Batch::default();
         let mut scanned = 0;
         let mut last = None;
-        for entry in self.tree.range(cursor..end).take(budget) {
+        for entry in self.tree()?.range(cursor..end).take(budget) {
             let (key, value) = entry?;
             scanned += 1;
             last = Some(key.to_vec());
@@ -60,7 +64,7 @@ impl SledStore {
             }
             for delivery in &deliveries {
                 for attempt in self
-                    .tree
+                    .tree()?
                     .scan_prefix(keys::attempts_prefix(delivery.id))
                     .keys()
                 {
@@ -77,9 +81,8 @@ impl SledStore {
             batch.remove(key);
             page.messages += 1;
         }
-        self.tree.apply_batch(batch)?;
         let next = resume_after(last, scanned == budget).or(Some(vec![keys::ATTEMPT]));
-        Ok((page, next))
+        Ok((page, batch, next))
     }
 
     /// Phase 2: attempts older than the cutoff of deliveries that are kept.
@@ -88,7 +91,7 @@ impl SledStore {
         cutoff_ms: u64,
         cursor: Vec<u8>,
         budget: usize,
-    ) -> StoreResult<(PurgePage, Option<Vec<u8>>)> {
+    ) -> StoreResult<(PurgePage, Batch, Option<Vec<u8>>)> {
         // Attempts are keyed by delivery id, which starts with its creation time: every attempt
         // older than the cutoff belongs to a delivery created before it.
         let end = keys::attempts_prefix(first_id_at(cutoff_ms));
@@ -96,7 +99,7 @@ impl SledStore {
         let mut batch = Batch::default();
         let mut scanned = 0;
         let mut last = None;
-        for entry in self.tree.range(cursor..end).take(budget) {
+        for entry in self.tree()?.range(cursor..end).take(budget) {
             let (key, value) = entry?;
             scanned += 1;
             let attempt: Attempt = decode(&key, &value)?;
@@ -106,9 +109,8 @@ impl SledStore {
             }
             last = Some(key.to_vec());
         }
-        self.tree.apply_batch(batch)?;
         let next = resume_after(last, scanned == budget).or(Some(vec![keys::STATS]));
-        Ok((page, next))
+        Ok((page, batch, next))
     }
 
     /// Phase 3: daily roll-ups of days before the cutoff day.
@@ -117,14 +119,14 @@ impl SledStore {
         cutoff_ms: u64,
         cursor: Vec<u8>,
         budget: usize,
-    ) -> StoreResult<(PurgePage, Option<Vec<u8>>)> {
+    ) -> StoreResult<(PurgePage, Batch, Option<Vec<u8>>)> {
         let cutoff_day = day_of(cutoff_ms);
         let mut page = PurgePage::default();
         let mut batch = Batch::default();
         let mut scanned = 0;
         let mut last = None;
         for entry in self
-            .tree
+            .tree()?
             .range(cursor..vec![keys::STATS + 1])
             .keys()
             .take(budget)
@@ -137,7 +139,6 @@ impl SledStore {
             }
             last = Some(key.to_vec());
         }
-        self.tree.apply_batch(batch)?;
-        Ok((page, resume_after(last, scanned == budget)))
+        Ok((page, batch, resume_after(last, scanned == budget)))
     }
 }

@@ -42,14 +42,15 @@ impl SledStore {
         let mut answers = Vec::with_capacity(writes.len());
         let mut claimed_keys: HashMap<Vec<u8>, MessageId> = HashMap::new();
         let mut added = 0;
-        let _guard = self.lock();
+        let mut state = self.lock();
+        let mut created = 0;
         for write in writes {
             let message = &write.message;
             if let Some(idempotency_key) = &message.idempotency_key {
                 let key = keys::idempotency(&message.tenant, idempotency_key);
                 let earlier = match claimed_keys.get(&key) {
                     Some(id) => Some(*id),
-                    None => match self.tree.get(&key)? {
+                    None => match self.tree()?.get(&key)? {
                         Some(existing) => Some(
                             MessageId::from_slice(&existing)
                                 .ok_or_else(|| codec::corrupt(&key, "not a message id"))?,
@@ -77,15 +78,16 @@ impl SledStore {
                 }
             }
             answers.push(Inserted::Created);
+            created += 1;
         }
-        self.apply_counted(batch, added, 0)?;
+        self.apply_durable(&mut state, batch, (added, 0), |c| c.messages += created)?;
         Ok(answers)
     }
 
     pub(super) fn message_deliveries_now(&self, id: MessageId) -> StoreResult<Vec<Delivery>> {
         let prefix = keys::message_deliveries_prefix(id);
         let mut out = Vec::new();
-        for entry in self.tree.scan_prefix(&prefix).keys() {
+        for entry in self.tree()?.scan_prefix(&prefix).keys() {
             let key = entry?;
             if let Some(delivery_id) = DeliveryId::from_slice(&key[prefix.len()..])
                 && let Some(delivery) = self.get(&keys::delivery(delivery_id))?
@@ -112,7 +114,7 @@ impl SledStore {
         if start >= end {
             return Ok(Vec::new());
         }
-        let range = self.tree.range(start..end);
+        let range = self.tree()?.range(start..end);
         let entries: Box<dyn Iterator<Item = sled::Result<(IVec, IVec)>>> = if filter.newest_first {
             Box::new(range.rev())
         } else {
@@ -141,10 +143,11 @@ impl SledStore {
         endpoint: EndpointId,
         now_ms: u64,
     ) -> StoreResult<Option<u64>> {
-        let leases = self.lock();
-        for key in self.tree.scan_prefix(keys::due_prefix(endpoint)).keys() {
+        let state = self.lock();
+        for key in self.tree()?.scan_prefix(keys::due_prefix(endpoint)).keys() {
             if let Some((_, due_ms, delivery_id)) = keys::parse_due(&key?) {
-                let live = leases
+                let live = state
+                    .leases
                     .get(&delivery_id)
                     .is_some_and(|h| h.lease.expires_at_ms > now_ms);
                 if !live {
@@ -166,17 +169,18 @@ impl SledStore {
         let start = keys::due(endpoint, 0, nil);
         let end = keys::due(endpoint, now_ms.saturating_add(1), nil);
         let expires_at_ms = now_ms.saturating_add(lease_for.as_millis() as u64);
-        let mut leases = self.lock();
+        let mut state = self.lock();
         let mut claimed = Vec::new();
         // Skips at most the endpoint's own live leases (bounded by its concurrency).
-        for key in self.tree.range(start..end).keys() {
+        for key in self.tree()?.range(start..end).keys() {
             if claimed.len() == limit {
                 break;
             }
             let Some((_, due_ms, delivery_id)) = keys::parse_due(&key?) else {
                 continue;
             };
-            if leases
+            if state
+                .leases
                 .get(&delivery_id)
                 .is_some_and(|h| h.lease.expires_at_ms > now_ms)
             {
@@ -189,7 +193,7 @@ impl SledStore {
                 expires_at_ms,
                 token: LeaseToken::new(),
             };
-            leases.insert(delivery_id, Held { lease });
+            state.leases.insert(delivery_id, Held { lease });
             claimed.push(lease);
         }
         Ok(claimed)
@@ -201,7 +205,7 @@ impl SledStore {
         transitions: &[Transition],
         job: Option<&ReplayJob>,
     ) -> StoreResult<()> {
-        let mut leases = self.lock();
+        let mut state = self.lock();
         let mut batch = Batch::default();
         let (mut added, mut removed) = (0, 0);
         let mut seen = HashMap::new();
@@ -219,7 +223,7 @@ impl SledStore {
                 )));
             }
             let new = &transition.delivery;
-            if leases.contains_key(&id) && new.status == DeliveryStatus::Pending {
+            if state.leases.contains_key(&id) && new.status == DeliveryStatus::Pending {
                 return Err(StoreError::Conflict(format!(
                     "delivery {id} is being attempted right now"
                 )));
@@ -238,9 +242,9 @@ impl SledStore {
         if let Some(job) = job {
             batch.insert(keys::job(&job.id), encode(job)?);
         }
-        self.apply_counted(batch, added, removed)?;
+        self.apply_durable(&mut state, batch, (added, removed), |_| {})?;
         for id in seen.keys() {
-            leases.remove(id); // revoked: a late outcome under it is kept as a stale attempt
+            state.leases.remove(id); // revoked: a late outcome under it is kept as a stale attempt
         }
         Ok(())
     }
