@@ -322,14 +322,20 @@ impl SledStore {
         })
     }
 
-    /// Reopens sled after a failed write once the disk has room again; at most once a second.
+    /// Reopens sled after a failed write once the disk has room again (a reopen that fails is
+    /// tried again at most once a second).
     /// True when the store takes writes again.
     pub(super) fn try_reopen(&self) -> bool {
+        if self.broken().reason.is_none() {
+            return true;
+        }
+        // Reopening needs room for a new segment; while the disk is still full, keep serving
+        // reads from the store as it is. (statvfs is cheap: checked on every ask.)
+        if free_bytes(&self.dir).is_some_and(|free| free < 2 * SEGMENT_BYTES as u64) {
+            return false;
+        }
         {
             let mut broken = self.broken();
-            if broken.reason.is_none() {
-                return true;
-            }
             if broken
                 .last_try
                 .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1))
@@ -337,9 +343,6 @@ impl SledStore {
                 return false;
             }
             broken.last_try = Some(std::time::Instant::now());
-        }
-        if free_bytes(&self.dir).is_some_and(|free| free < 2 * SEGMENT_BYTES as u64) {
-            return false; // still full: keep serving reads from the open store
         }
         let mut state = self.lock();
         drop(self.inner.swap(None));
