@@ -12,6 +12,7 @@ use tracing::Instrument;
 use super::Engine;
 use super::accept::digest;
 use super::decide::{self, AttemptFacts, Decision, Judged};
+use super::window::{self, Pace};
 use crate::api::AttemptEvent;
 use crate::error::Result;
 use crate::model::{DeliveryStatus, Endpoint, now_ms};
@@ -19,8 +20,9 @@ use crate::policy::Policy;
 use crate::store::{Lease, Outcome, Recorded};
 use crate::transport::{Request, SignInput, encode, sign};
 
-/// Attempts a leased delivery. Returns the next due time if the delivery was rescheduled.
-pub(crate) async fn run(engine: &Engine, lease: Lease) -> Option<u64> {
+/// Attempts a leased delivery. Returns the next due time if the delivery was rescheduled, and
+/// what the attempt said about the receiver's capacity (if one was made).
+pub(crate) async fn run(engine: &Engine, lease: Lease) -> (Option<u64>, Option<Pace>) {
     let span = tracing::info_span!(
         "attempt",
         delivery = %lease.delivery_id,
@@ -30,25 +32,28 @@ pub(crate) async fn run(engine: &Engine, lease: Lease) -> Option<u64> {
     match attempt(engine, lease).instrument(span).await {
         Ok(next) => next,
         Err(e) => {
-            // The lease runs out (or dies with the process) and the delivery is due again.
+            // Given back: the delivery is due again as it was (the attempt is repeated).
             tracing::error!(delivery = %lease.delivery_id, error = %e, "attempt could not be recorded");
-            None
+            if let Err(e) = engine.store.release(&[lease]).await {
+                tracing::warn!(error = %e, "lease not given back; it runs out by itself");
+            }
+            (None, None)
         }
     }
 }
 
-async fn attempt(engine: &Engine, lease: Lease) -> Result<Option<u64>> {
+async fn attempt(engine: &Engine, lease: Lease) -> Result<(Option<u64>, Option<Pace>)> {
     let store = &engine.store;
     let delivery = store.delivery(lease.delivery_id).await?;
     let endpoint = store.endpoint(lease.endpoint_id).await?;
     let (Some(delivery), Some(endpoint)) = (delivery, endpoint) else {
         // Deleted meanwhile: nothing to attempt.
         store.release(&[lease]).await?;
-        return Ok(None);
+        return Ok((None, None));
     };
     if delivery.status != DeliveryStatus::Pending {
         store.release(&[lease]).await?;
-        return Ok(None);
+        return Ok((None, None));
     }
     tracing::Span::current().record("message_id", tracing::field::display(delivery.message_id));
     let message = store.message(delivery.message_id).await?;
@@ -108,10 +113,11 @@ async fn attempt(engine: &Engine, lease: Lease) -> Result<Option<u64>> {
             .await?;
     }
     publish(engine, &endpoint, policy.as_deref(), &decision, recorded);
-    Ok(match decision.delivery.next_attempt_at {
+    let next_due = match decision.delivery.next_attempt_at {
         Some(due) if !recorded.stale => Some(due),
         _ => None,
-    })
+    };
+    Ok((next_due, Some(window::pace(&decision.attempt))))
 }
 
 /// Metrics, a log line and the outcome event of one recorded attempt.

@@ -21,6 +21,7 @@ mod record;
 mod replay;
 mod retention;
 mod scheduler;
+mod window;
 
 use std::sync::Arc;
 use std::time::Duration;

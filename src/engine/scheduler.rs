@@ -15,9 +15,14 @@
 //!   claimer at a time. If the process dies mid-attempt, the lease expires (or, in the embedded
 //!   store, dies with the process) and the delivery is simply due again; nothing needs
 //!   repairing at start-up.
-//! * Isolation: an endpoint never has more than `limit` attempts in flight nor `2 × limit`
-//!   claims, so a dead endpoint holds only its own budget; the global `max_in_flight` bounds the
-//!   claims of all endpoints together.
+//! * Isolation: an endpoint never has more attempts in flight than its adaptive window
+//!   ([`Window`]: one for a receiver that hangs, up to `endpoint_concurrency` for one that
+//!   answers) nor more than twice that in claims. The global `max_in_flight` bounds the claims
+//!   of all endpoints together, and it is shared fairly: of the endpoints due now, those with
+//!   the fewest claims outstanding claim first, and while the budget is short no endpoint takes
+//!   more than an equal share of what is left. So a hundred hung endpoints hold about two
+//!   hundred claims, not the whole budget, and a healthy endpoint's next delivery is claimed at
+//!   once.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,6 +31,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use super::Engine;
+use super::window::{Pace, Window};
 use crate::model::{EndpointId, now_ms};
 use crate::store::Lease;
 
@@ -38,10 +44,12 @@ struct Slot {
     queue: VecDeque<Lease>,
     /// Claims not yet finished: queued plus being attempted.
     outstanding: usize,
+    /// Claims being attempted now.
+    in_flight: usize,
     /// Runner tasks alive (each attempts one delivery at a time).
     runners: usize,
-    /// Attempts in flight at most.
-    limit: usize,
+    /// How many attempts may be in flight now.
+    window: Window,
     /// Disabled endpoints are not scheduled; their deliveries wait (held).
     enabled: bool,
     /// A claim for this slot is under way outside the lock.
@@ -80,7 +88,7 @@ impl State {
         if let Some(old) = slot.ready_key.take() {
             self.ready.remove(&(old, endpoint));
         }
-        let eligible = slot.enabled && !slot.claiming && slot.outstanding <= slot.limit;
+        let eligible = slot.enabled && !slot.claiming && slot.outstanding <= slot.window.limit();
         match slot.head.filter(|_| eligible) {
             Some(head) => {
                 slot.ready_key = Some(head);
@@ -115,8 +123,9 @@ impl Scheduler {
             head: None,
             queue: VecDeque::new(),
             outstanding: 0,
+            in_flight: 0,
             runners: 0,
-            limit: self.endpoint_limit,
+            window: Window::new(self.endpoint_limit),
             enabled: true,
             claiming: false,
             ready_key: None,
@@ -161,23 +170,36 @@ impl Scheduler {
         dropped
     }
 
-    /// One claimed delivery of `endpoint` is done; `next_due` when it was rescheduled.
-    fn finished(&self, endpoint: EndpointId, next_due: Option<u64>) {
+    /// One claimed delivery of `endpoint` is done; `next_due` when it was rescheduled, and
+    /// what the attempt said about the receiver's capacity. Returns how many more runners the
+    /// endpoint may have now that its window moved.
+    fn finished(&self, endpoint: EndpointId, next_due: Option<u64>, pace: Option<Pace>) -> usize {
         let mut state = self.lock();
         let was_full = state.outstanding >= self.max_in_flight;
         state.outstanding -= 1;
         metrics::gauge!("herald_in_flight").set(state.outstanding as f64);
         let slot = self.slot(&mut state, endpoint);
         slot.outstanding -= 1;
+        slot.in_flight -= 1;
+        if let Some(pace) = pace {
+            slot.window.record(pace);
+        }
         if let Some(due) = next_due {
             slot.head = Some(slot.head.map_or(due, |h| h.min(due)));
         }
+        let more = slot
+            .window
+            .limit()
+            .saturating_sub(slot.runners)
+            .min(slot.queue.len());
+        slot.runners += more;
         if state.refresh(endpoint) || was_full {
             self.wake.notify_one();
         }
         if state.outstanding == 0 {
             self.idle.notify_waiters();
         }
+        more
     }
 
     /// True once shutdown has begun.
@@ -237,32 +259,54 @@ enum Pass {
     Sleep(Option<u64>),
 }
 
-/// Takes every slot that is due now (within the global budget) out of `ready`, reserving
-/// its claim count; or, with nothing due, says when to wake.
+/// Takes every slot that is due now out of `ready`, reserving its claim count within the
+/// global budget: the slots with the fewest claims outstanding first, and while the budget
+/// cannot satisfy every slot, none more than an equal share of it. With nothing due, says when
+/// to wake.
 fn plan_pass(scheduler: &Scheduler, now: u64) -> Pass {
     let mut state = scheduler.lock();
     if state.stopping {
         return Pass::Stop;
     }
     state.wake_at = 0; // awake: anyone adding work must notify
+    let mut due: Vec<(usize, u64, EndpointId)> = Vec::new();
+    let mut wanted = 0;
+    for &(head, endpoint) in state
+        .ready
+        .range(..(now.saturating_add(1), EndpointId(uuid::Uuid::nil())))
+    {
+        let slot = &state.slots[&endpoint];
+        let want = 2 * slot.window.limit() - slot.outstanding;
+        wanted += want;
+        due.push((slot.outstanding, head, endpoint));
+    }
+    let room = scheduler.max_in_flight.saturating_sub(state.outstanding);
     let mut plans = Vec::new();
-    while state.outstanding < scheduler.max_in_flight {
-        let Some(&(head, endpoint)) = state.ready.first() else {
-            break;
+    if room > 0 && !due.is_empty() {
+        due.sort_unstable();
+        let share = if wanted > room {
+            (room / due.len()).max(1)
+        } else {
+            usize::MAX
         };
-        if head > now {
-            break;
+        let mut left = room;
+        for (_, head, endpoint) in due {
+            if left == 0 {
+                break;
+            }
+            state.ready.remove(&(head, endpoint));
+            let slot = scheduler.slot(&mut state, endpoint);
+            slot.ready_key = None;
+            slot.claiming = true;
+            slot.head = None;
+            let count = (2 * slot.window.limit() - slot.outstanding)
+                .min(share)
+                .min(left);
+            slot.outstanding += count;
+            left -= count;
+            plans.push(ClaimPlan { endpoint, count });
         }
-        state.ready.remove(&(head, endpoint));
-        let room = scheduler.max_in_flight - state.outstanding;
-        let slot = scheduler.slot(&mut state, endpoint);
-        slot.ready_key = None;
-        slot.claiming = true;
-        slot.head = None;
-        let count = (2 * slot.limit - slot.outstanding).min(room);
-        slot.outstanding += count;
-        state.outstanding += count;
-        plans.push(ClaimPlan { endpoint, count });
+        state.outstanding += room - left;
     }
     if !plans.is_empty() {
         return Pass::Claim(plans);
@@ -335,13 +379,24 @@ fn queue_claims(engine: &Arc<Engine>, plan: ClaimPlan, claims: Vec<Lease>, head:
         (a, b) => a.or(b),
     };
     slot.queue.extend(claims);
-    let start = (slot.limit - slot.runners.min(slot.limit)).min(slot.queue.len());
+    let start = slot
+        .window
+        .limit()
+        .saturating_sub(slot.runners)
+        .min(slot.queue.len());
     slot.runners += start;
     state.refresh(endpoint);
     drop(state);
     for _ in 0..start {
-        tokio::spawn(runner(engine.clone(), endpoint));
+        spawn_runner(engine.clone(), endpoint);
     }
+}
+
+/// Starts a runner. (A named future type: runners start runners when a window grows.)
+fn spawn_runner(engine: Arc<Engine>, endpoint: EndpointId) {
+    let task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
+        Box::pin(runner(engine, endpoint));
+    tokio::spawn(task);
 }
 
 /// Attempts one endpoint's queued claims, one at a time, until the queue is empty. When the
@@ -354,7 +409,12 @@ async fn runner(engine: Arc<Engine>, endpoint: EndpointId) {
             let mut state = scheduler.lock();
             let slot = scheduler.slot(&mut state, endpoint);
             if slot.enabled {
-                slot.queue.pop_front().ok_or_else(Vec::new)
+                // The window may have shrunk: a runner beyond it stops.
+                let next = (slot.in_flight < slot.window.limit())
+                    .then(|| slot.queue.pop_front())
+                    .flatten();
+                slot.in_flight += usize::from(next.is_some());
+                next.ok_or_else(Vec::new)
             } else {
                 let returned: Vec<Lease> = slot.queue.drain(..).collect();
                 slot.outstanding -= returned.len();
@@ -379,7 +439,9 @@ async fn runner(engine: Arc<Engine>, endpoint: EndpointId) {
                 return;
             }
         };
-        let next_due = super::attempt::run(&engine, claim).await;
-        scheduler.finished(endpoint, next_due);
+        let (next_due, pace) = super::attempt::run(&engine, claim).await;
+        for _ in 0..scheduler.finished(endpoint, next_due, pace) {
+            spawn_runner(engine.clone(), endpoint);
+        }
     }
 }
