@@ -486,7 +486,7 @@ fn seed_history(store_dir: &Path, endpoints: &[String]) -> (usize, String) {
                 let tries = if fails {
                     3
                 } else {
-                    1 + (next() % 10 == 0) as u64
+                    1 + (next() % 25 == 0) as u64
                 };
                 for n in 0..tries {
                     let success = !fails && n == tries - 1;
@@ -616,6 +616,9 @@ async fn thousands_of_deliveries_are_paged_and_fourteen_days_are_charted() {
     );
     browser.wait_for("#recent-title", None, PATIENCE).await;
     browser.screenshot("endpoint-desktop").await;
+    browser.color_scheme("dark").await;
+    browser.screenshot("endpoint-desktop-dark").await;
+    browser.color_scheme("light").await;
     // The chart is redrawn for the narrower screen.
     phone_screenshot(
         &browser,

@@ -194,6 +194,18 @@ impl Browser {
         .await;
     }
 
+    /// Makes the page see `prefers-color-scheme: dark` (or `light`).
+    pub async fn color_scheme(&self, scheme: &str) {
+        self.cmd(
+            "POST",
+            "/goog/cdp/execute",
+            Some(json!({"cmd": "Emulation.setEmulatedMedia", "params": {
+                "features": [{"name": "prefers-color-scheme", "value": scheme}],
+            }})),
+        )
+        .await;
+    }
+
     /// Runs a script in the page and returns its value.
     pub async fn script(&self, source: &str, args: Value) -> Value {
         self.cmd(
