@@ -434,12 +434,14 @@ const TRAFFIC: [Traffic; 5] = [
 ];
 
 /// Writes 14 days of deliveries and attempts for `endpoints` straight into a stopped daemon's
-/// store (a live daemon can only make history from now on). Returns the deliveries written and
-/// one failed delivery of the first endpoint.
-fn seed_history(store_dir: &Path, endpoints: &[String]) -> (usize, String) {
-    use common::fixtures::{outcome, put_message};
-    use herald::model::{DeliveryStatus, EndpointId, ErrorKind};
-    use herald::store::{NextStep, SledOptions, SledStore, Store};
+/// store (a live daemon can only make history from now on): each endpoint's deliveries in one
+/// batch, their attempts recorded as outcomes of leases the store never handed out, which add
+/// the attempts, the daily roll-up and the failure count and leave the deliveries as written.
+/// Returns the deliveries written and one failed delivery of the first endpoint.
+async fn seed_history(store_dir: &Path, endpoints: &[String]) -> (usize, String) {
+    use common::fixtures::{delivery_record, message_record, outcome};
+    use herald::model::{Attempt, DeliveryStatus, EndpointId, ErrorKind};
+    use herald::store::{Lease, LeaseToken, MessageWrite, SledOptions, SledStore, Store};
 
     const DAY: u64 = 86_400_000;
     let store = SledStore::open(store_dir, &SledOptions::default()).unwrap();
@@ -456,6 +458,8 @@ fn seed_history(store_dir: &Path, endpoints: &[String]) -> (usize, String) {
     let mut failed_example = None;
     for (traffic, id) in TRAFFIC.iter().zip(endpoints) {
         let endpoint: EndpointId = id.parse().unwrap();
+        let mut writes = Vec::new();
+        let mut outcomes = Vec::new();
         for days_ago in (0..14u64).rev() {
             let start = today - days_ago * DAY;
             // Quieter weekends, an outage at globex four days ago.
@@ -467,64 +471,81 @@ fn seed_history(store_dir: &Path, endpoints: &[String]) -> (usize, String) {
             };
             let outage = traffic.tenant == "globex" && days_ago == 4;
             let span = if days_ago == 0 { now - start } else { DAY };
-            let count = if days_ago == 0 {
-                volume * span / DAY
-            } else {
-                volume
-            };
+            let count = volume * span / DAY;
             let mut times: Vec<u64> = (0..count).map(|_| start + next() % span).collect();
             times.sort_unstable();
             for at in times {
                 let fails = outage && next() % 3 != 0
                     || (next() % 1000) as f64 / 1000.0 < traffic.failure_rate;
+                let tries = if fails {
+                    3
+                } else {
+                    1 + (next() % 25 == 0) as u32
+                };
+                let message = message_record(at, None);
                 let status = if fails {
                     DeliveryStatus::Failed
                 } else {
                     DeliveryStatus::Succeeded
                 };
-                let (_, delivery) = put_message(&store, endpoint, at, status);
-                let tries = if fails {
-                    3
-                } else {
-                    1 + (next() % 25 == 0) as u64
-                };
-                for n in 0..tries {
-                    let success = !fails && n == tries - 1;
-                    let started = at + n * 60_000;
-                    let mut record = outcome(
-                        endpoint,
-                        delivery,
-                        0,
-                        started,
+                let mut delivery = delivery_record(&message, endpoint, status, 0);
+                for n in 1..=tries {
+                    let success = !fails && n == tries;
+                    let mut attempt = Attempt {
+                        attempt: n,
+                        cycle: 1,
+                        started_at: at + u64::from(n - 1) * 60_000,
+                        duration_ms: traffic.latency_ms * 3 / 4
+                            + next() % (traffic.latency_ms / 2 + 1),
+                        status_code: Some(200),
+                        error: None,
+                        error_detail: None,
+                        response_excerpt: "{\"received\":true}".into(),
                         success,
-                        NextStep::Retry {
-                            due_ms: 0,
-                            anchor_ms: 0,
-                        },
-                    );
-                    let jitter = next() % (traffic.latency_ms / 2 + 1);
-                    record.attempt.duration_ms = traffic.latency_ms * 3 / 4 + jitter;
-                    if success {
-                        record.attempt.response_excerpt = "{\"received\":true}".into();
-                    } else if next() % 4 == 0 {
-                        record.attempt.status_code = None;
-                        record.attempt.error = Some(ErrorKind::Timeout);
-                        record.attempt.error_detail = Some("no response within 30s".into());
-                        record.attempt.duration_ms = 30_000;
-                    } else {
-                        record.attempt.status_code = Some(502);
-                        record.attempt.error = Some(ErrorKind::Rejected);
-                        record.attempt.error_detail = Some("status 502 is not a success".into());
-                        record.attempt.response_excerpt =
+                    };
+                    if !success && next() % 4 == 0 {
+                        attempt.status_code = None;
+                        attempt.error = Some(ErrorKind::Timeout);
+                        attempt.error_detail = Some("no response within 30s".into());
+                        attempt.response_excerpt = String::new();
+                        attempt.duration_ms = 30_000;
+                    } else if !success {
+                        attempt.status_code = Some(502);
+                        attempt.error = Some(ErrorKind::Rejected);
+                        attempt.error_detail = Some("status 502 is not a success".into());
+                        attempt.response_excerpt =
                             "<html><body><h1>502 Bad Gateway</h1></body></html>".into();
                     }
-                    store.record_attempt(record).unwrap();
+                    let lease = Lease {
+                        delivery_id: delivery.id,
+                        endpoint_id: endpoint,
+                        due_ms: 0,
+                        expires_at_ms: 0,
+                        token: LeaseToken::new(),
+                    };
+                    let mut record =
+                        outcome(lease, &delivery, attempt.started_at, success, status, None);
+                    delivery.last_status_code = attempt.status_code;
+                    delivery.last_error = attempt.error_detail.clone();
+                    delivery.updated_at = attempt.started_at + attempt.duration_ms;
+                    record.attempt = attempt;
+                    outcomes.push(record);
                 }
+                delivery.total_attempts = tries;
+                delivery.cycle_attempts = tries;
                 if fails && failed_example.is_none() {
-                    failed_example = Some(delivery.to_string());
+                    failed_example = Some(delivery.id.to_string());
                 }
+                writes.push(MessageWrite {
+                    message,
+                    deliveries: vec![delivery],
+                });
                 written += 1;
             }
+        }
+        store.insert_messages(&writes).await.unwrap();
+        for recorded in store.record_outcomes(outcomes).await.unwrap() {
+            assert!(recorded.unwrap().stale);
         }
     }
     (written, failed_example.expect("some delivery failed"))
@@ -551,7 +572,7 @@ async fn thousands_of_deliveries_are_paged_and_fourteen_days_are_charted() {
         .await;
     assert!(daemon.terminate().success());
     let started = std::time::Instant::now();
-    let (written, failed) = seed_history(&dir.path().join("store"), &endpoints);
+    let (written, failed) = seed_history(&dir.path().join("store"), &endpoints).await;
     eprintln!("seeded {written} deliveries in {:?}", started.elapsed());
     assert!(written > 2_000, "{written}");
     let daemon = Daemon::start(dir.path());
