@@ -299,6 +299,54 @@ async fn a_failed_delivery_opened_by_its_deep_link_is_replayed_and_turns_succeed
 }
 
 #[tokio::test]
+async fn a_pending_delivery_is_attempted_now_or_cancelled_from_its_page() {
+    let _turn = BROWSERS.acquire().await.unwrap();
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // The next attempt would be an hour away.
+    write_policy(
+        dir.path(),
+        "hourly",
+        "[schedule]\nkind = \"fixed\"\ninterval = \"1h\"\nmax_attempts = 5\n[request]\ntimeout = \"2s\"\n",
+    );
+    let daemon = Daemon::start(dir.path());
+    let down = Receiver::start(|_, _| Reply::Status(503, "down")).await;
+    create_endpoint(
+        &daemon,
+        json!({"tenant": "initech", "url": down.url(), "policy": "hourly", "default": true}),
+    )
+    .await;
+    let pending = send(&daemon, "initech", "job.completed").await;
+    assert!(down.wait_for(1, PATIENCE).await);
+    sign_in_at(&browser, &daemon, &format!("/ui/deliveries/{pending}")).await;
+    watch_csp(&browser).await;
+    browser
+        .wait_for("#delivery-status[data-status=pending]", None, PATIENCE)
+        .await;
+    browser.wait_for("#retry-now", None, PATIENCE).await;
+    assert_eq!(browser.count_visible("#replay").await, 0);
+    browser.click("#retry-now").await;
+    assert!(down.wait_for(2, PATIENCE).await);
+    browser
+        .wait_for("#attempts-title", Some("Attempts (2)"), PATIENCE)
+        .await;
+    browser.screenshot("delivery-pending-desktop").await;
+    browser.click("#cancel").await;
+    browser.wait_for("dialog[open]", None, PATIENCE).await;
+    browser.screenshot("delivery-cancel-dialog-desktop").await;
+    browser.click("#confirm-cancel").await;
+    browser
+        .wait_for("#delivery-status[data-status=failed]", None, PATIENCE)
+        .await;
+    browser.wait_for("#replay", None, PATIENCE).await;
+    assert_eq!(browser.count_visible("#retry-now, #cancel").await, 0);
+    assert_eq!(down.count(), 2);
+    assert_no_csp_violations(&browser).await;
+}
+
+#[tokio::test]
 async fn an_endpoint_is_disabled_enabled_tested_and_deleted_from_its_page() {
     let _turn = BROWSERS.acquire().await.unwrap();
     let Some(browser) = Browser::start().await else {

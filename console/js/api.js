@@ -85,6 +85,8 @@ export const api = {
   deliveries: (filters) => call('GET', `/admin/deliveries${query({ ...filters, order: 'desc' })}`),
   delivery: (deliveryId) => call('GET', `/admin/deliveries/${id(deliveryId)}`),
   replay: (deliveryId) => call('POST', `/admin/deliveries/${id(deliveryId)}/replay`),
+  retryNow: (deliveryId) => call('POST', `/admin/deliveries/${id(deliveryId)}/retry`),
+  cancel: (deliveryId) => call('POST', `/admin/deliveries/${id(deliveryId)}/cancel`),
   bulkReplay: (selection) => call('POST', '/admin/replay', { body: selection }),
   replayJob: (jobId) => call('GET', `/admin/replays/${id(jobId)}`),
 };

@@ -84,3 +84,37 @@ export function errorBox(title, error) {
 export function fact(term, value, { wide = false } = {}) {
   return h('div', { class: wide ? 'fact wide' : 'fact' }, h('dt', {}, term), h('dd', {}, value));
 }
+
+/**
+ * Asks before something that cannot be undone: a modal `<dialog>` (focus stays inside, Escape
+ * cancels, Cancel has the focus first). Resolves to whether the operator confirmed.
+ */
+export function confirmAction({ title, text, confirm, confirmId, dismiss = 'Cancel' }) {
+  const dialog = h(
+    'dialog',
+    { class: 'confirm', 'aria-labelledby': 'confirm-title', 'aria-describedby': 'confirm-text' },
+    h(
+      'form',
+      { method: 'dialog' },
+      h('h2', { id: 'confirm-title' }, title),
+      h('p', { id: 'confirm-text' }, text),
+      h(
+        'div',
+        { class: 'toolbar end' },
+        h('button', { class: 'button', value: 'cancel', autofocus: true }, dismiss),
+        h('button', { class: 'button danger', value: 'confirm', id: confirmId }, confirm),
+      ),
+    ),
+  );
+  const opener = document.activeElement;
+  document.body.append(dialog);
+  return new Promise((resolve) => {
+    dialog.addEventListener('close', () => {
+      const confirmed = dialog.returnValue === 'confirm';
+      dialog.remove();
+      if (!confirmed && opener && opener.isConnected) opener.focus();
+      resolve(confirmed);
+    });
+    dialog.showModal();
+  });
+}

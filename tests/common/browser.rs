@@ -380,8 +380,10 @@ impl Drop for Browser {
                 self.session_id, self.port
             );
             if stream.write_all(request.as_bytes()).is_ok() {
-                let mut answer = Vec::new();
-                let _ = stream.read_to_end(&mut answer);
+                // The answer comes once the browser has quit; ChromeDriver keeps the
+                // connection open after it, so read the answer's start, not to the end.
+                let mut answer = [0u8; 512];
+                let _ = stream.read(&mut answer);
             }
         }
         let _ = self.driver.kill();

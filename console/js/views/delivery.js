@@ -1,7 +1,7 @@
 // /ui/deliveries/{id} — one delivery with every attempt, and Replay.
 
 import { api } from '../api.js';
-import { announce, errorBox, fact, h, loading, replaceContent } from '../dom.js';
+import { announce, confirmAction, errorBox, fact, h, loading, replaceContent } from '../dom.js';
 import { badge, bareUrl, breakableUrl, count, duration, timeAgo } from '../format.js';
 
 const FINAL = ['succeeded', 'failed', 'skipped'];
@@ -18,8 +18,12 @@ export function deliveryView(context) {
 
   const statusSlot = h('span', { class: 'heading-status' });
   const facts = h('dl', { class: 'facts' });
+  // Which buttons show depends on the status: a finished delivery can be replayed, a pending
+  // one attempted now or cancelled, a held one (its endpoint is disabled) cancelled.
   const replayButton = h('button', { type: 'button', class: 'button primary', id: 'replay', hidden: true }, 'Replay');
-  const replayNote = h('p', { class: 'help', hidden: true }, 'A replay can start once this delivery has finished.');
+  const retryButton = h('button', { type: 'button', class: 'button', id: 'retry-now', hidden: true }, 'Retry now');
+  const cancelButton = h('button', { type: 'button', class: 'button danger', id: 'cancel', hidden: true }, 'Cancel…');
+  const heldNote = h('p', { class: 'help', hidden: true }, 'Held: its endpoint is disabled.');
   const result = h('div', { class: 'action-result', 'aria-live': 'polite' });
   const problem = h('div', { class: 'refresh-problem' });
   const attempts = h('div', {}, loading('Loading attempts'));
@@ -30,7 +34,7 @@ export function deliveryView(context) {
       'div',
       { class: 'page-head' },
       h('div', { class: 'title-row' }, h('h1', {}, 'Delivery'), statusSlot),
-      h('div', { class: 'toolbar' }, replayNote, replayButton),
+      h('div', { class: 'toolbar' }, heldNote, retryButton, cancelButton, replayButton),
     ),
     problem,
     result,
@@ -85,7 +89,9 @@ export function deliveryView(context) {
     );
     const replayable = FINAL.includes(delivery.status);
     replayButton.hidden = !replayable;
-    replayNote.hidden = replayable;
+    retryButton.hidden = delivery.status !== 'pending';
+    cancelButton.hidden = !['pending', 'held'].includes(delivery.status);
+    heldNote.hidden = delivery.status !== 'held';
     const list = delivery.attempts || [];
     attemptsTitle.textContent = list.length ? `Attempts (${count(list.length)})` : 'Attempts';
     replaceContent(attempts, list.length ? attemptTable(list) : h('p', { class: 'muted' }, 'No attempt yet.'));
@@ -105,20 +111,44 @@ export function deliveryView(context) {
     );
   }
 
-  replayButton.addEventListener('click', async () => {
-    if (replayButton.disabled) return;
-    replayButton.disabled = true;
+  /** Runs an action with its button busy; says what happened in the result panel. */
+  async function act(button, work, done, failed) {
+    if (button.disabled) return;
+    button.disabled = true;
     try {
-      await api.replay(id);
+      await work();
       if (!context.alive()) return;
-      replaceContent(result, h('p', { class: 'callout ok' }, 'Replay started: a fresh attempt cycle begins; earlier attempts stay in the list.'));
-      announce('Replay started');
+      replaceContent(result, h('p', { class: 'callout ok' }, done));
+      announce(done);
       context.refreshNow();
     } catch (error) {
-      if (context.alive()) replaceContent(result, errorBox('Replay did not start.', error));
+      if (context.alive()) replaceContent(result, errorBox(failed, error));
     } finally {
-      replayButton.disabled = false;
+      button.disabled = false;
     }
+  }
+
+  replayButton.addEventListener('click', () =>
+    act(
+      replayButton,
+      () => api.replay(id),
+      'Replay started: a fresh attempt cycle begins; earlier attempts stay in the list.',
+      'Replay did not start.',
+    ),
+  );
+  retryButton.addEventListener('click', () =>
+    act(retryButton, () => api.retryNow(id), 'Attempting now instead of at the scheduled time.', 'Retry did not start.'),
+  );
+  cancelButton.addEventListener('click', async () => {
+    const confirmed = await confirmAction({
+      title: 'Cancel this delivery?',
+      text: 'No more attempts are made; it becomes failed (cancelled by an operator) and can be replayed later.',
+      confirm: 'Cancel delivery',
+      confirmId: 'confirm-cancel',
+      dismiss: 'Keep it',
+    });
+    if (!confirmed || !context.alive()) return;
+    await act(cancelButton, () => api.cancel(id), 'Delivery cancelled.', 'The delivery could not be cancelled.');
   });
 
   // Fast while something is happening; a finished delivery changes only when replayed.

@@ -3,7 +3,7 @@
 
 import { api } from '../api.js';
 import { dayChart, dayTable, legend, summary } from '../chart.js';
-import { announce, errorBox, fact, h, loading, replaceContent } from '../dom.js';
+import { announce, confirmAction, errorBox, fact, h, loading, replaceContent } from '../dom.js';
 import { badge, bareUrl, breakableUrl, count, duration, outcome, timeAgo } from '../format.js';
 import { deliveryTable } from './deliveries.js';
 
@@ -250,37 +250,15 @@ export function endpointView(context) {
     context.refreshNow();
   }
 
-  const dialog = h(
-    'dialog',
-    { class: 'confirm', 'aria-labelledby': 'confirm-title', 'aria-describedby': 'confirm-text' },
-    h(
-      'form',
-      { method: 'dialog' },
-      h('h2', { id: 'confirm-title' }, 'Delete this endpoint?'),
-      h(
-        'p',
-        { id: 'confirm-text' },
-        'Nothing more is sent to it and its pending deliveries are marked failed. This cannot be undone.',
-      ),
-      h(
-        'div',
-        { class: 'toolbar end' },
-        h('button', { class: 'button', value: 'cancel', autofocus: true }, 'Cancel'),
-        h('button', { class: 'button danger', value: 'delete', id: 'confirm-delete' }, 'Delete endpoint'),
-      ),
-    ),
-  );
-  body.append(dialog);
-  deleteButton.addEventListener('click', () => {
-    dialog.returnValue = '';
-    dialog.showModal();
-  });
-  dialog.addEventListener('close', () => {
-    if (dialog.returnValue !== 'delete') {
-      deleteButton.focus();
-      return;
-    }
-    act(deleteButton, async () => {
+  deleteButton.addEventListener('click', async () => {
+    const confirmed = await confirmAction({
+      title: 'Delete this endpoint?',
+      text: 'Nothing more is sent to it and its pending deliveries are marked failed. This cannot be undone.',
+      confirm: 'Delete endpoint',
+      confirmId: 'confirm-delete',
+    });
+    if (!confirmed || !context.alive()) return;
+    await act(deleteButton, async () => {
       await api.deleteEndpoint(id);
       announce('Endpoint deleted');
       context.navigate('/ui/');
