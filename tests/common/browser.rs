@@ -196,14 +196,21 @@ impl Browser {
 
     /// Makes the page see `prefers-color-scheme: dark` (or `light`).
     pub async fn color_scheme(&self, scheme: &str) {
+        self.cdp(
+            "Emulation.setEmulatedMedia",
+            json!({"features": [{"name": "prefers-color-scheme", "value": scheme}]}),
+        )
+        .await;
+    }
+
+    /// Sends a Chrome DevTools Protocol command through ChromeDriver.
+    pub async fn cdp(&self, command: &str, params: Value) -> Value {
         self.cmd(
             "POST",
             "/goog/cdp/execute",
-            Some(json!({"cmd": "Emulation.setEmulatedMedia", "params": {
-                "features": [{"name": "prefers-color-scheme", "value": scheme}],
-            }})),
+            Some(json!({"cmd": command, "params": params})),
         )
-        .await;
+        .await
     }
 
     /// Runs a script in the page and returns its value.

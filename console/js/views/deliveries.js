@@ -179,7 +179,12 @@ export function deliveryTable(deliveries, { endpoints = null, showEndpoint = tru
             h(
               'td',
               { 'data-label': 'Delivery' },
-              h('a', { href: `/ui/deliveries/${encodeURIComponent(d.id)}`, 'data-key': `delivery-${d.id}`, 'aria-label': `Delivery ${d.id}` }, idText(d.id)),
+              h(
+                'a',
+                { href: `/ui/deliveries/${encodeURIComponent(d.id)}`, 'data-key': `delivery-${d.id}` },
+                h('span', { class: 'visually-hidden' }, 'Delivery '),
+                idText(d.id),
+              ),
             ),
             showEndpoint
               ? h(
