@@ -31,8 +31,9 @@ macro_rules! asset {
     }};
 }
 
-/// Served at `/ui/assets/{name}`; the `app` page is served for every other path under `/ui/`.
-/// A unit test checks that this list and the files under `console/` agree.
+/// Every file of `console/`, served at `/ui/assets/{name}`, except `index.html`: that is the
+/// page itself, served for every other path under `/ui/`. A unit test checks that this list
+/// and the files under `console/` agree.
 const ASSETS: &[Asset] = &[
     asset!("index.html"),
     asset!("console.css"),
