@@ -5,6 +5,7 @@
 //! ([`problem::ApiError`]); tokens are checked by middleware ([`auth`]).
 
 mod auth;
+mod console;
 mod extract;
 mod problem;
 pub mod routes;
@@ -34,6 +35,7 @@ pub const MAX_REQUEST_BYTES: usize = crate::store::MAX_PAYLOAD_BYTES + 64 * 1024
 pub fn router(herald: Herald, tokens: Tokens, metrics: Option<PrometheusHandle>) -> Router {
     let (api, openapi) = api_router(tokens).split_for_parts();
     api.with_state(herald)
+        .merge(console::router())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(Extension(std::sync::Arc::new(openapi)))
         .layer(Extension(metrics))

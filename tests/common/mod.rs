@@ -1,6 +1,7 @@
 //! Test harness: real HTTP receivers on 127.0.0.1 and herald instances on temporary dirs.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod daemon;
 
 use std::net::SocketAddr;
