@@ -168,6 +168,12 @@ pub struct EndpointView {
     pub enabled: bool,
     /// Consecutive failed attempts (reset by a success or by enabling).
     pub consecutive_failures: u32,
+    /// Why it is disabled (`by an operator`, or its failures), while disabled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disabled_reason: Option<String>,
+    /// When it was disabled (RFC 3339), while disabled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disabled_at: Option<String>,
     /// Whether a secret is set (its value is write-only).
     pub has_secret: bool,
     /// Whether a token is set.
@@ -189,6 +195,8 @@ impl From<&Endpoint> for EndpointView {
             default: e.default,
             enabled: e.enabled,
             consecutive_failures: e.consecutive_failures,
+            disabled_reason: e.disabled_reason.clone(),
+            disabled_at: e.disabled_at.map(rfc3339),
             has_secret: e.secret.is_some(),
             has_token: e.token.is_some(),
             header_names: e.headers.keys().cloned().collect(),

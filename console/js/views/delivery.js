@@ -82,6 +82,7 @@ export function deliveryView(context) {
       fact('Updated', timeAgo(delivery.updated_at)),
       fact('Next attempt', delivery.next_attempt_at ? timeAgo(delivery.next_attempt_at) : h('span', { class: 'muted' }, 'none')),
       fact('Attempts', `${count(delivery.attempt_count)} in ${count(delivery.cycle)} cycle${delivery.cycle === 1 ? '' : 's'}`),
+      delivery.held_reason ? fact('Held', delivery.held_reason) : null,
       delivery.last_error ? fact('Last error', delivery.last_error) : null,
       delivery.url !== (endpoint && endpoint.url) ? fact('Sent to', h('span', { class: 'mono' }, breakableUrl(delivery.url)), { wide: true }) : null,
       fact('Delivery id', h('span', { class: 'mono break' }, delivery.id), { wide: true }),

@@ -154,6 +154,9 @@ export function endpointView(context) {
         endpoint.default ? h('span', { class: 'muted' }, ' (default)') : null,
       ]),
       fact('Policy', endpoint.policy),
+      endpoint.disabled_reason
+        ? fact('Disabled', [endpoint.disabled_reason, ' · ', timeAgo(endpoint.disabled_at)], { wide: true })
+        : null,
       fact(
         'Failures in a row',
         h('span', { class: endpoint.consecutive_failures ? 'warn' : '' }, count(endpoint.consecutive_failures)),
