@@ -196,69 +196,102 @@ pub async fn http(
     ])
 }
 
-/// `isolation`: 9 healthy endpoints, with and without a tenth that accepts connections and
-/// never answers; the healthy throughput with it as a ratio of without it. The two kinds of
-/// run alternate `rounds` times and the medians are compared, so that drift of a shared
-/// machine does not land on one side.
+/// `isolation`: 9 healthy endpoints, with and without `hung` more whose receiver accepts
+/// connections and never answers (20 messages each); the healthy throughput with them as a
+/// ratio of without them, and the healthy endpoints' first-delivery latency beside the hung
+/// ones. The two kinds of run alternate `rounds` times and the medians are compared, so that
+/// drift of a shared machine does not land on one side.
 pub async fn isolation(
     messages: usize,
     concurrency: usize,
     rounds: usize,
+    hung: &[usize],
 ) -> Result<Vec<Row>, String> {
     let sink = Sink::start().await?;
-    let mut rates = [Vec::new(), Vec::new()];
-    for _ in 0..rounds {
-        for with_dead in [false, true] {
-            let rate = isolation_run(&sink, messages, concurrency, with_dead).await?;
-            rates[usize::from(with_dead)].push(rate);
+    let mut rows = Vec::new();
+    for &hung in hung {
+        let mut rates = [Vec::new(), Vec::new()];
+        let mut latencies = Vec::new();
+        for _ in 0..rounds {
+            for with_hung in [0, hung] {
+                let (rate, first_ms) =
+                    isolation_run(&sink, messages, concurrency, with_hung).await?;
+                rates[usize::from(with_hung > 0)].push(rate);
+                if with_hung > 0 {
+                    latencies.push(first_ms);
+                }
+            }
         }
-    }
-    let median = |rates: &mut Vec<f64>| {
-        rates.sort_by(f64::total_cmp);
-        rates[rates.len() / 2]
-    };
-    let (alone, beside) = (median(&mut rates[0]), median(&mut rates[1]));
-    Ok(vec![
-        Row::new(
+        let median = |values: &mut Vec<f64>| {
+            values.sort_by(f64::total_cmp);
+            values[values.len() / 2]
+        };
+        let (alone, beside) = (median(&mut rates[0]), median(&mut rates[1]));
+        rows.push(Row::new(
             "isolation",
             format!("9 healthy, conc={concurrency}, median of {rounds}"),
             messages,
             alone,
-        ),
-        Row {
+        ));
+        rows.push(Row {
             ratio_to_ceiling: Some(beside / alone),
+            p50_ms: Some(median(&mut latencies)),
             ..Row::new(
                 "isolation",
-                format!("9 healthy + 1 hung, median of {rounds}"),
+                format!("9 healthy + {hung} hung, median of {rounds}"),
                 messages,
                 beside,
             )
-        },
-    ])
+        });
+    }
+    Ok(rows)
 }
 
-/// One isolation run: healthy deliveries per second.
+/// One isolation run: healthy deliveries per second, and the first healthy delivery's
+/// latency (ms) after the healthy endpoints are enabled beside the hung ones.
 async fn isolation_run(
     sink: &Sink,
     messages: usize,
     concurrency: usize,
-    with_dead: bool,
-) -> Result<f64, String> {
+    hung: usize,
+) -> Result<(f64, f64), String> {
     let dir = Scratch::new("isolation");
     let herald = open(&dir, engine(concurrency)).await?;
-    let mut ids = hooks(&herald, sink, 9).await?;
+    let ids = hooks(&herald, sink, 9).await?;
     enqueue(&herald, messages, |i| format!("t{}", i % 9)).await?;
-    if with_dead {
-        let url = format!("http://{}/dead", sink.addr);
-        ids.push(disabled_endpoint(&herald, "dead".into(), url).await?);
-        // As many messages as each healthy endpoint gets: far more than it can ever hold.
-        enqueue(&herald, messages / 9, |_| "dead".into()).await?;
+    if hung > 0 {
+        // The hung endpoints go first and fill what they can before the healthy ones start.
+        let before = sink.hung.load(std::sync::atomic::Ordering::Relaxed);
+        for h in 0..hung {
+            let url = format!("http://{}/dead/{h}", sink.addr);
+            disabled_endpoint(&herald, format!("dead{h}"), url).await?;
+        }
+        enqueue(&herald, 20 * hung, move |i| format!("dead{}", i % hung)).await?;
+        for endpoint in herald.endpoints(None).await.map_err(|e| e.to_string())? {
+            if endpoint.tenant.starts_with("dead") {
+                herald
+                    .set_endpoint_enabled(endpoint.id, true)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        let started = Instant::now();
+        while sink.hung.load(std::sync::atomic::Ordering::Relaxed) < before + hung as u64 {
+            if started.elapsed() > Duration::from_secs(30) {
+                return Err("the hung endpoints were not attempted within 30 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
+    let released = Instant::now();
     let seconds = release(&herald, sink, &ids, messages).await?;
-    // The hung endpoint's attempts are still waiting: stop without waiting for them.
+    let first_ms = sink
+        .first_at()
+        .map_or(f64::NAN, |at| (at - released).as_secs_f64() * 1000.0);
+    // The hung endpoints' attempts are still waiting: stop without waiting for them.
     herald
         .shutdown_within(Duration::from_millis(100))
         .await
         .map_err(|e| e.to_string())?;
-    Ok(messages as f64 / seconds)
+    Ok((messages as f64 / seconds, first_ms))
 }

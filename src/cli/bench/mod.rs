@@ -71,7 +71,8 @@ pub enum Scenario {
         #[arg(long)]
         probe: String,
     },
-    /// Healthy throughput of 9 endpoints with a 10th that never answers, against without it.
+    /// Healthy throughput and first-delivery latency of 9 endpoints beside endpoints whose
+    /// receiver never answers, against without them.
     Isolation {
         /// Messages to the healthy endpoints per run.
         #[arg(long, default_value_t = 45_000)]
@@ -82,6 +83,9 @@ pub enum Scenario {
         /// Alternating rounds of both runs; medians are compared.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Numbers of hung endpoints to try, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,100")]
+        hung: Vec<usize>,
         /// Also write the rows as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -184,9 +188,12 @@ pub async fn run(scenario: Scenario) -> Result<(), String> {
             messages,
             concurrency,
             rounds,
+            hung,
             json,
         } => {
-            rows.extend(deliver::isolation(messages, concurrency.max(1), rounds.max(1)).await?);
+            rows.extend(
+                deliver::isolation(messages, concurrency.max(1), rounds.max(1), &hung).await?,
+            );
             json
         }
     };

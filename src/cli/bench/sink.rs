@@ -6,13 +6,17 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-/// A minimal local receiver: answers 200 to everything and counts, except `/dead`, which
+/// A minimal local receiver: answers 200 to everything and counts, except `/dead/...`, which
 /// accepts the request and never answers (a hung customer endpoint).
 pub struct Sink {
     pub addr: std::net::SocketAddr,
     count: Arc<AtomicU64>,
     reached: Arc<Notify>,
     target: Arc<AtomicU64>,
+    /// Requests to `/dead/...` so far (all still waiting).
+    pub hung: Arc<AtomicU64>,
+    /// When the first counted request after [`Sink::expect`] arrived.
+    first: Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 impl Sink {
@@ -24,30 +28,55 @@ impl Sink {
         let count = Arc::new(AtomicU64::new(0));
         let reached = Arc::new(Notify::new());
         let target = Arc::new(AtomicU64::new(u64::MAX));
-        let (c, r, t) = (count.clone(), reached.clone(), target.clone());
-        let hang = axum::routing::any(std::future::pending::<&'static str>);
-        let app = axum::Router::new().route("/dead", hang).fallback(move || {
-            let (c, r, t) = (c.clone(), r.clone(), t.clone());
-            async move {
-                if c.fetch_add(1, Ordering::Relaxed) + 1 >= t.load(Ordering::Relaxed) {
-                    r.notify_one();
-                }
-                ""
-            }
+        let hung = Arc::new(AtomicU64::new(0));
+        let first = Arc::new(std::sync::Mutex::new(None));
+        let (c, r, t, f) = (
+            count.clone(),
+            reached.clone(),
+            target.clone(),
+            first.clone(),
+        );
+        let h = hung.clone();
+        let hang = axum::routing::any(move || {
+            h.fetch_add(1, Ordering::Relaxed);
+            std::future::pending::<&'static str>()
         });
+        let app = axum::Router::new()
+            .route("/dead/{*rest}", hang)
+            .fallback(move || {
+                let (c, r, t, f) = (c.clone(), r.clone(), t.clone(), f.clone());
+                async move {
+                    let n = c.fetch_add(1, Ordering::Relaxed) + 1;
+                    if n == 1 {
+                        *f.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                    }
+                    if n >= t.load(Ordering::Relaxed) {
+                        r.notify_one();
+                    }
+                    ""
+                }
+            });
         tokio::spawn(async move { axum::serve(listener, app).await });
         Ok(Sink {
             addr,
             count,
             reached,
             target,
+            hung,
+            first,
         })
     }
 
     /// Resets the counter; [`Sink::wait`] then waits for `n` answered requests.
     pub fn expect(&self, n: usize) {
+        *self.first.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.count.store(0, Ordering::Relaxed);
         self.target.store(n as u64, Ordering::Relaxed);
+    }
+
+    /// When the first answered request since [`Sink::expect`] arrived.
+    pub fn first_at(&self) -> Option<Instant> {
+        *self.first.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Waits until the expected requests arrived (or two minutes passed).
