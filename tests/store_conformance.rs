@@ -55,6 +55,11 @@ impl Harness {
     }
 }
 
+/// The leases of some claims.
+fn leases(claims: Vec<herald::store::Claim>) -> Vec<herald::store::Lease> {
+    claims.into_iter().map(|claim| claim.lease).collect()
+}
+
 /// Runs every test of the suite against one backend.
 macro_rules! conformance {
     ($backend:ident: $($test:ident),* $(,)?) => {
@@ -95,9 +100,9 @@ async fn leases_are_exclusive_until_given_back_or_expired(harness: &Harness) {
         put_message(store.as_ref(), endpoint, 1_000 + i, DeliveryStatus::Pending).await;
     }
     let now = DUE + 1;
-    let first = store.claim(endpoint, now, 3, LEASE).await.unwrap();
+    let first = leases(store.claim(endpoint, now, 3, LEASE).await.unwrap());
     assert_eq!(first.len(), 3);
-    let second = store.claim(endpoint, now, 10, LEASE).await.unwrap();
+    let second = leases(store.claim(endpoint, now, 10, LEASE).await.unwrap());
     assert_eq!(second.len(), 1);
     assert!(!first.iter().any(|l| l.delivery_id == second[0].delivery_id));
     assert!(
@@ -113,7 +118,7 @@ async fn leases_are_exclusive_until_given_back_or_expired(harness: &Harness) {
     // Given back: due as before, and claimable again.
     store.release(&second).await.unwrap();
     assert_eq!(store.due_head(endpoint, now).await.unwrap(), Some(DUE));
-    let again = store.claim(endpoint, now, 10, LEASE).await.unwrap();
+    let again = leases(store.claim(endpoint, now, 10, LEASE).await.unwrap());
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].delivery_id, second[0].delivery_id);
 
@@ -145,9 +150,9 @@ async fn a_late_outcome_under_an_expired_lease_is_kept_but_moves_nothing(harness
     let endpoint = put_endpoint(store.as_ref()).await;
     let (_, id) = put_message(store.as_ref(), endpoint, 1_000, DeliveryStatus::Pending).await;
     let before = store.delivery(id).await.unwrap().unwrap();
-    let old = store.claim(endpoint, DUE, 1, LEASE).await.unwrap()[0];
+    let old = store.claim(endpoint, DUE, 1, LEASE).await.unwrap()[0].lease;
     let later = DUE + LEASE.as_millis() as u64 + 1;
-    let new = store.claim(endpoint, later, 1, LEASE).await.unwrap()[0];
+    let new = store.claim(endpoint, later, 1, LEASE).await.unwrap()[0].lease;
     assert_ne!(old.token, new.token);
 
     let late = outcome(old, &before, later, true, DeliveryStatus::Succeeded, None);
@@ -207,8 +212,19 @@ async fn due_deliveries_are_claimed_earliest_first(harness: &Harness) {
     let heads = store.due_heads(0).await.unwrap();
     assert!(heads.contains(&(endpoint, DUE + 10)) && heads.contains(&(other, DUE)));
 
-    // Only what is due by `now`, earliest first, and only this endpoint's.
-    let leases = store.claim(endpoint, DUE + 30, 10, LEASE).await.unwrap();
+    // Only what is due by `now`, earliest first, and only this endpoint's, with the records an
+    // attempt needs.
+    let claims = store.claim(endpoint, DUE + 30, 10, LEASE).await.unwrap();
+    for claim in &claims {
+        assert_eq!(claim.delivery.id, claim.lease.delivery_id);
+        let message = claim
+            .message
+            .as_ref()
+            .expect("the message comes with the claim");
+        assert_eq!(message.id, claim.delivery.message_id);
+        assert!(message.payload.get().contains("\"at\""));
+    }
+    let leases = leases(claims);
     let claimed: Vec<_> = leases.iter().map(|l| (l.due_ms, l.delivery_id)).collect();
     assert_eq!(claimed, by_due[..3]);
     assert!(leases.iter().all(|l| l.endpoint_id == endpoint));
@@ -273,7 +289,7 @@ async fn an_outcome_moves_delivery_health_rollup_and_count_atomically(harness: &
     let endpoint = put_endpoint(store.as_ref()).await;
     let (_, id) = put_message(store.as_ref(), endpoint, 1_000, DeliveryStatus::Pending).await;
     let before = store.delivery(id).await.unwrap().unwrap();
-    let lease = store.claim(endpoint, DUE, 1, LEASE).await.unwrap()[0];
+    let lease = store.claim(endpoint, DUE, 1, LEASE).await.unwrap()[0].lease;
     let at = DUE + 5;
     let mut failed = outcome(
         lease,
@@ -299,7 +315,7 @@ async fn an_outcome_moves_delivery_health_rollup_and_count_atomically(harness: &
     assert_eq!(store.dedup_digest(endpoint, "k").await.unwrap(), None);
 
     let before = store.delivery(id).await.unwrap().unwrap();
-    let lease = store.claim(endpoint, DUE + 60_000, 1, LEASE).await.unwrap()[0];
+    let lease = store.claim(endpoint, DUE + 60_000, 1, LEASE).await.unwrap()[0].lease;
     let mut delivered = outcome(
         lease,
         &before,
@@ -350,7 +366,7 @@ async fn grouped_outcomes_compose_per_endpoint(harness: &Harness) {
                 .1,
         );
     }
-    let leases = store.claim(endpoint, DUE, 3, LEASE).await.unwrap();
+    let leases = leases(store.claim(endpoint, DUE, 3, LEASE).await.unwrap());
     let mut outcomes = Vec::new();
     for lease in leases {
         let before = store.delivery(lease.delivery_id).await.unwrap().unwrap();
@@ -388,7 +404,7 @@ async fn grouped_outcomes_compose_per_endpoint(harness: &Harness) {
 
     // Untouched leaves the count alone; Reset clears it.
     let (_, id) = put_message(store.as_ref(), endpoint, 2_000, DeliveryStatus::Pending).await;
-    let lease = store.claim(endpoint, DUE, 1, LEASE).await.unwrap()[0];
+    let lease = store.claim(endpoint, DUE, 1, LEASE).await.unwrap()[0].lease;
     let before = store.delivery(id).await.unwrap().unwrap();
     let mut own_url = outcome(lease, &before, DUE, false, DeliveryStatus::Failed, None);
     own_url.health = HealthChange::Untouched;
@@ -415,7 +431,7 @@ async fn the_pending_count_is_exact_across_transitions_and_reopen(harness: &Harn
     put_message(store.as_ref(), endpoint, 2_000, DeliveryStatus::Skipped).await;
     assert_eq!(store.pending_count().await.unwrap(), 5);
     // One finishes, one is rescheduled, one is cancelled.
-    let leases = store.claim(endpoint, DUE, 2, LEASE).await.unwrap();
+    let leases = leases(store.claim(endpoint, DUE, 2, LEASE).await.unwrap());
     let mut outcomes = Vec::new();
     for (lease, status) in leases
         .iter()
@@ -461,7 +477,7 @@ async fn a_replay_transition_keeps_the_history(harness: &Harness) {
     let endpoint = put_endpoint(store.as_ref()).await;
     let (_, id) = put_message(store.as_ref(), endpoint, 1_000, DeliveryStatus::Pending).await;
     let before = store.delivery(id).await.unwrap().unwrap();
-    let lease = store.claim(endpoint, DUE, 1, LEASE).await.unwrap()[0];
+    let lease = store.claim(endpoint, DUE, 1, LEASE).await.unwrap()[0].lease;
     store
         .record_outcomes(vec![outcome(
             lease,
@@ -490,7 +506,7 @@ async fn a_replay_transition_keeps_the_history(harness: &Harness) {
         .await
         .unwrap();
     assert_eq!(store.pending_count().await.unwrap(), 1);
-    let lease = store.claim(endpoint, DUE + 10, 1, LEASE).await.unwrap()[0];
+    let lease = store.claim(endpoint, DUE + 10, 1, LEASE).await.unwrap()[0].lease;
     store
         .record_outcomes(vec![outcome(
             lease,
@@ -542,7 +558,7 @@ async fn a_retry_of_a_delivery_in_flight_is_refused(harness: &Harness) {
     let endpoint = put_endpoint(store.as_ref()).await;
     let (_, id) = put_message(store.as_ref(), endpoint, 1_000, DeliveryStatus::Pending).await;
     let before = store.delivery(id).await.unwrap().unwrap();
-    let lease = store.claim(endpoint, DUE, 1, LEASE).await.unwrap()[0];
+    let lease = store.claim(endpoint, DUE, 1, LEASE).await.unwrap()[0].lease;
     let mut sooner = before.clone();
     sooner.next_attempt_at = Some(DUE - 1);
     let retry = Transition {
@@ -620,7 +636,7 @@ async fn deleting_an_endpoint_closes_its_deliveries_and_revokes_leases(harness: 
     let (_, waiting) = put_message(store.as_ref(), endpoint, 1_001, DeliveryStatus::Pending).await;
     put_message(store.as_ref(), kept, 1_002, DeliveryStatus::Pending).await;
     let before = store.delivery(leased).await.unwrap().unwrap();
-    let lease = store.claim(endpoint, DUE, 1, LEASE).await.unwrap()[0];
+    let lease = store.claim(endpoint, DUE, 1, LEASE).await.unwrap()[0].lease;
     assert_eq!(lease.delivery_id, leased);
     let closing = Closing {
         status: DeliveryStatus::Failed,

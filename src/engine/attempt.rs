@@ -17,19 +17,20 @@ use crate::api::AttemptEvent;
 use crate::error::Result;
 use crate::model::{DeliveryStatus, Endpoint, now_ms};
 use crate::policy::Policy;
-use crate::store::{Lease, Outcome, Recorded};
+use crate::store::{Claim, Outcome, Recorded};
 use crate::transport::{Request, SignInput, encode, sign};
 
 /// Attempts a leased delivery. Returns the next due time if the delivery was rescheduled, and
 /// what the attempt said about the receiver's capacity (if one was made).
-pub(crate) async fn run(engine: &Engine, lease: Lease) -> (Option<u64>, Option<Pace>) {
+pub(crate) async fn run(engine: &Engine, claim: Claim) -> (Option<u64>, Option<Pace>) {
+    let lease = claim.lease;
     let span = tracing::info_span!(
         "attempt",
         delivery = %lease.delivery_id,
         endpoint = %lease.endpoint_id,
         message_id = tracing::field::Empty,
     );
-    match attempt(engine, lease).instrument(span).await {
+    match attempt(engine, claim).instrument(span).await {
         Ok(next) => next,
         Err(e) => {
             // Given back: the delivery is due again as it was (the attempt is repeated).
@@ -42,21 +43,20 @@ pub(crate) async fn run(engine: &Engine, lease: Lease) -> (Option<u64>, Option<P
     }
 }
 
-async fn attempt(engine: &Engine, lease: Lease) -> Result<(Option<u64>, Option<Pace>)> {
+async fn attempt(engine: &Engine, claim: Claim) -> Result<(Option<u64>, Option<Pace>)> {
     let store = &engine.store;
-    let delivery = store.delivery(lease.delivery_id).await?;
+    let Claim {
+        lease,
+        delivery,
+        message,
+    } = claim;
     let endpoint = store.endpoint(lease.endpoint_id).await?;
-    let (Some(delivery), Some(endpoint)) = (delivery, endpoint) else {
+    let Some(endpoint) = endpoint.filter(|_| delivery.status == DeliveryStatus::Pending) else {
         // Deleted meanwhile: nothing to attempt.
         store.release(&[lease]).await?;
         return Ok((None, None));
     };
-    if delivery.status != DeliveryStatus::Pending {
-        store.release(&[lease]).await?;
-        return Ok((None, None));
-    }
     tracing::Span::current().record("message_id", tracing::field::display(delivery.message_id));
-    let message = store.message(delivery.message_id).await?;
     let policy = engine.policies.get(&endpoint.policy).cloned();
     let started_at = now_ms();
     let clock = Instant::now();

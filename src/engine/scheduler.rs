@@ -33,7 +33,7 @@ use tokio::sync::Notify;
 use super::Engine;
 use super::window::{Pace, Window};
 use crate::model::{EndpointId, now_ms};
-use crate::store::Lease;
+use crate::store::{Claim, Lease};
 
 /// One endpoint's scheduling state.
 #[derive(Debug)]
@@ -41,7 +41,7 @@ struct Slot {
     /// Earliest due entry in the store (a lower bound: it may already have been claimed).
     head: Option<u64>,
     /// Claimed deliveries waiting for a runner.
-    queue: VecDeque<Lease>,
+    queue: VecDeque<Claim>,
     /// Claims not yet finished: queued plus being attempted.
     outstanding: usize,
     /// Claims being attempted now.
@@ -163,7 +163,7 @@ impl Scheduler {
         if let Some(slot) = state.slots.get_mut(&endpoint) {
             slot.enabled = false;
             slot.outstanding -= slot.queue.len();
-            dropped.extend(slot.queue.drain(..));
+            dropped.extend(slot.queue.drain(..).map(|claim| claim.lease));
         }
         state.outstanding -= dropped.len();
         state.refresh(endpoint);
@@ -222,7 +222,7 @@ impl Scheduler {
             if !slot.queue.is_empty() {
                 dropped += slot.queue.len();
                 slot.outstanding -= slot.queue.len();
-                released.push((*endpoint, slot.queue.drain(..).collect()));
+                released.push((*endpoint, slot.queue.drain(..).map(|c| c.lease).collect()));
             }
         }
         state.outstanding -= dropped;
@@ -348,23 +348,23 @@ async fn claim(engine: &Arc<Engine>, plans: Vec<ClaimPlan>, now: u64) {
     let store = &engine.store;
     for plan in plans {
         let claimed = async {
-            let leases = store
+            let claims = store
                 .claim(plan.endpoint, now, plan.count, engine.lease_for)
                 .await?;
             let head = store.due_head(plan.endpoint, now).await?;
-            Ok::<_, crate::store::StoreError>((leases, head))
+            Ok::<_, crate::store::StoreError>((claims, head))
         }
         .await;
-        let (leases, head) = claimed.unwrap_or_else(|e| {
+        let (claims, head) = claimed.unwrap_or_else(|e| {
             tracing::error!(endpoint = %plan.endpoint, error = %e, "claim failed; retrying in 1s");
             (Vec::new(), Some(now + 1_000))
         });
-        queue_claims(engine, plan, leases, head);
+        queue_claims(engine, plan, claims, head);
     }
 }
 
 /// Queues one slot's claims and starts the runners it may have.
-fn queue_claims(engine: &Arc<Engine>, plan: ClaimPlan, claims: Vec<Lease>, head: Option<u64>) {
+fn queue_claims(engine: &Arc<Engine>, plan: ClaimPlan, claims: Vec<Claim>, head: Option<u64>) {
     let (endpoint, count) = (plan.endpoint, plan.count);
     let scheduler = &engine.scheduler;
     let mut state = scheduler.lock();
@@ -416,7 +416,7 @@ async fn runner(engine: Arc<Engine>, endpoint: EndpointId) {
                 slot.in_flight += usize::from(next.is_some());
                 next.ok_or_else(Vec::new)
             } else {
-                let returned: Vec<Lease> = slot.queue.drain(..).collect();
+                let returned: Vec<Lease> = slot.queue.drain(..).map(|c| c.lease).collect();
                 slot.outstanding -= returned.len();
                 state.outstanding -= returned.len();
                 Err(returned)

@@ -127,6 +127,19 @@ pub struct Lease {
     pub token: LeaseToken,
 }
 
+/// A claimed delivery: the lease, and what the attempt needs, read with the claim (a network
+/// store saves a round trip per attempt). The records stay valid while the lease does: every
+/// change to a leased delivery revokes the lease.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// The lease.
+    pub lease: Lease,
+    /// The delivery as leased.
+    pub delivery: Delivery,
+    /// Its message; `None` when retention purged the payload.
+    pub message: Option<Message>,
+}
+
 /// How an attempt moves the endpoint's consecutive-failure count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HealthChange {
@@ -341,15 +354,15 @@ pub trait Store: Send + Sync + 'static {
     /// The earliest due time of one endpoint's deliveries that are not leased at `now_ms`.
     async fn due_head(&self, endpoint: EndpointId, now_ms: u64) -> StoreResult<Option<u64>>;
     /// Leases up to `limit` of an endpoint's deliveries due at or before `now_ms` that are
-    /// not leased (or whose lease expired), each until `now_ms + lease_for`. Earliest due
-    /// first.
+    /// not leased (or whose lease expired), each until `now_ms + lease_for`, and returns them
+    /// with their records. Earliest due first.
     async fn claim(
         &self,
         endpoint: EndpointId,
         now_ms: u64,
         limit: usize,
         lease_for: Duration,
-    ) -> StoreResult<Vec<Lease>>;
+    ) -> StoreResult<Vec<Claim>>;
     /// Gives leases back without an attempt; their deliveries stay due as they were.
     async fn release(&self, leases: &[Lease]) -> StoreResult<()>;
     /// Records attempts and the decisions on them, in one atomic write: the attempt, the

@@ -10,8 +10,9 @@ use super::codec::{self, decode, encode};
 use super::{SledStore, keys};
 use crate::model::{Attempt, Delivery, DeliveryId, Endpoint, EndpointId, Message, MessageId};
 use crate::store::{
-    BackupReport, Closing, DailyRollup, DeliveryFilter, Inserted, Lease, MessageWrite, Outcome,
-    PurgeCursor, PurgePage, Recorded, ReplayJob, ReplayState, Store, StoreResult, Transition,
+    BackupReport, Claim, Closing, DailyRollup, DeliveryFilter, Inserted, Lease, MessageWrite,
+    Outcome, PurgeCursor, PurgePage, Recorded, ReplayJob, ReplayState, Store, StoreResult,
+    Transition,
 };
 
 #[async_trait]
@@ -132,8 +133,25 @@ impl Store for SledStore {
         now_ms: u64,
         limit: usize,
         lease_for: Duration,
-    ) -> StoreResult<Vec<Lease>> {
-        self.claim_now(endpoint, now_ms, limit, lease_for)
+    ) -> StoreResult<Vec<Claim>> {
+        let leases = self.claim_now(endpoint, now_ms, limit, lease_for)?;
+        let mut claims = Vec::with_capacity(leases.len());
+        for lease in leases {
+            let delivery: Option<Delivery> = self.get(&keys::delivery(lease.delivery_id))?;
+            let Some(delivery) = delivery else {
+                // The due entry outlived its record (it cannot, short of damage): drop the
+                // lease and leave the entry for `herald store check` to report.
+                self.release(&[lease]).await?;
+                continue;
+            };
+            let message = self.message(delivery.message_id).await?;
+            claims.push(Claim {
+                lease,
+                delivery,
+                message,
+            });
+        }
+        Ok(claims)
     }
 
     async fn release(&self, leases: &[Lease]) -> StoreResult<()> {
