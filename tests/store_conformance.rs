@@ -782,7 +782,16 @@ async fn bulk_replay_progress_is_stored_with_its_batch(harness: &Harness) {
     let (_, id) = put_message(store.as_ref(), endpoint, 1_000, DeliveryStatus::Failed).await;
     let mut job = bulk_job();
     store.put_job(&job).await.unwrap();
-    assert_eq!(store.running_jobs().await.unwrap(), [job.clone()]);
+    assert!(
+        store.adopt_jobs(now_ms()).await.unwrap().is_empty(),
+        "the job is being run by whoever stored it"
+    );
+    // Its runner is gone (a new process, or a node that stopped long ago): it is adopted once.
+    drop(store);
+    let store = harness.open().await;
+    let later = now_ms() + 3_600_000;
+    assert_eq!(store.adopt_jobs(later).await.unwrap(), [job.clone()]);
+    assert!(store.adopt_jobs(later).await.unwrap().is_empty());
     let failed = store.delivery(id).await.unwrap().unwrap();
     let mut replayed = failed.clone();
     replayed.status = DeliveryStatus::Pending;
@@ -803,6 +812,6 @@ async fn bulk_replay_progress_is_stored_with_its_batch(harness: &Harness) {
     drop(store);
     let store = harness.open().await;
     assert_eq!(store.job(job.id).await.unwrap(), Some(job));
-    assert!(store.running_jobs().await.unwrap().is_empty());
+    assert!(store.adopt_jobs(now_ms()).await.unwrap().is_empty());
     assert_eq!(store.pending_count().await.unwrap(), 1);
 }

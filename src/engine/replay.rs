@@ -115,7 +115,7 @@ impl Engine {
 
     /// Resumes every job that was running when herald stopped.
     pub(crate) async fn resume_replays(self: &Arc<Self>) -> Result<()> {
-        for job in self.store.running_jobs().await? {
+        for job in self.store.adopt_jobs(now_ms()).await? {
             tracing::info!(job = %job.id, queued = job.queued, matched = job.matched, "resuming bulk replay");
             tokio::spawn(run_job(self.clone(), job));
         }

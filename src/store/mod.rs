@@ -140,6 +140,17 @@ pub struct Claim {
     pub message: Option<Message>,
 }
 
+/// A change another process made that this process's scheduler must know about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// A delivery of this endpoint is due at this time.
+    Due(EndpointId, u64),
+    /// The endpoint was created, changed, enabled, disabled or deleted.
+    Endpoint(EndpointId),
+    /// Notices may have been lost (the connection was re-established): look again.
+    Resync,
+}
+
 /// How an attempt moves the endpoint's consecutive-failure count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HealthChange {
@@ -408,8 +419,11 @@ pub trait Store: Send + Sync + 'static {
     async fn put_job(&self, job: &ReplayJob) -> StoreResult<()>;
     /// One bulk replay job.
     async fn job(&self, id: uuid::Uuid) -> StoreResult<Option<ReplayJob>>;
-    /// Every job not yet done (resumed at start-up).
-    async fn running_jobs(&self) -> StoreResult<Vec<ReplayJob>>;
+    /// Takes over the jobs not yet done that nobody is running: at start-up every unfinished
+    /// job of a single-process store; in a shared store, those whose last progress is older
+    /// than a staleness window (their node stopped). Progress written with
+    /// [`Store::apply_transitions`] or [`Store::put_job`] keeps a job owned.
+    async fn adopt_jobs(&self, now_ms: u64) -> StoreResult<Vec<ReplayJob>>;
 
     // --- the store itself ---
 
@@ -417,6 +431,11 @@ pub trait Store: Send + Sync + 'static {
     async fn pending_count(&self) -> StoreResult<u64>;
     /// Makes every write so far durable (recorded outcomes included).
     async fn sync(&self) -> StoreResult<()>;
+    /// Changes made by other processes sharing this store, for the scheduler: `None` for a
+    /// store that only this process writes.
+    fn notices(&self) -> Option<tokio::sync::broadcast::Receiver<Notice>> {
+        None
+    }
     /// Whether the store takes writes now; an error says why not.
     async fn check(&self) -> StoreResult<()>;
     /// The largest payload this backend accepts, whatever a policy allows.

@@ -21,11 +21,12 @@ pub struct DailyRollup {
     latency: Vec<u32>,
 }
 
-fn bucket(duration_ms: u64) -> usize {
+/// The histogram bucket of an attempt's duration.
+pub(crate) fn bucket(duration_ms: u64) -> usize {
     if duration_ms == 0 {
         return 0;
     }
-    ((duration_ms as f64).ln() / GROWTH.ln()).floor() as usize + 1
+    (((duration_ms as f64).ln() / GROWTH.ln()).floor() as usize + 1).min(BUCKETS - 1)
 }
 
 impl DailyRollup {
@@ -33,7 +34,7 @@ impl DailyRollup {
     pub fn add(&mut self, duration_ms: u64, success: bool) {
         self.attempts += 1;
         self.successes += u64::from(success);
-        let i = bucket(duration_ms).min(BUCKETS - 1);
+        let i = bucket(duration_ms);
         if self.latency.len() <= i {
             self.latency.resize(i + 1, 0);
         }

@@ -140,6 +140,8 @@ pub struct SledStore {
     pending: AtomicU64,
     ledger: Mutex<Ledger>,
     broken: Mutex<Broken>,
+    /// Bulk replay jobs this process runs (see [`super::Store::adopt_jobs`]).
+    adopted: Mutex<std::collections::HashSet<uuid::Uuid>>,
 }
 
 impl SledStore {

@@ -319,6 +319,7 @@ impl SledStore {
             pending: AtomicU64::new(pending),
             ledger: Mutex::new(ledger),
             broken: Mutex::new(Broken::default()),
+            adopted: Mutex::new(Default::default()),
         })
     }
 

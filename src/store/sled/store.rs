@@ -194,6 +194,10 @@ impl Store for SledStore {
     }
 
     async fn put_job(&self, job: &ReplayJob) -> StoreResult<()> {
+        self.adopted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(job.id);
         {
             let mut state = self.lock();
             let mut batch = Batch::default();
@@ -207,12 +211,14 @@ impl Store for SledStore {
         self.get(&keys::job(&id))
     }
 
-    async fn running_jobs(&self) -> StoreResult<Vec<ReplayJob>> {
+    async fn adopt_jobs(&self, _now_ms: u64) -> StoreResult<Vec<ReplayJob>> {
+        // One process per store: what it has not adopted yet is every unfinished job.
+        let mut adopted = self.adopted.lock().unwrap_or_else(|p| p.into_inner());
         let mut jobs = Vec::new();
         for entry in self.tree()?.scan_prefix([keys::JOB]) {
             let (key, value) = entry?;
             let job: ReplayJob = decode(&key, &value)?;
-            if job.state == ReplayState::Running {
+            if job.state == ReplayState::Running && adopted.insert(job.id) {
                 jobs.push(job);
             }
         }
