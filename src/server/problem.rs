@@ -13,7 +13,7 @@ pub struct Problem {
     /// Stable machine-readable kind: `invalid_request`, `invalid_url`, `unknown_policy`,
     /// `payload_too_large`, `unsupported_media_type`, `request_timeout`, `unauthorized`,
     /// `forbidden`, `misdirected_request`, `not_found`, `method_not_allowed`, `conflict`,
-    /// `shutting_down`, `internal`.
+    /// `unrouted`, `unavailable`, `shutting_down`, `internal`.
     #[serde(rename = "type")]
     pub kind: &'static str,
     /// The HTTP reason phrase.
