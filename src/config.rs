@@ -48,12 +48,28 @@ pub struct Config {
     pub endpoint_concurrency: usize,
     /// sled page cache in bytes.
     pub cache_bytes: u64,
-    /// How long shutdown waits for attempts in flight.
+    /// How long shutdown waits for attempts in flight (and, before that, for HTTP requests
+    /// being answered).
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     /// A message no endpoint takes: `accept` (stored, and said so in the answer) or `reject`
     /// (422 `unrouted`, nothing stored).
     pub unrouted: crate::Unrouted,
+    /// How long a client may take to send a request's head (request line and headers),
+    /// counted from the connection's accept, or from the first byte of a request on a
+    /// kept-alive connection. A connection that runs out of it is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// How long a client may take to send a request body, counted from the end of its head;
+    /// a slower one is answered 408 and the connection closed.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// How long a kept-alive connection may wait for its next request before it is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Client connections open at once, at most; further ones wait in the listen backlog
+    /// until a connection closes.
+    pub max_connections: usize,
 }
 
 impl Default for Config {
@@ -78,6 +94,10 @@ impl Default for Config {
             cache_bytes: 64 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
             unrouted: crate::Unrouted::Accept,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 512,
         }
     }
 }
@@ -195,6 +215,10 @@ impl Config {
                         }
                     }
                 }
+                "header_read_timeout" => self.header_read_timeout = duration(var, &value)?,
+                "body_read_timeout" => self.body_read_timeout = duration(var, &value)?,
+                "idle_timeout" => self.idle_timeout = duration(var, &value)?,
+                "max_connections" => self.max_connections = parse(var, &value)?,
                 _ => {}
             }
         }
@@ -229,9 +253,29 @@ impl Config {
                 "max_in_flight and endpoint_concurrency must be at least 1".into(),
             ));
         }
+        for (name, timeout) in [
+            ("header_read_timeout", self.header_read_timeout),
+            ("body_read_timeout", self.body_read_timeout),
+            ("idle_timeout", self.idle_timeout),
+        ] {
+            if timeout.is_zero() {
+                return Err(ConfigError::Unsafe(format!(
+                    "{name} must be longer than zero"
+                )));
+            }
+        }
+        if !(1..=MAX_CONNECTIONS).contains(&self.max_connections) {
+            return Err(ConfigError::Unsafe(format!(
+                "max_connections must be 1-{MAX_CONNECTIONS}"
+            )));
+        }
         Ok(())
     }
 }
+
+/// The largest `max_connections`: far above any file-descriptor limit, and small enough to
+/// count in a semaphore.
+const MAX_CONNECTIONS: usize = 1_000_000;
 
 impl Config {
     /// The configured secret key, decoded.
@@ -271,6 +315,10 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("HERALD_CACHE_BYTES", "cache_bytes"),
     ("HERALD_SHUTDOWN_GRACE", "shutdown_grace"),
     ("HERALD_UNROUTED", "unrouted"),
+    ("HERALD_HEADER_READ_TIMEOUT", "header_read_timeout"),
+    ("HERALD_BODY_READ_TIMEOUT", "body_read_timeout"),
+    ("HERALD_IDLE_TIMEOUT", "idle_timeout"),
+    ("HERALD_MAX_CONNECTIONS", "max_connections"),
 ];
 
 #[cfg(test)]
@@ -345,6 +393,59 @@ mod tests {
             ]),
         );
         assert!(public_with_token.is_ok());
+    }
+
+    #[test]
+    fn connection_limits_come_from_the_file_and_the_environment() {
+        let defaults = Config::load(None, env(&[])).unwrap();
+        assert_eq!(defaults.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(defaults.body_read_timeout, Duration::from_secs(30));
+        assert_eq!(defaults.idle_timeout, Duration::from_secs(60));
+        assert_eq!(defaults.max_connections, 512);
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("herald.toml");
+        std::fs::write(
+            &file,
+            "header_read_timeout = \"5s\"\nidle_timeout = \"2m\"\nmax_connections = 64\n",
+        )
+        .unwrap();
+        let config = Config::load(
+            Some(&file),
+            env(&[
+                ("HERALD_BODY_READ_TIMEOUT", "1m"),
+                ("HERALD_MAX_CONNECTIONS", "128"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.header_read_timeout, Duration::from_secs(5));
+        assert_eq!(config.body_read_timeout, Duration::from_secs(60));
+        assert_eq!(config.idle_timeout, Duration::from_secs(120));
+        assert_eq!(config.max_connections, 128);
+
+        let table: &[(&[(&str, &str)], &str)] = &[
+            (
+                &[("HERALD_HEADER_READ_TIMEOUT", "0s")],
+                "header_read_timeout",
+            ),
+            (
+                &[("HERALD_BODY_READ_TIMEOUT", "soon")],
+                "HERALD_BODY_READ_TIMEOUT",
+            ),
+            (&[("HERALD_IDLE_TIMEOUT", "0s")], "idle_timeout"),
+            (
+                &[("HERALD_MAX_CONNECTIONS", "0")],
+                "max_connections must be",
+            ),
+            (
+                &[("HERALD_MAX_CONNECTIONS", "many")],
+                "HERALD_MAX_CONNECTIONS",
+            ),
+        ];
+        for (vars, needle) in table {
+            let err = Config::load(None, env(vars)).unwrap_err().to_string();
+            assert!(err.contains(needle), "{vars:?}: {err}");
+        }
     }
 
     #[test]

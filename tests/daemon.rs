@@ -372,8 +372,57 @@ async fn bad_inputs_get_a_clear_problem_and_change_nothing() {
             "invalid_url",
         ),
         ("GET", "/no/such/route".into(), None, 404, "not_found"),
+        // The query string, the path and the method: the extractors' and router's own
+        // rejections are problem+json too.
+        query("/admin/deliveries?limit=lots"),
+        query("/admin/deliveries?limit=-1"),
+        query("/admin/deliveries?limit=1001"),
+        query("/admin/deliveries?status=lost&limit=5"),
+        query("/admin/deliveries?order=sideways"),
+        query("/admin/deliveries?colour=blue"),
+        query("/admin/endpoints?tenant=a&tenant=b"),
+        query(&format!("/admin/endpoints/{endpoint_id}/stats?days=abc")),
+        query(&format!("/admin/endpoints/{endpoint_id}/stats?days=91")),
+        (
+            "GET",
+            "/admin/endpoints/%FF%FE".into(),
+            None,
+            404,
+            "not_found",
+        ),
+        ("GET", "/v1/messages/%C3%28".into(), None, 404, "not_found"),
+        (
+            "POST",
+            "/admin/deliveries/%FF/replay".into(),
+            None,
+            404,
+            "not_found",
+        ),
+        ("GET", "/admin/policies/%FF".into(), None, 404, "not_found"),
+        (
+            "PUT",
+            "/v1/messages".into(),
+            None,
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "GET",
+            "/v1/messages".into(),
+            None,
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "DELETE",
+            "/admin/policies".into(),
+            None,
+            405,
+            "method_not_allowed",
+        ),
+        ("POST", "/healthz".into(), None, 405, "method_not_allowed"),
     ];
-    assert!(table.len() >= 20);
+    assert!(table.len() >= 45);
     for (method, path, body, expected, kind) in &table {
         let token = if path.starts_with("/v1") {
             PRODUCER
@@ -399,6 +448,33 @@ async fn bad_inputs_get_a_clear_problem_and_change_nothing() {
         .1;
     assert_eq!(too_large["limit"], 61_440);
     assert!(too_large["size"].as_u64().unwrap() > 70_000);
+    let not_allowed = reqwest::Client::new()
+        .put(format!("{}/v1/messages", daemon.base))
+        .bearer_auth(PRODUCER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_allowed.headers()["allow"], "POST");
+    // A body that is not JSON, whatever it holds.
+    let message = json!({"tenant": "acme", "event_type": "e", "payload": {}}).to_string();
+    for content_type in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "text/json",
+    ] {
+        let answer = reqwest::Client::new()
+            .post(format!("{}/v1/messages", daemon.base))
+            .bearer_auth(PRODUCER)
+            .header("content-type", content_type)
+            .body(message.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 415, "{content_type}");
+        assert_eq!(answer.headers()["content-type"], "application/problem+json");
+        let problem: Value = serde_json::from_str(&answer.text().await.unwrap()).unwrap();
+        assert_eq!(problem["type"], "unsupported_media_type");
+    }
 
     assert_eq!(
         daemon.admin("GET", "/admin/endpoints", None).await.1,
@@ -409,6 +485,11 @@ async fn bad_inputs_get_a_clear_problem_and_change_nothing() {
         before_deliveries
     );
     assert_eq!(receiver.count(), 0);
+}
+
+/// A query string the route refuses: 400 `invalid_request`.
+fn query(path: &str) -> (&'static str, String, Option<String>, u16, &'static str) {
+    ("GET", path.to_string(), None, 400, "invalid_request")
 }
 
 #[tokio::test]
@@ -465,26 +546,32 @@ async fn metrics_agree_with_what_happened() {
         );
     }
     // Every message succeeds eventually; wait until 12 distinct ids got a 200.
-    let mut text = String::new();
-    for _ in 0..100 {
-        text = reqwest::get(format!("{}/metrics", daemon.base))
+    let scrape = || async {
+        reqwest::get(format!("{}/metrics", daemon.base))
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
-        if metric(
-            &text,
+            .unwrap()
+    };
+    for _ in 0..100 {
+        let finished = metric(
+            &scrape().await,
             "herald_deliveries_finished_total",
             &["status=\"succeeded\""],
-        ) >= 12.0
-        {
+        );
+        if finished >= 12.0 {
             break;
         }
         receiver
             .wait_for(receiver.count() + 1, Duration::from_millis(100))
             .await;
     }
+    // A scrape is not a snapshot: it reads the pending count first and renders the counters
+    // after, so the scrape that first shows the 12th success may hold the pending count from
+    // just before that delivery was recorded (the counter is incremented after the record).
+    // Judge everything on a scrape taken after the last success was seen.
+    let text = scrape().await;
     let requests = receiver.count() as f64;
     let failures = receiver
         .requests()
@@ -720,13 +807,89 @@ async fn the_openapi_document_parses_and_lists_every_route() {
         .collect();
     listed.sort();
     assert_eq!(listed, expected);
-    // Every documented schema reference resolves.
-    let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+    // Every documented schema and response reference resolves.
     let text = doc.to_string();
-    for reference in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
-        let name = &reference[..reference.find('"').unwrap()];
-        assert!(schemas.contains_key(name), "dangling $ref {name}");
+    for kind in ["schemas", "responses"] {
+        let components = doc["components"][kind].as_object().expect(kind);
+        let prefix = format!("\"$ref\":\"#/components/{kind}/");
+        for reference in text.split(&prefix).skip(1) {
+            let name = &reference[..reference.find('"').unwrap()];
+            assert!(components.contains_key(name), "dangling $ref {kind}/{name}");
+        }
     }
+    // Every operation lists the errors it can meet, each as problem+json.
+    for (path, ops) in paths {
+        for (method, op) in ops.as_object().unwrap() {
+            if method == "parameters" {
+                continue;
+            }
+            let responses = op["responses"].as_object().unwrap();
+            let secured = op["security"].as_array().is_some_and(|s| !s.is_empty());
+            let parameters = op["parameters"].as_array().cloned().unwrap_or_default();
+            let has_in = |place: &str| parameters.iter().any(|p| p["in"] == place);
+            let mut expected = vec!["421"];
+            if secured {
+                expected.push("401");
+            }
+            if secured && path.starts_with("/admin") {
+                expected.push("403");
+            }
+            if has_in("path") {
+                expected.push("404");
+            }
+            if has_in("query") {
+                expected.push("400");
+            }
+            if op.get("requestBody").is_some() {
+                expected.extend(["400", "408", "413", "415"]);
+            }
+            for status in expected {
+                let response = &responses
+                    .get(status)
+                    .unwrap_or_else(|| panic!("{method} {path} does not list {status}"));
+                let resolved = match response["$ref"].as_str() {
+                    Some(reference) => {
+                        let name = reference.rsplit('/').next().unwrap();
+                        &doc["components"]["responses"][name]
+                    }
+                    None => response,
+                };
+                assert!(
+                    resolved["content"]["application/problem+json"].is_object(),
+                    "{method} {path} {status}: {resolved}"
+                );
+            }
+        }
+    }
+    assert!(doc["components"]["responses"]["MethodNotAllowed"].is_object());
+    // Value limits are declared.
+    let parameter = |path: &str, name: &str| {
+        doc["paths"][path]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{path} has no parameter {name}"))["schema"]
+            .clone()
+    };
+    let limit = parameter("/admin/deliveries", "limit");
+    assert_eq!(
+        (limit["minimum"].clone(), limit["maximum"].clone()),
+        (json!(1), json!(1000))
+    );
+    let days = parameter("/admin/endpoints/{id}/stats", "days");
+    assert_eq!(
+        (days["minimum"].clone(), days["maximum"].clone()),
+        (json!(1), json!(90))
+    );
+    assert_eq!(
+        parameter("/admin/deliveries", "status")["enum"],
+        json!(["pending", "succeeded", "failed", "skipped", "held"])
+    );
+    assert_eq!(
+        parameter("/admin/deliveries", "order")["enum"],
+        json!(["asc", "desc"])
+    );
     // And every listed operation is served: with an admin token and placeholder ids, the answer
     // comes from its handler, never from the router's "no such route" or a 405.
     for op in &listed {

@@ -15,6 +15,46 @@ use crate::transport::{encode, redact};
 pub const MAX_NAME_LEN: usize = 128;
 /// Longest idempotency or dedup key.
 pub const MAX_KEY_LEN: usize = 512;
+/// Deepest nesting of arrays and objects in a payload.
+///
+/// A payload is refused at accept rather than taken and delivered whole, because what herald
+/// accepts it promises to deliver, and a receiver must be able to parse it: JSON readers
+/// limit nesting by default (.NET's System.Text.Json and Json.NET at 64, serde_json at 128,
+/// Ruby at 100), and some recurse without a limit until their stack runs out. 64 is the lowest
+/// of those defaults, far beyond any real event. Refusing it makes the producer's mistake
+/// visible at once, instead of as an attempt that fails at the receiver a day later.
+pub const MAX_PAYLOAD_DEPTH: usize = 64;
+
+/// Refuses a payload nested deeper than [`MAX_PAYLOAD_DEPTH`]. `payload` is valid JSON (it
+/// parsed as a raw value), so brackets outside strings are all there is to count.
+pub(crate) fn check_depth(payload: &str) -> Result<()> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for byte in payload.bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_PAYLOAD_DEPTH {
+                    return Err(Error::InvalidRequest(format!(
+                        "`payload` is nested deeper than {MAX_PAYLOAD_DEPTH} levels of arrays and objects"
+                    )));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
 
 /// Checks a short identifier-like field.
 pub(crate) fn check_name(field: &str, value: &str, max: usize) -> Result<()> {
@@ -70,6 +110,7 @@ impl Engine {
                 limit: ceiling,
             });
         }
+        check_depth(new.payload.get())?;
 
         let targets = self.targets(&new).await?;
         let now = now_ms();
@@ -251,5 +292,28 @@ impl Engine {
                 delivery.status
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nested(depth: usize) -> String {
+        format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
+    }
+
+    #[test]
+    fn nesting_is_counted_outside_strings_only() {
+        assert!(check_depth(&nested(MAX_PAYLOAD_DEPTH)).is_ok());
+        let err = check_depth(&nested(MAX_PAYLOAD_DEPTH + 1)).unwrap_err();
+        assert!(err.to_string().contains("64 levels"), "{err}");
+        let brackets_in_strings = format!(
+            r#"{{"a": "{}", "b": "\"[[[", "c": [{{}}]}}"#,
+            "[{".repeat(100)
+        );
+        assert!(check_depth(&brackets_in_strings).is_ok());
+        let siblings = format!("[{}]", vec![nested(60); 10].join(","));
+        assert!(check_depth(&siblings).is_ok());
     }
 }

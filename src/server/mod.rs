@@ -5,17 +5,18 @@
 //! ([`problem::ApiError`]); tokens are checked by middleware ([`auth`]).
 
 mod auth;
+mod connections;
 mod console;
 mod extract;
+mod openapi;
 mod problem;
 pub mod routes;
 mod views;
 
-use std::time::Duration;
-
 use axum::Extension;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::{Method, Uri};
 use axum::middleware;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
@@ -23,6 +24,7 @@ use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 
 pub use auth::Tokens;
+pub use connections::ConnectionLimits;
 pub use problem::ApiError;
 
 use crate::config::Config;
@@ -31,20 +33,35 @@ use crate::{EngineConfig, Herald};
 /// Largest request body the API reads: the largest payload plus room for the envelope.
 pub const MAX_REQUEST_BYTES: usize = crate::store::MAX_PAYLOAD_BYTES + 64 * 1024;
 
-/// The complete HTTP API.
+/// The complete HTTP API. Every answer that is not a success is problem+json: handlers and
+/// extractors return [`ApiError`], and so do the fallbacks for unknown routes and methods and
+/// the layers (tokens, the loopback `Host` check, the JSON-only body rule).
 pub fn router(herald: Herald, tokens: Tokens, metrics: Option<PrometheusHandle>) -> Router {
+    let open = tokens.open();
     let (api, openapi) = api_router(tokens).split_for_parts();
-    api.with_state(herald)
+    let openapi = openapi::with_layer_responses(openapi);
+    let router = api
+        .with_state(herald)
         .merge(console::router())
         .fallback(|| async { ApiError::not_found("no such route") })
+        // After every route: it is set on the routes registered so far.
+        .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
+            ApiError::method_not_allowed(method.as_str(), uri.path())
+        })
         .layer(Extension(std::sync::Arc::new(openapi)))
         .layer(Extension(metrics))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .layer(middleware::from_fn(extract::require_json_bodies));
+    if open {
+        router.layer(middleware::from_fn(auth::loopback_hosts_only))
+    } else {
+        router
+    }
 }
 
 /// The OpenAPI document of the producer and admin routes, as `GET /openapi.json` serves it.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_router(Tokens::default()).into_openapi()
+    openapi::with_layer_responses(api_router(Tokens::default()).into_openapi())
 }
 
 /// Producer and admin routes, each registered with its OpenAPI description in one step.
@@ -87,41 +104,10 @@ fn api_router(tokens: Tokens) -> OpenApiRouter<Herald> {
         .routes(utoipa_axum::routes!(policies::get_policy))
         .routes(utoipa_axum::routes!(ops::backup))
         .route_layer(middleware::from_fn_with_state(tokens, auth::admin));
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(producer)
         .merge(admin)
         .merge(ops)
-}
-
-/// The document's frame: title, version, the bearer scheme and the error schema.
-#[derive(utoipa::OpenApi)]
-#[openapi(
-    info(
-        title = "herald",
-        description = "Reliable outbound callbacks: the producer API (`/v1`) and the admin API (`/admin`). \
-            Producer and admin routes take `Authorization: Bearer <token>`; errors are `application/problem+json`."
-    ),
-    modifiers(&BearerAuth),
-    components(schemas(problem::Problem)),
-    tags(
-        (name = "producer", description = "send and read messages (producer or admin token)"),
-        (name = "admin", description = "endpoints, deliveries, replay, policies (admin token)"),
-        (name = "ops", description = "liveness, metrics and this document (no token)")
-    )
-)]
-struct ApiDoc;
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
-        );
-    }
 }
 
 /// Runs the daemon until SIGTERM or SIGINT, then shuts down gracefully.
@@ -180,10 +166,20 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let names: Vec<String> = herald.policies().iter().map(|p| p.name.clone()).collect();
     tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), policies = ?names, "herald serving");
     let app = router(herald.clone(), tokens, Some(metrics));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| format!("server: {e}"))?;
+    let limits = ConnectionLimits {
+        header_read_timeout: config.header_read_timeout,
+        body_read_timeout: config.body_read_timeout,
+        idle_timeout: config.idle_timeout,
+        max_connections: config.max_connections,
+    };
+    connections::serve(
+        listener,
+        app,
+        limits,
+        shutdown_signal(),
+        config.shutdown_grace,
+    )
+    .await;
     tracing::info!("stopping: finishing attempts in flight");
     herald
         .shutdown_within(config.shutdown_grace)
@@ -244,6 +240,4 @@ async fn shutdown_signal() {
         () = ctrl_c => {}
         () = terminate => {}
     }
-    // Give in-flight HTTP requests a moment; axum stops accepting at once.
-    tokio::time::sleep(Duration::from_millis(10)).await;
 }

@@ -11,8 +11,9 @@ use crate::error::Error;
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     /// Stable machine-readable kind: `invalid_request`, `invalid_url`, `unknown_policy`,
-    /// `payload_too_large`, `unauthorized`, `forbidden`, `not_found`, `conflict`,
-    /// `shutting_down`, `internal`.
+    /// `payload_too_large`, `unsupported_media_type`, `request_timeout`, `unauthorized`,
+    /// `forbidden`, `misdirected_request`, `not_found`, `method_not_allowed`, `conflict`,
+    /// `unrouted`, `unavailable`, `shutting_down`, `internal`.
     #[serde(rename = "type")]
     pub kind: &'static str,
     /// The HTTP reason phrase.
@@ -71,6 +72,50 @@ impl ApiError {
     /// A 404 `not_found`.
     pub fn not_found(detail: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", detail)
+    }
+
+    /// A 408 `request_timeout`: the request body did not arrive within `limit`.
+    pub fn body_timeout(limit: std::time::Duration) -> ApiError {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {}",
+                humantime::format_duration(limit)
+            ),
+        )
+    }
+
+    /// A 415 `unsupported_media_type`.
+    pub fn unsupported_media_type(detail: impl Into<String>) -> ApiError {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            detail,
+        )
+    }
+
+    /// A 405 `method_not_allowed`; the `Allow` header (added by the router) lists the methods
+    /// that are served.
+    pub fn method_not_allowed(method: &str, path: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{method} is not served on {path}; the Allow header lists what is"),
+        )
+    }
+
+    /// A 421 `misdirected_request`: without tokens, a request addressed to a name other than
+    /// a loopback address or `localhost`.
+    pub fn misdirected(host: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "misdirected_request",
+            format!(
+                "without tokens herald answers only requests addressed to a loopback address or \
+                 localhost; this one was addressed to {host:?}"
+            ),
+        )
     }
 
     /// A 401 `unauthorized`.
@@ -153,6 +198,12 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may still arrive; it must not be read as the next request.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }

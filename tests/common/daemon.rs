@@ -31,11 +31,29 @@ impl Daemon {
         }
     }
 
+    /// With extra `HERALD_*` variables, set after the harness's own (an empty token variable
+    /// turns that token off).
+    pub fn start_with_env(data: &Path, config: Option<&Path>, env: &[(&str, &str)]) -> Daemon {
+        match Self::try_start_with_env(data, config, env) {
+            Ok(daemon) => daemon,
+            Err((status, log)) => panic!("daemon exited with {status}:\n{log}"),
+        }
+    }
+
     /// Starts the daemon, or returns how it exited and what it logged when it refuses to
     /// start.
     pub fn try_start(
         data: &Path,
         config: Option<&Path>,
+    ) -> Result<Daemon, (std::process::ExitStatus, String)> {
+        Self::try_start_with_env(data, config, &[])
+    }
+
+    /// [`Daemon::try_start`] with extra `HERALD_*` variables.
+    pub fn try_start_with_env(
+        data: &Path,
+        config: Option<&Path>,
+        env: &[(&str, &str)],
     ) -> Result<Daemon, (std::process::ExitStatus, String)> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -63,6 +81,7 @@ impl Daemon {
             .env("HERALD_LOG", "debug")
             .env("HERALD_ALLOW_PRIVATE_TARGETS", "true")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -97,6 +116,11 @@ impl Daemon {
             base: format!("http://127.0.0.1:{port}"),
             log,
         })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.base.trim_start_matches("http://").parse().unwrap()
     }
 
     pub async fn call(

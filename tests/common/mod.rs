@@ -3,6 +3,7 @@
 
 pub mod browser;
 pub mod daemon;
+pub mod raw_http;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -1,14 +1,14 @@
 //! The admin delivery routes: list, show with attempts, replay one, bulk replay.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 
 use super::{ADMIN, ApiResult, id, time_range};
 use crate::model::{DeliveryId, DeliveryStatus, EndpointId, rfc3339};
-use crate::server::extract::ApiJson;
+use crate::server::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::server::problem::{ApiError, NotFound, Problem};
 use crate::server::views::{DeliveryView, delivery_views};
 use crate::store::{DeliveryFilter, ReplayState};
@@ -22,8 +22,9 @@ const MAX_PAGE: usize = 1000;
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct DeliveryQuery {
-    /// `pending`, `held`, `succeeded`, `failed`, `skipped` or `cancelled`.
-    status: Option<String>,
+    /// Only deliveries in this status.
+    #[param(inline)]
+    status: Option<DeliveryStatus>,
     /// Only this endpoint's deliveries.
     endpoint_id: Option<String>,
     /// Only this tenant's deliveries.
@@ -32,12 +33,25 @@ pub struct DeliveryQuery {
     since: Option<String>,
     /// Created before: RFC 3339 or an age.
     until: Option<String>,
-    /// Page size, 1-1000 (default 100).
+    /// Page size.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
     limit: Option<usize>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
-    /// `asc` (oldest first, the default) or `desc` (newest first).
-    order: Option<String>,
+    /// Oldest first (the default) or newest first.
+    #[param(inline)]
+    order: Option<Order>,
+}
+
+/// The order of a page of deliveries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    /// Oldest first.
+    #[default]
+    Asc,
+    /// Newest first.
+    Desc,
 }
 
 /// One page of deliveries, oldest first unless `order=desc`.
@@ -60,18 +74,13 @@ pub struct DeliveryPage {
 )]
 pub async fn list_deliveries(
     State(herald): State<Herald>,
-    Query(query): Query<DeliveryQuery>,
+    ApiQuery(query): ApiQuery<DeliveryQuery>,
 ) -> ApiResult {
     let limit = query.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_PAGE {
         return Err(ApiError::invalid(format!("`limit` must be 1-{MAX_PAGE}")));
     }
-    let status = query
-        .status
-        .as_deref()
-        .map(str::parse::<DeliveryStatus>)
-        .transpose()
-        .map_err(ApiError::invalid)?;
+    let status = query.status;
     let endpoint_id = query
         .endpoint_id
         .as_deref()
@@ -85,15 +94,7 @@ pub async fn list_deliveries(
         .transpose()
         .map_err(|_| ApiError::invalid("`cursor` is not a cursor from a previous page"))?;
     let (since_ms, until_ms) = time_range(query.since.as_deref(), query.until.as_deref())?;
-    let newest_first = match query.order.as_deref() {
-        None | Some("asc") => false,
-        Some("desc") => true,
-        Some(other) => {
-            return Err(ApiError::invalid(format!(
-                "`order` must be asc or desc; got {other:?}"
-            )));
-        }
-    };
+    let newest_first = query.order.unwrap_or_default() == Order::Desc;
     // `held` is `pending` on a disabled endpoint: filter on pending, then keep the held ones.
     let stored_status = status.map(|s| match s {
         DeliveryStatus::Held => DeliveryStatus::Pending,
@@ -155,7 +156,10 @@ pub async fn list_deliveries(
     ),
     security(("bearer" = []))
 )]
-pub async fn get_delivery(State(herald): State<Herald>, Path(raw): Path<String>) -> ApiResult {
+pub async fn get_delivery(
+    State(herald): State<Herald>,
+    ApiPath(raw): ApiPath<String>,
+) -> ApiResult {
     let delivery = herald.delivery(id("delivery", &raw)?).await?;
     let attempts = herald.attempts(delivery.id).await?;
     let endpoint = herald.endpoint(delivery.endpoint_id).await.ok();
@@ -174,7 +178,10 @@ pub async fn get_delivery(State(herald): State<Herald>, Path(raw): Path<String>)
     ),
     security(("bearer" = []))
 )]
-pub async fn replay_delivery(State(herald): State<Herald>, Path(raw): Path<String>) -> ApiResult {
+pub async fn replay_delivery(
+    State(herald): State<Herald>,
+    ApiPath(raw): ApiPath<String>,
+) -> ApiResult {
     let delivery = herald.replay(id("delivery", &raw)?).await?;
     let endpoint = herald.endpoint(delivery.endpoint_id).await.ok();
     let view = DeliveryView::new(&delivery, endpoint.as_ref(), None);
@@ -192,7 +199,10 @@ pub async fn replay_delivery(State(herald): State<Herald>, Path(raw): Path<Strin
     ),
     security(("bearer" = []))
 )]
-pub async fn retry_delivery(State(herald): State<Herald>, Path(raw): Path<String>) -> ApiResult {
+pub async fn retry_delivery(
+    State(herald): State<Herald>,
+    ApiPath(raw): ApiPath<String>,
+) -> ApiResult {
     let delivery = herald.retry_now(id("delivery", &raw)?).await?;
     let endpoint = herald.endpoint(delivery.endpoint_id).await.ok();
     let view = DeliveryView::new(&delivery, endpoint.as_ref(), None);
@@ -211,7 +221,10 @@ pub async fn retry_delivery(State(herald): State<Herald>, Path(raw): Path<String
     ),
     security(("bearer" = []))
 )]
-pub async fn cancel_delivery(State(herald): State<Herald>, Path(raw): Path<String>) -> ApiResult {
+pub async fn cancel_delivery(
+    State(herald): State<Herald>,
+    ApiPath(raw): ApiPath<String>,
+) -> ApiResult {
     let delivery = herald.cancel(id("delivery", &raw)?).await?;
     let endpoint = herald.endpoint(delivery.endpoint_id).await.ok();
     let view = DeliveryView::new(&delivery, endpoint.as_ref(), None);
@@ -315,7 +328,7 @@ pub async fn bulk_replay(
     ),
     security(("bearer" = []))
 )]
-pub async fn replay_job(State(herald): State<Herald>, Path(raw): Path<String>) -> ApiResult {
+pub async fn replay_job(State(herald): State<Herald>, ApiPath(raw): ApiPath<String>) -> ApiResult {
     let job = herald.replay_job(id("replay", &raw)?).await?;
     Ok(Json(ReplayJobView::from(&job)).into_response())
 }

@@ -1,7 +1,7 @@
 //! The admin endpoint routes: CRUD, enable/disable, test-send, daily stats.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
@@ -10,7 +10,7 @@ use super::{ADMIN, ApiResult, id};
 use crate::Herald;
 use crate::api::{DayStats, EndpointUpdate, EndpointView, NewEndpoint, TestSendResult};
 use crate::model::EndpointId;
-use crate::server::extract::ApiJson;
+use crate::server::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::server::problem::{ApiError, NotFound, Problem};
 
 /// Creates an endpoint. Its secret and token are never returned afterwards.
@@ -55,7 +55,7 @@ pub struct EndpointList {
 )]
 pub async fn list_endpoints(
     State(herald): State<Herald>,
-    Query(query): Query<EndpointQuery>,
+    ApiQuery(query): ApiQuery<EndpointQuery>,
 ) -> ApiResult {
     let endpoints = herald.endpoints(query.tenant.as_deref()).await?;
     let endpoints = endpoints.iter().map(EndpointView::from).collect();
@@ -72,7 +72,10 @@ pub async fn list_endpoints(
     ),
     security(("bearer" = []))
 )]
-pub async fn get_endpoint(State(herald): State<Herald>, Path(raw): Path<String>) -> ApiResult {
+pub async fn get_endpoint(
+    State(herald): State<Herald>,
+    ApiPath(raw): ApiPath<String>,
+) -> ApiResult {
     let endpoint = herald.endpoint(id("endpoint", &raw)?).await?;
     Ok(Json(EndpointView::from(&endpoint)).into_response())
 }
@@ -91,7 +94,7 @@ pub async fn get_endpoint(State(herald): State<Herald>, Path(raw): Path<String>)
 )]
 pub async fn update_endpoint(
     State(herald): State<Herald>,
-    Path(raw): Path<String>,
+    ApiPath(raw): ApiPath<String>,
     ApiJson(update): ApiJson<EndpointUpdate>,
 ) -> ApiResult {
     let endpoint = herald
@@ -110,7 +113,10 @@ pub async fn update_endpoint(
     ),
     security(("bearer" = []))
 )]
-pub async fn delete_endpoint(State(herald): State<Herald>, Path(raw): Path<String>) -> ApiResult {
+pub async fn delete_endpoint(
+    State(herald): State<Herald>,
+    ApiPath(raw): ApiPath<String>,
+) -> ApiResult {
     herald.delete_endpoint(id("endpoint", &raw)?).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -125,7 +131,10 @@ pub async fn delete_endpoint(State(herald): State<Herald>, Path(raw): Path<Strin
     ),
     security(("bearer" = []))
 )]
-pub async fn enable_endpoint(State(herald): State<Herald>, Path(raw): Path<String>) -> ApiResult {
+pub async fn enable_endpoint(
+    State(herald): State<Herald>,
+    ApiPath(raw): ApiPath<String>,
+) -> ApiResult {
     set_enabled(herald, &raw, true).await
 }
 
@@ -139,7 +148,10 @@ pub async fn enable_endpoint(State(herald): State<Herald>, Path(raw): Path<Strin
     ),
     security(("bearer" = []))
 )]
-pub async fn disable_endpoint(State(herald): State<Herald>, Path(raw): Path<String>) -> ApiResult {
+pub async fn disable_endpoint(
+    State(herald): State<Herald>,
+    ApiPath(raw): ApiPath<String>,
+) -> ApiResult {
     set_enabled(herald, &raw, false).await
 }
 
@@ -161,7 +173,10 @@ async fn set_enabled(herald: Herald, raw: &str, enabled: bool) -> ApiResult {
     ),
     security(("bearer" = []))
 )]
-pub async fn test_endpoint(State(herald): State<Herald>, Path(raw): Path<String>) -> ApiResult {
+pub async fn test_endpoint(
+    State(herald): State<Herald>,
+    ApiPath(raw): ApiPath<String>,
+) -> ApiResult {
     let result = herald.test_endpoint(id("endpoint", &raw)?).await?;
     Ok(Json(result).into_response())
 }
@@ -171,7 +186,8 @@ pub async fn test_endpoint(State(herald): State<Herald>, Path(raw): Path<String>
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct StatsQuery {
-    /// Days back from today, 1-90 (default 14).
+    /// Days back from today.
+    #[param(minimum = 1, maximum = 90, default = 14)]
     days: Option<u32>,
 }
 
@@ -195,8 +211,8 @@ pub struct StatsView {
 )]
 pub async fn endpoint_stats(
     State(herald): State<Herald>,
-    Path(raw): Path<String>,
-    Query(query): Query<StatsQuery>,
+    ApiPath(raw): ApiPath<String>,
+    ApiQuery(query): ApiQuery<StatsQuery>,
 ) -> ApiResult {
     let days = query.days.unwrap_or(14);
     if !(1..=90).contains(&days) {

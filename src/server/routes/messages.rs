@@ -1,17 +1,17 @@
 //! The producer routes: send a message, read it back.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::{ApiResult, PRODUCER, id};
 use crate::Herald;
 use crate::api::{NewMessage, SendReceipt};
 use crate::model::{MessageId, rfc3339};
-use crate::server::extract::ApiJson;
+use crate::server::extract::{ApiJson, ApiPath};
 use crate::server::problem::{NotFound, Problem};
 use crate::server::views::{DeliveryView, delivery_views};
 
@@ -47,8 +47,9 @@ pub struct MessageView {
     id: MessageId,
     tenant: String,
     event_type: String,
+    /// As accepted, byte for byte.
     #[schema(value_type = Object)]
-    payload: Value,
+    payload: Box<RawValue>,
     /// Credentials and query removed.
     callback_url: Option<String>,
     idempotency_key: Option<String>,
@@ -67,17 +68,18 @@ pub struct MessageView {
     ),
     security(("bearer" = []))
 )]
-pub async fn message(State(herald): State<Herald>, Path(raw): Path<String>) -> ApiResult {
+pub async fn message(State(herald): State<Herald>, ApiPath(raw): ApiPath<String>) -> ApiResult {
     let id: MessageId = id("message", &raw)?;
     let message = herald.message(id).await?;
     let deliveries = herald.message_deliveries(id).await?;
     let deliveries = delivery_views(&herald, &deliveries).await;
-    let payload: Value = serde_json::from_str(message.payload.get()).unwrap_or(Value::Null);
+    // Served as stored, never parsed again: a reader with a nesting limit (serde_json stops
+    // at 128 levels) would turn a payload it cannot parse into something else.
     Ok(Json(MessageView {
         id: message.id,
         tenant: message.tenant,
         event_type: message.event_type,
-        payload,
+        payload: message.payload,
         callback_url: message
             .callback_url
             .as_deref()

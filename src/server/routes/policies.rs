@@ -1,11 +1,12 @@
 //! The admin policy routes: what each policy does, with its computed schedule.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::IntoResponse;
 use serde::Serialize;
 
 use super::{ADMIN, ApiResult};
+use crate::server::extract::ApiPath;
 use crate::server::problem::{ApiError, NotFound};
 use crate::{Herald, Policy};
 
@@ -97,7 +98,7 @@ pub async fn list_policies(State(herald): State<Herald>) -> ApiResult {
     ),
     security(("bearer" = []))
 )]
-pub async fn get_policy(State(herald): State<Herald>, Path(name): Path<String>) -> ApiResult {
+pub async fn get_policy(State(herald): State<Herald>, ApiPath(name): ApiPath<String>) -> ApiResult {
     let policy = herald
         .policies()
         .get(&name)
