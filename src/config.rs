@@ -174,8 +174,9 @@ settings! {
     /// How long SIGTERM waits for attempts in flight.
     #[serde(with = "humantime_serde")]
     shutdown_grace: Duration = Duration::from_secs(10),
-    /// A message no endpoint takes: `accept` (stored, and said so in the answer) or `reject`
-    /// (422 `unrouted`, nothing stored).
+    /// A message no endpoint takes: `accept` (stored; the answer carries `unrouted` with the
+    /// reason, `herald_messages_unrouted_total` counts it, a warning is logged once per tenant)
+    /// or `reject` (422 `unrouted`, nothing stored).
     unrouted: crate::Unrouted = crate::Unrouted::Accept,
 }
 

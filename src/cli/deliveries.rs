@@ -290,12 +290,17 @@ fn status_line(status: &str, made: usize, per_cycle: Option<u64>, d: &Value) -> 
 
 fn held_reason(endpoint: Option<&Value>) -> String {
     match endpoint {
-        Some(e) if e["enabled"] == false => format!(
-            "the endpoint is disabled ({} consecutive failures); `herald endpoints enable {}` \
-             releases its deliveries",
-            text(&e["consecutive_failures"]),
-            text(&e["id"])
-        ),
+        Some(e) if e["enabled"] == false => {
+            let why = match e["consecutive_failures"].as_u64() {
+                Some(n) if n > 0 => format!(" after {n} consecutive failed attempts"),
+                _ => String::new(),
+            };
+            format!(
+                "the endpoint is disabled{why}; `herald endpoints enable {}` releases its \
+                 deliveries",
+                text(&e["id"])
+            )
+        }
         _ => "waiting for the endpoint to be enabled".into(),
     }
 }

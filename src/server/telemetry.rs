@@ -31,6 +31,10 @@ fn describe() {
         "Messages accepted and stored (sends with a repeated idempotency key not counted)"
     );
     describe_counter!(
+        "herald_messages_unrouted_total",
+        "Messages accepted that no endpoint of their tenant takes (unrouted = accept)"
+    );
+    describe_counter!(
         "herald_attempts_total",
         "Delivery attempts by policy and outcome (success, rejected, timeout, connect, refused, ...)"
     );
