@@ -34,11 +34,10 @@ fn herald(daemon: Option<&Daemon>) -> Command {
 }
 
 async fn run(daemon: Option<&Daemon>, args: &[&str]) -> Output {
-    let output = tokio::time::timeout(Duration::from_secs(30), herald(daemon).args(args).output())
+    tokio::time::timeout(Duration::from_secs(30), herald(daemon).args(args).output())
         .await
         .expect("herald command did not finish in 30 s")
-        .unwrap();
-    output
+        .unwrap()
 }
 
 /// Runs and expects success; returns stdout.
@@ -765,10 +764,10 @@ async fn policy_descriptions_agree_with_their_schedules() {
         let attempts = policy["attempts"].as_u64().unwrap();
         let words: Vec<&str> = description.split_whitespace().collect();
         for pair in words.windows(2) {
-            if pair[1].starts_with("attempts") {
-                if let Ok(claimed) = pair[0].parse::<u64>() {
-                    assert_eq!(claimed, attempts, "{description}");
-                }
+            if pair[1].starts_with("attempts")
+                && let Ok(claimed) = pair[0].parse::<u64>()
+            {
+                assert_eq!(claimed, attempts, "{description}");
             }
         }
     }
