@@ -287,6 +287,35 @@ async fn the_quick_start_delivers_and_the_receiver_verifies_each_signature() {
             .await
             .contains("x-memsource-token (token): ok")
     );
+
+    // /metrics describes every metric and buckets durations and group sizes.
+    let text = reqwest::get(format!("{}/metrics", daemon.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let name = line.split_whitespace().nth(2).unwrap();
+        assert!(
+            text.contains(&format!("# HELP {name} ")),
+            "no HELP for {name}"
+        );
+    }
+    for histogram in [
+        "herald_attempt_duration_seconds",
+        "herald_group_commit_size",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {histogram} histogram")),
+            "{histogram}: {text}"
+        );
+    }
+    assert!(
+        text.contains("herald_group_commit_size_bucket{le=\"1\"}"),
+        "{text}"
+    );
+    assert!(!text.contains("quantile="), "summaries left: {text}");
 }
 
 #[tokio::test]
