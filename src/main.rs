@@ -88,7 +88,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => args.run().await,
-            Command::Receive(args) => cli::receive::run(args).await,
+            Command::Receive(args) => cli::receive::run(args, remote.json).await,
             Command::Send(args) => cli::send::run(&remote, args).await,
             Command::Endpoints { command } => cli::endpoints::run(&remote, command).await,
             Command::Deliveries { command } => cli::deliveries::run(&remote, command).await,

@@ -251,7 +251,8 @@ async fn the_quick_start_delivers_and_the_receiver_verifies_each_signature() {
             .await
             .contains("X-Tolq-Signature (HMAC-SHA1 HEX): MISMATCH")
     );
-    let receive = Receive::start(&["--security-token", "tok-123", "--exit-after", "1"]).await;
+    let receive =
+        Receive::start(&["--security-token", "tok-123", "--exit-after", "1", "--json"]).await;
     ok(
         &daemon,
         &[
@@ -281,11 +282,13 @@ async fn the_quick_start_delivers_and_the_receiver_verifies_each_signature() {
         ],
     )
     .await;
-    assert!(
-        receive
-            .finish()
-            .await
-            .contains("x-memsource-token (token): ok")
+    // With --json, one object a line.
+    let printed = receive.finish().await;
+    let request: Value = serde_json::from_str(printed.trim()).unwrap();
+    assert_eq!(request["headers"]["x-memsource-token"], "tok-123");
+    assert_eq!(
+        request["signatures"][0],
+        "signature: x-memsource-token (token): ok"
     );
 
     // /metrics describes every metric and buckets durations and group sizes.

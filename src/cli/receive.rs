@@ -45,6 +45,8 @@ pub struct ReceiveArgs {
 
 struct Receiver {
     args: ReceiveArgs,
+    /// One JSON object a line instead of text.
+    json: bool,
     status: StatusCode,
     /// Signing schemes to check, from the shipped policies (one of each).
     schemes: Vec<Signing>,
@@ -52,8 +54,9 @@ struct Receiver {
     enough: Notify,
 }
 
-/// Runs the receiver until Ctrl-C (or `--exit-after` requests).
-pub async fn run(args: ReceiveArgs) -> Result<(), String> {
+/// Runs the receiver until Ctrl-C (or `--exit-after` requests); `json` prints each request as
+/// one JSON line.
+pub async fn run(args: ReceiveArgs, json: bool) -> Result<(), String> {
     let status = StatusCode::from_u16(args.status)
         .map_err(|_| format!("--status {}: not an HTTP status", args.status))?;
     let mut schemes: Vec<Signing> = Vec::new();
@@ -68,13 +71,21 @@ pub async fn run(args: ReceiveArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let receiver = Arc::new(Receiver {
         args,
+        json,
         status,
         schemes,
         seen: AtomicU64::new(0),
         enough: Notify::new(),
     });
-    println!("herald receive: listening on http://{addr}/ — answering {status}");
-    println!("  point an endpoint at http://{addr}/callbacks (any path works); Ctrl-C stops");
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"listening": format!("http://{addr}/")})
+        );
+    } else {
+        println!("herald receive: listening on http://{addr}/ — answering {status}");
+        println!("  point an endpoint at http://{addr}/callbacks (any path works); Ctrl-C stops");
+    }
     let app = axum::Router::new()
         .fallback(handle)
         .with_state(receiver.clone());
@@ -98,25 +109,35 @@ async fn handle(
     body: Bytes,
 ) -> impl IntoResponse {
     let n = receiver.seen.fetch_add(1, Ordering::SeqCst) + 1;
-    let mut out = format!(
-        "\n── #{n} {method} {uri}  {}\n",
-        humantime::format_rfc3339_millis(std::time::SystemTime::now())
-    );
-    for (name, value) in &headers {
-        out.push_str(&format!(
-            "{name}: {}\n",
-            String::from_utf8_lossy(value.as_bytes())
-        ));
+    let verdicts = receiver.verdicts(&headers, &body);
+    if receiver.json {
+        let headers: serde_json::Map<String, serde_json::Value> = headers
+            .iter()
+            .map(|(name, value)| {
+                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                (name.to_string(), value.into())
+            })
+            .collect();
+        let line = serde_json::json!({
+            "n": n, "method": method.as_str(), "path": uri.to_string(), "headers": headers,
+            "body": String::from_utf8_lossy(&body), "signatures": verdicts,
+            "answered": receiver.status.as_u16(),
+        });
+        println!("{line}");
+    } else {
+        print!(
+            "{}",
+            describe(
+                n,
+                &method,
+                &uri,
+                &headers,
+                &body,
+                &verdicts,
+                receiver.status
+            )
+        );
     }
-    out.push('\n');
-    out.push_str(&String::from_utf8_lossy(&body));
-    out.push('\n');
-    for line in receiver.verdicts(&headers, &body) {
-        out.push_str(&line);
-        out.push('\n');
-    }
-    out.push_str(&format!("→ answered {}\n", receiver.status));
-    print!("{out}");
     if receiver.args.exit_after.is_some_and(|max| n >= max) {
         receiver.enough.notify_one();
     }
@@ -125,6 +146,37 @@ async fn handle(
         [(header::CONTENT_TYPE, "application/json")],
         receiver.args.body.clone(),
     )
+}
+
+/// A request as text: the request line, headers, body, signature verdicts, the answer.
+fn describe(
+    n: u64,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+    verdicts: &[String],
+    status: StatusCode,
+) -> String {
+    let mut out = format!(
+        "\n── #{n} {method} {uri}  {}\n",
+        humantime::format_rfc3339_millis(std::time::SystemTime::now())
+    );
+    for (name, value) in headers {
+        out.push_str(&format!(
+            "{name}: {}\n",
+            String::from_utf8_lossy(value.as_bytes())
+        ));
+    }
+    out.push('\n');
+    out.push_str(&String::from_utf8_lossy(body));
+    out.push('\n');
+    for line in verdicts {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push_str(&format!("→ answered {status}\n"));
+    out
 }
 
 impl Receiver {
