@@ -759,6 +759,26 @@ async fn serve_binds_first_logs_plainly_and_refusals_name_the_setting() {
     );
     assert!(!log.contains("tokio_cron_scheduler"), "{log}");
 
+    // A second daemon on the same store names the first.
+    let other = format!("127.0.0.1:{}", free_port());
+    let (mut second, log) = serve(&[
+        ("HERALD_LISTEN", &other),
+        ("HERALD_DATA_DIR", data.to_str().unwrap()),
+    ])
+    .await;
+    assert!(!second.wait().await.unwrap().success());
+    assert!(
+        log.contains(&format!("another herald is using {}", data.display())),
+        "{log}"
+    );
+    // The holder's pid comes from /proc/locks where the system has it.
+    if log.contains("(pid ") {
+        assert!(
+            log.contains(&format!("(pid {})", child.id().unwrap())),
+            "{log}"
+        );
+    }
+
     // A loopback target without the allowance names the settings that would allow it.
     let base = format!("http://{listen}");
     let output = herald(None)
