@@ -855,3 +855,67 @@ fn the_readme_embedding_example_is_the_shipped_example() {
         "examples/embed.rs and the README's `deliver` differ; keep them the same"
     );
 }
+
+#[tokio::test]
+#[ignore = "needs POST /admin/deliveries/{id}/retry and /cancel on the daemon"]
+async fn a_pending_delivery_is_retried_now_or_cancelled() {
+    let receiver = Receiver::start(|_, _| common::Reply::Status(503, "busy")).await;
+    let dir = tempfile::tempdir().unwrap();
+    write_policy(
+        dir.path(),
+        "hourly",
+        "[schedule]\nkind = \"explicit\"\ndelays = [\"1h\", \"1h\"]\nhonor_retry_after = false\n",
+    );
+    let daemon = Daemon::start(dir.path());
+    json(
+        &daemon,
+        &[
+            "endpoints",
+            "create",
+            "--tenant",
+            "acme",
+            "--policy",
+            "hourly",
+            "--url",
+            &receiver.url(),
+        ],
+    )
+    .await;
+    let receipt = json(
+        &daemon,
+        &[
+            "send",
+            "--tenant",
+            "acme",
+            "--event-type",
+            "e",
+            "--payload",
+            "{}",
+        ],
+    )
+    .await;
+    let delivery = receipt["deliveries"][0]["id"].as_str().unwrap().to_string();
+    until(
+        &daemon,
+        &["deliveries", "show", &delivery],
+        "1 of 3 attempts made",
+    )
+    .await;
+
+    // The next attempt is an hour away; retry makes it now.
+    let retried = ok(&daemon, &["deliveries", "retry", &delivery]).await;
+    assert!(retried.contains("will be attempted now"), "{retried}");
+    assert!(receiver.wait_for(2, Duration::from_secs(10)).await);
+    until(
+        &daemon,
+        &["deliveries", "show", &delivery],
+        "2 of 3 attempts made",
+    )
+    .await;
+
+    let cancelled = ok(&daemon, &["deliveries", "cancel", &delivery]).await;
+    assert!(cancelled.contains("is cancelled"), "{cancelled}");
+    let again = run(Some(&daemon), &["deliveries", "cancel", &delivery]).await;
+    assert!(!again.status.success());
+    assert!(texts(&again).1.contains("(409)"), "{:?}", texts(&again));
+}

@@ -95,6 +95,12 @@ impl Remote {
             "" => format!("{status}: {detail}"),
             kind => format!("{kind} ({}): {detail}", status.as_u16()),
         };
+        if detail == "no such route" {
+            message.push_str(&format!(
+                "\n  the daemon at {} does not serve {path}: is it older than this command?",
+                self.server
+            ));
+        }
         if status.as_u16() == 401 {
             message.push_str(
                 "\n  pass the admin token with --token or HERALD_TOKEN (the daemon's HERALD_ADMIN_TOKEN)",

@@ -111,7 +111,7 @@ async fn status(remote: &Remote, id: &str, follow: bool) -> Result<(), String> {
         } else {
             let line = progress_line(&job, terminal);
             if terminal {
-                print!("\r{line}");
+                print!("\r{line}\x1b[K"); // rewrite the line, clear what is left of the last one
                 let _ = std::io::stdout().flush();
             } else if line != last_line {
                 println!("{line}");
