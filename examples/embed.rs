@@ -54,7 +54,8 @@ async fn deliver(url: &str) -> Result<(), Box<dyn std::error::Error>> {
         .await?;
 
     // Endpoints are stored: create this one on the first run only.
-    if !herald.endpoints(Some("acme"))?.iter().any(|e| e.url == url) {
+    let existing = herald.endpoints(Some("acme")).await?;
+    if !existing.iter().any(|e| e.url == url) {
         herald
             .create_endpoint(NewEndpoint {
                 tenant: "acme".into(),

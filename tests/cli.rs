@@ -857,7 +857,6 @@ fn the_readme_embedding_example_is_the_shipped_example() {
 }
 
 #[tokio::test]
-#[ignore = "needs POST /admin/deliveries/{id}/retry and /cancel on the daemon"]
 async fn a_pending_delivery_is_retried_now_or_cancelled() {
     let receiver = Receiver::start(|_, _| common::Reply::Status(503, "busy")).await;
     let dir = tempfile::tempdir().unwrap();
