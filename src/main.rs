@@ -74,6 +74,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(
+        cli.command,
+        Command::Serve(_) | Command::Receive(_) | Command::Bench { .. }
+    ) {
+        die_quietly_on_closed_pipes();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -117,5 +123,16 @@ fn main() -> ExitCode {
             eprintln!("herald: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `herald deliveries list | head` should end quietly when `head` has read enough, as other
+/// command-line tools do, instead of panicking on a broken pipe. Not for the servers: a peer
+/// closing a socket must be an error there, not the end of the process.
+fn die_quietly_on_closed_pipes() {
+    #[cfg(unix)]
+    // SAFETY: restores the default action of one signal before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

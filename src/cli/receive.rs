@@ -35,9 +35,10 @@ pub struct ReceiveArgs {
     /// HTTP status to answer with (500 to watch herald retry).
     #[arg(long, default_value_t = 200)]
     status: u16,
-    /// Body to answer with (JSON; the default satisfies every shipped policy, Ovesio's too).
-    #[arg(long, default_value = r#"{"success": true}"#)]
-    body: String,
+    /// Body to answer with; by default `{"success": true}` (Ovesio's success) for a 2xx status
+    /// and `{"success": false}` for any other.
+    #[arg(long)]
+    body: Option<String>,
     /// Exit after this many requests (scripts and tests).
     #[arg(long, value_name = "N")]
     exit_after: Option<u64>,
@@ -45,6 +46,8 @@ pub struct ReceiveArgs {
 
 struct Receiver {
     args: ReceiveArgs,
+    /// What every request is answered with.
+    body: String,
     /// One JSON object a line instead of text.
     json: bool,
     status: StatusCode,
@@ -69,8 +72,13 @@ pub async fn run(args: ReceiveArgs, json: bool) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let body = args
+        .body
+        .clone()
+        .unwrap_or_else(|| serde_json::json!({"success": status.is_success()}).to_string());
     let receiver = Arc::new(Receiver {
         args,
+        body,
         json,
         status,
         schemes,
@@ -144,7 +152,7 @@ async fn handle(
     (
         receiver.status,
         [(header::CONTENT_TYPE, "application/json")],
-        receiver.args.body.clone(),
+        receiver.body.clone(),
     )
 }
 
