@@ -914,7 +914,22 @@ async fn a_pending_delivery_is_retried_now_or_cancelled() {
 
     let cancelled = ok(&daemon, &["deliveries", "cancel", &delivery]).await;
     assert!(cancelled.contains("is cancelled"), "{cancelled}");
+    let shown = ok(&daemon, &["deliveries", "show", &delivery]).await;
+    assert!(shown.contains("last error cancelled"), "{shown}");
     let again = run(Some(&daemon), &["deliveries", "cancel", &delivery]).await;
     assert!(!again.status.success());
     assert!(texts(&again).1.contains("(409)"), "{:?}", texts(&again));
+}
+
+#[tokio::test]
+async fn the_library_opens_without_a_policies_directory_as_the_daemon_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let herald = herald::Herald::builder()
+        .data_dir(dir.path().join("store"))
+        .policies_dir(dir.path().join("no-such-directory"))
+        .open()
+        .await
+        .expect("a missing policies directory is not an error");
+    assert!(herald.policies().get("tolq").is_some());
+    herald.shutdown().await.unwrap();
 }

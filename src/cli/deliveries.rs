@@ -204,6 +204,9 @@ async fn show(remote: &Remote, id: &str) -> Result<(), String> {
     if status == "held" {
         println!("held       {}", held_reason(endpoint.as_ref()));
     }
+    if let Some(error) = d["last_error"].as_str() {
+        println!("last error {error}");
+    }
     match &message {
         Some(m) => println!(
             "message    {} (tenant {}, event {})",
