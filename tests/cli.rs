@@ -771,10 +771,9 @@ async fn serve_binds_first_logs_plainly_and_refusals_name_the_setting() {
         log.contains(&format!("another herald is using {}", data.display())),
         "{log}"
     );
-    // The holder's pid comes from /proc/locks where the system has it.
-    if log.contains("(pid ") {
+    if log.contains("by pid ") {
         assert!(
-            log.contains(&format!("(pid {})", child.id().unwrap())),
+            log.contains(&format!("by pid {}", child.id().unwrap())),
             "{log}"
         );
     }

@@ -29,48 +29,7 @@ impl ServeArgs {
             .with_ansi(ansi)
             .with_writer(std::io::stderr)
             .init();
-        let data_dir = config.data_dir.clone();
-        herald::server::serve(config)
-            .await
-            .map_err(|e| explain_lock(e, &data_dir))
-    }
-}
-
-/// The store allows one process at a time; say which one holds it instead of `WouldBlock`.
-fn explain_lock(error: String, data_dir: &std::path::Path) -> String {
-    if !error.contains("could not acquire lock") {
-        return error;
-    }
-    let shown = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
-    let holder = lock_holder(&data_dir.join("db"))
-        .map(|pid| format!(" (pid {pid})"))
-        .unwrap_or_default();
-    format!(
-        "another herald is using {}{holder}: stop it, or give this one its own --data-dir",
-        shown.display()
-    )
-}
-
-/// The process holding a lock on `file`, from /proc/locks (Linux; `None` elsewhere).
-fn lock_holder(file: &std::path::Path) -> Option<u32> {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::fs::MetadataExt as _;
-        let inode = std::fs::metadata(file).ok()?.ino().to_string();
-        let locks = std::fs::read_to_string("/proc/locks").ok()?;
-        // "1: FLOCK  ADVISORY  WRITE 12345 08:01:1048602 0 EOF"
-        locks.lines().find_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let device_inode = fields.get(5)?;
-            (device_inode.rsplit(':').next()? == inode)
-                .then(|| fields.get(4)?.parse().ok())
-                .flatten()
-        })
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = file;
-        None
+        herald::server::serve(config).await
     }
 }
 
