@@ -384,7 +384,7 @@ async fn endpoints_are_managed_from_the_cli() {
     let delivery = sent["deliveries"][0]["id"].as_str().unwrap().to_string();
     let held = ok(&daemon, &["deliveries", "show", &delivery]).await;
     assert!(
-        held.contains("held       the endpoint is disabled"),
+        held.contains("held       endpoint disabled: by an operator"),
         "{held}"
     );
     assert!(held.contains("tenant acme, event job.completed"), "{held}");

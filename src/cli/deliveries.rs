@@ -202,7 +202,7 @@ async fn show(remote: &Remote, id: &str) -> Result<(), String> {
         status_line(&status, in_cycle, per_cycle, &d)
     );
     if status == "held" {
-        println!("held       {}", held_reason(endpoint.as_ref()));
+        println!("held       {}", held_reason(&d, endpoint.as_ref()));
     }
     if let Some(error) = d["last_error"].as_str() {
         println!("last error {error}");
@@ -291,19 +291,20 @@ fn status_line(status: &str, made: usize, per_cycle: Option<u64>, d: &Value) -> 
     }
 }
 
-fn held_reason(endpoint: Option<&Value>) -> String {
-    match endpoint {
-        Some(e) if e["enabled"] == false => {
-            let why = match e["consecutive_failures"].as_u64() {
-                Some(n) if n > 0 => format!(" after {n} consecutive failed attempts"),
-                _ => String::new(),
-            };
-            format!(
-                "the endpoint is disabled{why}; `herald endpoints enable {}` releases its \
-                 deliveries",
-                text(&e["id"])
-            )
-        }
-        _ => "waiting for the endpoint to be enabled".into(),
-    }
+/// Why a delivery waits: the daemon's reason, when it was disabled, and what releases it.
+fn held_reason(delivery: &Value, endpoint: Option<&Value>) -> String {
+    let reason = delivery["held_reason"]
+        .as_str()
+        .unwrap_or("the endpoint is disabled");
+    let Some(e) = endpoint else {
+        return reason.to_string();
+    };
+    let since = e["disabled_at"]
+        .as_str()
+        .map(|at| format!(" ({})", relative(at)))
+        .unwrap_or_default();
+    format!(
+        "{reason}{since}; `herald endpoints enable {}` releases its deliveries",
+        text(&e["id"])
+    )
 }

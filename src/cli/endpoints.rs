@@ -328,6 +328,9 @@ fn print_endpoint(e: &Value) {
             ""
         }
     );
+    if let Some(reason) = e["disabled_reason"].as_str() {
+        println!("disabled     {reason}, {}", when(&e["disabled_at"]));
+    }
     println!("failures     {} in a row", text(&e["consecutive_failures"]));
     println!("events       {}", list(&e["event_types"], "all"));
     println!(
