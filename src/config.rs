@@ -1,106 +1,203 @@
-//! Daemon configuration: `herald.toml`, then `HERALD_*` environment variables, then defaults.
+//! Daemon configuration: one list of settings, read from defaults, then `herald.toml`, then
+//! `HERALD_*` environment variables, then `herald serve --flags` (each overriding the one before).
+//!
+//! Every setting is declared once, in the [`settings!`] list at the bottom of this file: its
+//! doc comment, type and default. From that one entry come the field of [`Config`], the
+//! `HERALD_<KEY>` variable, the `--key` flag with its help (`herald serve --help`), and the row
+//! of the README's configuration table (a test checks the README against [`markdown_table`]).
+//! Adding a setting is adding an entry there.
+//!
+//! Merging is done by `figment`: defaults, the TOML file, the environment and the flags are
+//! providers in that order. The file is also read by the `toml` crate first, which refuses
+//! unknown keys and wrong types with the line they are on.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::{Deserialize, Serialize};
 
-/// Everything `herald serve` can be told. Every key may be overridden by the environment
-/// variable `HERALD_<KEY>` (upper case), e.g. `HERALD_LISTEN=0.0.0.0:8088`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Config {
-    /// Address to serve on.
-    pub listen: SocketAddr,
-    /// Store directory.
-    pub data_dir: PathBuf,
-    /// Policy files loaded on top of the built-in ones (a missing directory is fine).
-    pub policies_dir: PathBuf,
-    /// Bearer token for everything.
-    pub admin_token: Option<String>,
-    /// Bearer token for `/v1/messages` only.
-    pub producer_token: Option<String>,
-    /// Where operator notifications (`endpoint.disabled`) go.
-    pub notify_url: Option<String>,
-    /// Egress proxy for every delivery.
-    pub proxy: Option<String>,
-    /// Hosts reached directly despite `proxy` (comma-separated names, `.suffix`, IPs, CIDRs).
-    pub no_proxy: Option<String>,
-    /// Key sealing endpoint secrets at rest: base64 of 32 bytes. Without it, `secret.key` in
-    /// the data directory is used (created with mode 0600 on first start).
-    pub secret_key: Option<String>,
-    /// Allow deliveries to loopback and private addresses (tests, trusted networks).
-    pub allow_private_targets: bool,
-    /// Private networks allowed all the same, e.g. `["10.1.2.0/24"]`
-    /// (`HERALD_ALLOW_CIDRS=10.1.2.0/24,fd00::/64`).
-    pub allow_cidrs: Vec<ipnet::IpNet>,
-    /// `tracing` filter, e.g. `info` or `herald=debug`.
-    pub log: String,
-    /// How long attempts and finished messages are kept.
-    #[serde(with = "humantime_serde")]
-    pub retention: Duration,
-    /// When housekeeping (the retention purge) runs: a cron expression with seconds, UTC.
-    pub housekeeping_cron: String,
-    /// Claimed deliveries over all endpoints, at most.
-    pub max_in_flight: usize,
-    /// Attempts in flight per endpoint, at most.
-    pub endpoint_concurrency: usize,
-    /// sled page cache in bytes.
-    pub cache_bytes: u64,
-    /// How long shutdown waits for attempts in flight (and, before that, for HTTP requests
-    /// being answered).
-    #[serde(with = "humantime_serde")]
-    pub shutdown_grace: Duration,
-    /// A message no endpoint takes: `accept` (stored, and said so in the answer) or `reject`
-    /// (422 `unrouted`, nothing stored).
-    pub unrouted: crate::Unrouted,
-    /// How long a client may take to send a request's head (request line and headers),
-    /// counted from the connection's accept, or from the first byte of a request on a
-    /// kept-alive connection. A connection that runs out of it is closed.
-    #[serde(with = "humantime_serde")]
-    pub header_read_timeout: Duration,
-    /// How long a client may take to send a request body, counted from the end of its head;
-    /// a slower one is answered 408 and the connection closed.
-    #[serde(with = "humantime_serde")]
-    pub body_read_timeout: Duration,
-    /// How long a kept-alive connection may wait for its next request before it is closed.
-    #[serde(with = "humantime_serde")]
-    pub idle_timeout: Duration,
-    /// Client connections open at once, at most; further ones wait in the listen backlog
-    /// until a connection closes.
-    pub max_connections: usize,
+/// Prefix of the environment variables: `HERALD_LISTEN` sets `listen`.
+pub const ENV_PREFIX: &str = "HERALD_";
+
+/// One setting as the outside world sees it: its key, variable, flag and meaning.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    /// The key in `herald.toml`, e.g. `data_dir`.
+    pub key: &'static str,
+    /// The field's doc comment: what the setting means.
+    pub doc: &'static str,
+    /// Tokens and keys: their values are never shown (`--help` hides the environment's value).
+    pub secret: bool,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8088)),
-            data_dir: PathBuf::from("./herald-data"),
-            policies_dir: PathBuf::from("./policies"),
-            admin_token: None,
-            producer_token: None,
-            notify_url: None,
-            proxy: None,
-            no_proxy: None,
-            secret_key: None,
-            allow_private_targets: false,
-            allow_cidrs: Vec::new(),
-            log: "info".into(),
-            retention: Duration::from_secs(14 * 24 * 3600),
-            housekeeping_cron: "0 17 3 * * *".into(),
-            max_in_flight: 1024,
-            endpoint_concurrency: 16,
-            cache_bytes: 64 * 1024 * 1024,
-            shutdown_grace: Duration::from_secs(10),
-            unrouted: crate::Unrouted::Accept,
-            header_read_timeout: Duration::from_secs(10),
-            body_read_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(60),
-            max_connections: 512,
+impl Setting {
+    /// `HERALD_DATA_DIR`.
+    pub fn env_var(&self) -> String {
+        format!("{ENV_PREFIX}{}", self.key.to_ascii_uppercase())
+    }
+
+    /// `data-dir`, as in `herald serve --data-dir`.
+    pub fn flag(&self) -> String {
+        self.key.replace('_', "-")
+    }
+
+    /// The doc comment on one line.
+    pub fn meaning(&self) -> String {
+        self.doc.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+
+    /// The default as it would be written in `herald.toml`; `None` when there is none.
+    pub fn default_value(&self) -> Option<String> {
+        let defaults = toml::Table::try_from(Config::default()).ok()?;
+        match defaults.get(self.key)? {
+            toml::Value::String(s) => Some(s.clone()),
+            toml::Value::Array(a) if a.is_empty() => None,
+            other => Some(other.to_string()),
         }
     }
+
+    /// Whether the setting is a yes/no switch (`--allow-private-targets` alone means true).
+    pub fn is_switch(&self) -> bool {
+        toml::Table::try_from(Config::default())
+            .ok()
+            .and_then(|t| t.get(self.key).map(toml::Value::is_bool))
+            .unwrap_or(false)
+    }
 }
+
+/// Declares [`Config`], its `Default`, and [`SETTINGS`] from one list.
+///
+/// Each entry: doc comment (required: it is the help text and the README's "meaning"), any
+/// `#[serde(...)]` attributes, an optional `[secret]` marker, then `name: Type = default`.
+macro_rules! settings {
+    ($(
+        $(#[doc = $doc:literal])+
+        $(#[serde($($serde:tt)+)])*
+        $([$secret:ident])?
+        $name:ident: $ty:ty = $default:expr
+    ),+ $(,)?) => {
+        /// Everything `herald serve` can be told. See the module documentation for where each
+        /// value may come from.
+        #[derive(Clone, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct Config {
+            $(
+                $(#[doc = $doc])+
+                $(#[serde($($serde)+)])*
+                pub $name: $ty,
+            )+
+        }
+
+        impl Default for Config {
+            fn default() -> Self {
+                Config { $($name: $default,)+ }
+            }
+        }
+
+        /// Every setting, in the order of the README's table and of `herald serve --help`.
+        pub const SETTINGS: &[Setting] = &[
+            $(Setting {
+                key: stringify!($name),
+                doc: concat!($($doc, "\n"),+),
+                secret: false $(|| !stringify!($secret).is_empty())?,
+            },)+
+        ];
+
+        impl fmt::Debug for Config {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let mut out = f.debug_struct("Config");
+                $(
+                    let secret = false $(|| !stringify!($secret).is_empty())?;
+                    if secret {
+                        out.field(stringify!($name), &"<redacted>");
+                    } else {
+                        out.field(stringify!($name), &self.$name);
+                    }
+                )+
+                out.finish()
+            }
+        }
+    };
+}
+
+settings! {
+    /// Address the API listens on. A non-loopback address needs `admin_token` or
+    /// `producer_token`.
+    listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8088)),
+    /// Store directory (created if missing).
+    data_dir: PathBuf = PathBuf::from("./herald-data"),
+    /// Extra policy files, loaded on top of the built-in ones (a missing directory is fine).
+    policies_dir: PathBuf = PathBuf::from("./policies"),
+    /// Bearer token for everything (at least 16 characters).
+    [secret]
+    admin_token: Option<String> = None,
+    /// Bearer token for `/v1/messages` only (at least 16 characters).
+    [secret]
+    producer_token: Option<String> = None,
+    /// Where operator notifications such as `endpoint.disabled` go (through herald's own
+    /// queue, policy `herald-notify`).
+    notify_url: Option<String> = None,
+    /// Egress proxy for every delivery, e.g. `http://proxy:3128`.
+    [secret]
+    proxy: Option<String> = None,
+    /// Hosts reached directly despite `proxy`: names, `.suffix`, IPs, CIDRs, comma-separated
+    /// (still checked by the SSRF guard).
+    no_proxy: Option<String> = None,
+    /// Base64 of 32 bytes sealing endpoint secrets at rest; without it `secret.key` (mode 0600)
+    /// is created in the data directory.
+    [secret]
+    secret_key: Option<String> = None,
+    /// Allow deliveries to loopback and private addresses: turns the SSRF guard off (local
+    /// testing, trusted networks).
+    allow_private_targets: bool = false,
+    /// Private networks allowed all the same, comma-separated: `10.1.2.0/24,fd00::/64`.
+    #[serde(deserialize_with = "comma_separated")]
+    allow_cidrs: Vec<ipnet::IpNet> = Vec::new(),
+    /// Log filter (`tracing` syntax): `info`, `debug`, `herald=debug,info`.
+    log: String = "info,tokio_cron_scheduler=warn".into(),
+    /// Finished messages, attempts and daily stats older than this are purged.
+    #[serde(with = "humantime_serde")]
+    retention: Duration = Duration::from_secs(14 * 24 * 3600),
+    /// When the purge runs: cron with seconds, UTC.
+    housekeeping_cron: String = "0 17 3 * * *".into(),
+    /// Claimed deliveries over all endpoints, at most.
+    max_in_flight: usize = 1024,
+    /// Attempts in flight per endpoint, at most.
+    endpoint_concurrency: usize = 16,
+    /// Store page cache in bytes.
+    cache_bytes: u64 = 64 * 1024 * 1024,
+    /// How long SIGTERM waits for HTTP requests being answered, then for attempts in flight.
+    #[serde(with = "humantime_serde")]
+    shutdown_grace: Duration = Duration::from_secs(10),
+    /// A message no endpoint takes: `accept` (stored; the answer carries `unrouted` with the
+    /// reason, `herald_messages_unrouted_total` counts it, a warning is logged once per tenant)
+    /// or `reject` (422 `unrouted`, nothing stored).
+    unrouted: crate::Unrouted = crate::Unrouted::Accept,
+    /// A request's head (request line and headers) must arrive within this, counted from
+    /// accept or from the request's first byte on a kept-alive connection; otherwise the
+    /// connection is closed.
+    #[serde(with = "humantime_serde")]
+    header_read_timeout: Duration = Duration::from_secs(10),
+    /// A request body must arrive within this after its head; otherwise `408 request_timeout`
+    /// and the connection is closed.
+    #[serde(with = "humantime_serde")]
+    body_read_timeout: Duration = Duration::from_secs(30),
+    /// A kept-alive connection waiting this long for its next request is closed.
+    #[serde(with = "humantime_serde")]
+    idle_timeout: Duration = Duration::from_secs(60),
+    /// Client connections open at once; further ones wait in the listen backlog until one
+    /// closes.
+    max_connections: usize = 512,
+}
+
+/// The largest `max_connections`: far above any file-descriptor limit, and small enough to
+/// count in a semaphore.
+const MAX_CONNECTIONS: usize = 1_000_000;
 
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -121,11 +218,11 @@ pub enum ConfigError {
         /// Why.
         reason: String,
     },
-    /// An environment variable has a value of the wrong shape.
-    #[error("{var}: {reason}")]
-    Env {
-        /// The variable.
-        var: String,
+    /// A value from the environment or a flag has the wrong shape.
+    #[error("{origin}: {reason}")]
+    Invalid {
+        /// The variable (`HERALD_LISTEN`), flag (`--listen`) or file that gave the value.
+        origin: String,
         /// Why.
         reason: String,
     },
@@ -135,94 +232,43 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads `path` (if given), then applies `HERALD_*` overrides from `env`.
+    /// Reads `file` (if given), then applies `HERALD_*` variables from `env` (pairs as
+    /// `std::env::vars()` yields them) and then `flags` (setting key, value), and checks the
+    /// result.
+    ///
+    /// Variables that name no setting (`HERALD_URL`, used by the CLI) are ignored; an empty
+    /// variable counts as unset.
     pub fn load(
-        path: Option<&Path>,
-        env: impl Fn(&str) -> Option<String>,
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &[(String, String)],
     ) -> Result<Config, ConfigError> {
-        let mut config = match path {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-                toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                })?
-            }
-            None => Config::default(),
-        };
-        config.apply_env(env)?;
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            let shown = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: shown.clone(),
+                source,
+            })?;
+            // Line-precise refusal of unknown keys and wrong types; figment merges afterwards.
+            toml::from_str::<Config>(&text).map_err(|e| ConfigError::Parse {
+                path: shown,
+                reason: e.to_string(),
+            })?;
+            figment = figment.merge(Toml::string(&text));
+        }
+        let env = env.into_iter().filter_map(|(var, value)| {
+            let key = var.strip_prefix(ENV_PREFIX)?.to_ascii_lowercase();
+            Some((key, value))
+        });
+        figment = figment
+            .merge(Overrides::new(Origin::Environment, env))
+            .merge(Overrides::new(Origin::Flags, flags.iter().cloned()));
+        // Lossy: the environment and flags give text, so "true" and "1024" are read as the
+        // setting's type; a token made of digits stays text.
+        let config: Config = figment.extract_lossy().map_err(|e| explain(e, file))?;
         config.check()?;
         Ok(config)
-    }
-
-    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        fn parse<T: std::str::FromStr>(var: &str, value: &str) -> Result<T, ConfigError>
-        where
-            T::Err: std::fmt::Display,
-        {
-            value.parse().map_err(|e: T::Err| ConfigError::Env {
-                var: var.to_string(),
-                reason: e.to_string(),
-            })
-        }
-        fn duration(var: &str, value: &str) -> Result<Duration, ConfigError> {
-            humantime::parse_duration(value).map_err(|e| ConfigError::Env {
-                var: var.to_string(),
-                reason: e.to_string(),
-            })
-        }
-        let optional = |value: String| (!value.is_empty()).then_some(value);
-        for (var, key) in ENV_KEYS {
-            let Some(value) = env(var) else { continue };
-            match *key {
-                "listen" => self.listen = parse(var, &value)?,
-                "data_dir" => self.data_dir = PathBuf::from(value),
-                "policies_dir" => self.policies_dir = PathBuf::from(value),
-                "admin_token" => self.admin_token = optional(value),
-                "producer_token" => self.producer_token = optional(value),
-                "notify_url" => self.notify_url = optional(value),
-                "proxy" => self.proxy = optional(value),
-                "no_proxy" => self.no_proxy = optional(value),
-                "secret_key" => self.secret_key = optional(value),
-                "allow_private_targets" => self.allow_private_targets = parse(var, &value)?,
-                "allow_cidrs" => {
-                    self.allow_cidrs = value
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|v| !v.is_empty())
-                        .map(|v| parse(var, v))
-                        .collect::<Result<_, _>>()?
-                }
-                "log" => self.log = value,
-                "retention" => self.retention = duration(var, &value)?,
-                "housekeeping_cron" => self.housekeeping_cron = value,
-                "max_in_flight" => self.max_in_flight = parse(var, &value)?,
-                "endpoint_concurrency" => self.endpoint_concurrency = parse(var, &value)?,
-                "cache_bytes" => self.cache_bytes = parse(var, &value)?,
-                "shutdown_grace" => self.shutdown_grace = duration(var, &value)?,
-                "unrouted" => {
-                    self.unrouted = match value.as_str() {
-                        "accept" => crate::Unrouted::Accept,
-                        "reject" => crate::Unrouted::Reject,
-                        other => {
-                            return Err(ConfigError::Env {
-                                var: var.to_string(),
-                                reason: format!("must be accept or reject, not {other:?}"),
-                            });
-                        }
-                    }
-                }
-                "header_read_timeout" => self.header_read_timeout = duration(var, &value)?,
-                "body_read_timeout" => self.body_read_timeout = duration(var, &value)?,
-                "idle_timeout" => self.idle_timeout = duration(var, &value)?,
-                "max_connections" => self.max_connections = parse(var, &value)?,
-                _ => {}
-            }
-        }
-        Ok(())
     }
 
     /// Refuses to serve a non-loopback address without tokens.
@@ -271,13 +317,7 @@ impl Config {
         }
         Ok(())
     }
-}
 
-/// The largest `max_connections`: far above any file-descriptor limit, and small enough to
-/// count in a semaphore.
-const MAX_CONNECTIONS: usize = 1_000_000;
-
-impl Config {
     /// The configured secret key, decoded.
     pub fn secret_key_bytes(&self) -> Result<Option<[u8; 32]>, ConfigError> {
         use base64::Engine as _;
@@ -294,115 +334,173 @@ impl Config {
     }
 }
 
-/// Environment variables and the keys they override.
-pub const ENV_KEYS: &[(&str, &str)] = &[
-    ("HERALD_LISTEN", "listen"),
-    ("HERALD_DATA_DIR", "data_dir"),
-    ("HERALD_POLICIES_DIR", "policies_dir"),
-    ("HERALD_ADMIN_TOKEN", "admin_token"),
-    ("HERALD_PRODUCER_TOKEN", "producer_token"),
-    ("HERALD_NOTIFY_URL", "notify_url"),
-    ("HERALD_PROXY", "proxy"),
-    ("HERALD_NO_PROXY", "no_proxy"),
-    ("HERALD_SECRET_KEY", "secret_key"),
-    ("HERALD_ALLOW_PRIVATE_TARGETS", "allow_private_targets"),
-    ("HERALD_ALLOW_CIDRS", "allow_cidrs"),
-    ("HERALD_LOG", "log"),
-    ("HERALD_RETENTION", "retention"),
-    ("HERALD_HOUSEKEEPING_CRON", "housekeeping_cron"),
-    ("HERALD_MAX_IN_FLIGHT", "max_in_flight"),
-    ("HERALD_ENDPOINT_CONCURRENCY", "endpoint_concurrency"),
-    ("HERALD_CACHE_BYTES", "cache_bytes"),
-    ("HERALD_SHUTDOWN_GRACE", "shutdown_grace"),
-    ("HERALD_UNROUTED", "unrouted"),
-    ("HERALD_HEADER_READ_TIMEOUT", "header_read_timeout"),
-    ("HERALD_BODY_READ_TIMEOUT", "body_read_timeout"),
-    ("HERALD_IDLE_TIMEOUT", "idle_timeout"),
-    ("HERALD_MAX_CONNECTIONS", "max_connections"),
-];
+/// The README's configuration table, generated from [`SETTINGS`].
+pub fn markdown_table() -> String {
+    let mut table = String::from("| key / variable | default | meaning |\n|---|---|---|\n");
+    for setting in SETTINGS {
+        let default = setting
+            .default_value()
+            .map(|d| format!("`{d}`"))
+            .unwrap_or_else(|| "—".into());
+        table.push_str(&format!(
+            "| `{}` / `{}` | {default} | {} |\n",
+            setting.key,
+            setting.env_var(),
+            setting.meaning().replace('|', "\\|")
+        ));
+    }
+    table
+}
+
+/// Where an override came from; names the variable or flag in errors.
+#[derive(Clone, Copy)]
+enum Origin {
+    Environment,
+    Flags,
+}
+
+/// Values given as text by the environment or the command line, keyed by setting. Only keys
+/// that name a setting are taken; `a__b` reaches a nested key `a.b`, as figment's
+/// `Env::split("__")` does.
+struct Overrides {
+    origin: Origin,
+    values: Vec<(String, String)>,
+}
+
+impl Overrides {
+    fn new(origin: Origin, values: impl IntoIterator<Item = (String, String)>) -> Overrides {
+        let values = values
+            .into_iter()
+            .filter(|(key, value)| {
+                let top = key.split("__").next().unwrap_or_default();
+                !value.is_empty() && SETTINGS.iter().any(|s| s.key == top)
+            })
+            .collect();
+        Overrides { origin, values }
+    }
+}
+
+impl Provider for Overrides {
+    fn metadata(&self) -> Metadata {
+        match self.origin {
+            Origin::Environment => Metadata::named("environment").interpolater(|_, path| {
+                format!("{ENV_PREFIX}{}", path.join("__").to_ascii_uppercase())
+            }),
+            Origin::Flags => Metadata::named("command line")
+                .interpolater(|_, path| format!("--{}", path.join(".").replace('_', "-"))),
+        }
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut dict = Dict::new();
+        for (key, value) in &self.values {
+            let path: Vec<&str> = key.split("__").collect();
+            insert(&mut dict, &path, Value::from(value.clone()));
+        }
+        Ok(Profile::Default.collect(dict))
+    }
+}
+
+fn insert(dict: &mut Dict, path: &[&str], value: Value) {
+    match path {
+        [] => {}
+        [last] => {
+            dict.insert((*last).to_string(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = dict
+                .entry((*first).to_string())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if entry.as_dict().is_none() {
+                *entry = Value::from(Dict::new());
+            }
+            if let Value::Dict(_, inner) = entry {
+                insert(inner, rest, value);
+            }
+        }
+    }
+}
+
+/// A figment error as "HERALD_LISTEN: invalid socket address syntax".
+fn explain(error: figment::Error, file: Option<&Path>) -> ConfigError {
+    let origin = match (&error.metadata, &error.profile) {
+        (Some(metadata), profile) if metadata.name != "Serialized" => {
+            let profile = profile.clone().unwrap_or_default();
+            if metadata.name.contains("TOML") {
+                let file = file.map(|f| f.display().to_string()).unwrap_or_default();
+                format!("{file}: {}", error.path.join("."))
+            } else {
+                metadata.interpolate(&profile, &error.path)
+            }
+        }
+        _ => error.path.join("."),
+    };
+    ConfigError::Invalid {
+        origin,
+        reason: error.kind.to_string(),
+    }
+}
+
+/// A list from TOML (`["10.0.0.0/8"]`) or from text (`10.0.0.0/8, fd00::/64`).
+fn comma_separated<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: fmt::Display,
+{
+    struct Items<T>(std::marker::PhantomData<T>);
+    impl<'de, T> serde::de::Visitor<'de> for Items<T>
+    where
+        T: std::str::FromStr,
+        T::Err: fmt::Display,
+    {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list, or comma-separated text")
+        }
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Vec<T>, E> {
+            text.split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(|item| {
+                    item.parse()
+                        .map_err(|e| E::custom(format!("{item:?}: {e}")))
+                })
+                .collect()
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut items = Vec::new();
+            while let Some(item) = seq.next_element::<String>()? {
+                items.push(
+                    item.trim()
+                        .parse()
+                        .map_err(|e| serde::de::Error::custom(format!("{item:?}: {e}")))?,
+                );
+            }
+            Ok(items)
+        }
+    }
+    deserializer.deserialize_any(Items(std::marker::PhantomData))
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
-    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move |k| map.get(k).cloned()
-    }
-
-    #[test]
-    fn defaults_need_no_file() {
-        let config = Config::load(None, env(&[])).unwrap();
-        assert_eq!(config.listen.to_string(), "127.0.0.1:8088");
-        assert_eq!(config.data_dir, PathBuf::from("./herald-data"));
-        assert_eq!(config.retention, Duration::from_secs(14 * 86400));
-    }
-
-    #[test]
-    fn environment_overrides_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("herald.toml");
-        std::fs::write(
-            &file,
-            "listen = \"127.0.0.1:9000\"\nretention = \"7d\"\nlog = \"debug\"\n",
-        )
-        .unwrap();
-        let config = Config::load(
-            Some(&file),
-            env(&[
-                ("HERALD_LISTEN", "127.0.0.1:9100"),
-                ("HERALD_RETENTION", "1h"),
-            ]),
-        )
-        .unwrap();
-        assert_eq!(config.listen.port(), 9100);
-        assert_eq!(config.retention, Duration::from_secs(3600));
-        assert_eq!(config.log, "debug");
-    }
-
-    #[test]
-    fn unsafe_or_malformed_configurations_are_refused() {
-        let table: &[(&[(&str, &str)], &str)] = &[
-            (&[("HERALD_LISTEN", "0.0.0.0:8088")], "without tokens"),
-            (&[("HERALD_LISTEN", "nope")], "HERALD_LISTEN"),
-            (&[("HERALD_RETENTION", "forever")], "HERALD_RETENTION"),
-            (&[("HERALD_ADMIN_TOKEN", "short")], "at least 16"),
-            (
-                &[("HERALD_ALLOW_PRIVATE_TARGETS", "yes please")],
-                "HERALD_ALLOW_PRIVATE_TARGETS",
-            ),
-            (&[("HERALD_MAX_IN_FLIGHT", "0")], "at least 1"),
-            (
-                &[("HERALD_ALLOW_CIDRS", "10.0.0.0/33")],
-                "HERALD_ALLOW_CIDRS",
-            ),
-        ];
-        for (vars, needle) in table {
-            let err = Config::load(None, env(vars)).unwrap_err().to_string();
-            assert!(err.contains(needle), "{vars:?}: {err}");
-        }
-        let public_with_token = Config::load(
-            None,
-            env(&[
-                ("HERALD_LISTEN", "0.0.0.0:8088"),
-                ("HERALD_ADMIN_TOKEN", "0123456789abcdef"),
-            ]),
-        );
-        assert!(public_with_token.is_ok());
+            .collect()
     }
 
     #[test]
     fn connection_limits_come_from_the_file_and_the_environment() {
-        let defaults = Config::load(None, env(&[])).unwrap();
+        let defaults = Config::load(None, env(&[]), &[]).unwrap();
         assert_eq!(defaults.header_read_timeout, Duration::from_secs(10));
         assert_eq!(defaults.body_read_timeout, Duration::from_secs(30));
         assert_eq!(defaults.idle_timeout, Duration::from_secs(60));
         assert_eq!(defaults.max_connections, 512);
-
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("herald.toml");
         std::fs::write(
@@ -410,19 +508,15 @@ mod tests {
             "header_read_timeout = \"5s\"\nidle_timeout = \"2m\"\nmax_connections = 64\n",
         )
         .unwrap();
-        let config = Config::load(
-            Some(&file),
-            env(&[
-                ("HERALD_BODY_READ_TIMEOUT", "1m"),
-                ("HERALD_MAX_CONNECTIONS", "128"),
-            ]),
-        )
-        .unwrap();
+        let vars = env(&[
+            ("HERALD_BODY_READ_TIMEOUT", "1m"),
+            ("HERALD_MAX_CONNECTIONS", "128"),
+        ]);
+        let config = Config::load(Some(&file), vars, &[]).unwrap();
         assert_eq!(config.header_read_timeout, Duration::from_secs(5));
         assert_eq!(config.body_read_timeout, Duration::from_secs(60));
         assert_eq!(config.idle_timeout, Duration::from_secs(120));
         assert_eq!(config.max_connections, 128);
-
         let table: &[(&[(&str, &str)], &str)] = &[
             (
                 &[("HERALD_HEADER_READ_TIMEOUT", "0s")],
@@ -443,24 +537,161 @@ mod tests {
             ),
         ];
         for (vars, needle) in table {
-            let err = Config::load(None, env(vars)).unwrap_err().to_string();
+            let err = Config::load(None, env(vars), &[]).unwrap_err().to_string();
             assert!(err.contains(needle), "{vars:?}: {err}");
         }
     }
 
     #[test]
-    fn unknown_file_keys_are_refused_with_their_line() {
+    fn defaults_need_no_file() {
+        let config = Config::load(None, env(&[]), &[]).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8088");
+        assert_eq!(config.data_dir, PathBuf::from("./herald-data"));
+        assert_eq!(config.retention, Duration::from_secs(14 * 86400));
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_flags_override_both() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("herald.toml");
         std::fs::write(
             &file,
-            "listen = \"127.0.0.1:9000\"\nlisten_adress = \"x\"\n",
+            "listen = \"127.0.0.1:9000\"\nretention = \"7d\"\nlog = \"debug\"\nmax_in_flight = 8\n",
         )
         .unwrap();
-        let err = Config::load(Some(&file), env(&[])).unwrap_err().to_string();
+        let config = Config::load(
+            Some(&file),
+            env(&[
+                ("HERALD_LISTEN", "127.0.0.1:9100"),
+                ("HERALD_RETENTION", "1h"),
+                ("HERALD_MAX_IN_FLIGHT", "64"),
+            ]),
+            &[("max_in_flight".into(), "128".into())],
+        )
+        .unwrap();
+        assert_eq!(config.listen.port(), 9100);
+        assert_eq!(config.retention, Duration::from_secs(3600));
+        assert_eq!(config.log, "debug");
+        assert_eq!(config.max_in_flight, 128);
+    }
+
+    #[test]
+    fn text_values_keep_their_type() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("HERALD_ADMIN_TOKEN", "12345678901234567890"),
+                ("HERALD_ALLOW_PRIVATE_TARGETS", "true"),
+                ("HERALD_ALLOW_CIDRS", "10.1.2.0/24, fd00::/64"),
+                ("HERALD_LOG", "info,herald=debug"),
+                ("HERALD_URL", "http://127.0.0.1:8088"),
+                ("HERALD_NOTIFY_URL", ""),
+                ("PATH", "/usr/bin"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(config.admin_token.as_deref(), Some("12345678901234567890"));
+        assert!(config.allow_private_targets);
+        assert_eq!(config.allow_cidrs.len(), 2);
+        assert_eq!(config.log, "info,herald=debug");
+        assert_eq!(config.notify_url, None);
+        assert!(!format!("{config:?}").contains("12345678901234567890"));
+    }
+
+    #[test]
+    fn unsafe_or_malformed_configurations_are_refused() {
+        let table: &[(&[(&str, &str)], &str)] = &[
+            (&[("HERALD_LISTEN", "0.0.0.0:8088")], "without tokens"),
+            (&[("HERALD_LISTEN", "nope")], "HERALD_LISTEN"),
+            (&[("HERALD_RETENTION", "forever")], "HERALD_RETENTION"),
+            (&[("HERALD_ADMIN_TOKEN", "short")], "at least 16"),
+            (
+                &[("HERALD_ALLOW_PRIVATE_TARGETS", "yes please")],
+                "HERALD_ALLOW_PRIVATE_TARGETS",
+            ),
+            (&[("HERALD_MAX_IN_FLIGHT", "0")], "at least 1"),
+            (&[("HERALD_MAX_IN_FLIGHT", "many")], "HERALD_MAX_IN_FLIGHT"),
+            (&[("HERALD_UNROUTED", "maybe")], "HERALD_UNROUTED"),
+            (
+                &[("HERALD_ALLOW_CIDRS", "10.0.0.0/33")],
+                "HERALD_ALLOW_CIDRS",
+            ),
+        ];
+        for (vars, needle) in table {
+            let err = Config::load(None, env(vars), &[]).unwrap_err().to_string();
+            assert!(err.contains(needle), "{vars:?}: {err}");
+        }
+        let flag = Config::load(None, env(&[]), &[("listen".into(), "nope".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(flag.starts_with("--listen:"), "{flag}");
+        let public_with_token = Config::load(
+            None,
+            env(&[
+                ("HERALD_LISTEN", "0.0.0.0:8088"),
+                ("HERALD_ADMIN_TOKEN", "0123456789abcdef"),
+            ]),
+            &[],
+        );
+        assert!(public_with_token.is_ok());
+    }
+
+    #[test]
+    fn unknown_or_mistyped_file_keys_are_refused_with_their_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("herald.toml");
+        for (text, needles) in [
+            (
+                "listen = \"127.0.0.1:9000\"\nlisten_adress = \"x\"\n",
+                &["line 2", "listen_adress"][..],
+            ),
+            (
+                "\n\nmax_in_flight = \"lots\"\n",
+                &["line 3", "max_in_flight"][..],
+            ),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let err = Config::load(Some(&file), env(&[]), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("herald.toml"), "{err}");
+            for needle in needles {
+                assert!(err.contains(needle), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_setting_has_a_variable_a_flag_and_a_meaning() {
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        for setting in SETTINGS {
+            assert!(!setting.meaning().is_empty(), "{}", setting.key);
+            assert!(setting.env_var().starts_with("HERALD_"));
+            assert!(!setting.flag().contains('_'));
+        }
+        // The list and the struct agree (every serialized field is a listed setting).
+        for key in defaults.keys() {
+            assert!(SETTINGS.iter().any(|s| s.key == key), "{key} not listed");
+        }
+        let secrets: Vec<_> = SETTINGS
+            .iter()
+            .filter(|s| s.secret)
+            .map(|s| s.key)
+            .collect();
+        assert_eq!(
+            secrets,
+            ["admin_token", "producer_token", "proxy", "secret_key"]
+        );
+    }
+
+    #[test]
+    fn the_readme_configuration_table_is_generated_from_the_settings() {
+        let readme = include_str!("../README.md");
+        let table = markdown_table();
         assert!(
-            err.contains("line 2") && err.contains("listen_adress"),
-            "{err}"
+            readme.contains(&table),
+            "README.md's configuration table is out of date; replace it with:\n\n{table}"
         );
     }
 }

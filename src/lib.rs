@@ -60,6 +60,11 @@ pub mod server;
 pub mod store;
 pub mod transport;
 
+/// The README's Rust examples, compiled by `cargo test` so they cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme {}
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,7 +114,9 @@ impl HeraldBuilder {
         self
     }
 
-    /// A directory of policy files, loaded on top of the built-in ones.
+    /// A directory of policy files, loaded on top of the built-in ones. A directory that does
+    /// not exist is skipped (logged), as the daemon does; a file that does not parse fails
+    /// [`HeraldBuilder::open`].
     pub fn policies_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.policies_dir = Some(dir.into());
         self
@@ -142,6 +149,11 @@ impl HeraldBuilder {
     /// Opens the store, loads policies and starts delivering what is due.
     pub async fn open(self) -> Result<Herald> {
         let mut policies = match &self.policies_dir {
+            // Like the daemon: a policies directory that does not exist (yet) is not an error.
+            Some(dir) if !dir.exists() => {
+                tracing::info!(dir = %dir.display(), "no policies directory; using the built-in policies");
+                PolicySet::built_in()
+            }
             Some(dir) => PolicySet::load_dir(dir)?,
             None => PolicySet::built_in(),
         };
@@ -157,7 +169,8 @@ impl HeraldBuilder {
                     tokio::task::spawn_blocking(move || SledStore::open(&data_dir, &options))
                         .await
                         .map_err(|e| Error::Startup(e.to_string()))??;
-                tracing::info!(data_dir = %self.data_dir.display(), "embedded store opened");
+                let shown = std::path::absolute(&self.data_dir).unwrap_or(self.data_dir);
+                tracing::info!(data_dir = %shown.display(), "embedded store opened");
                 Arc::new(store)
             }
         };

@@ -1,20 +1,22 @@
-//! The `herald` command: the daemon, the operator CLI and the benchmark harness.
+//! The `herald` command: the daemon, the operator CLI, a test receiver and the benchmarks.
 
 mod cli;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
 /// herald — a reliable outbound callback (webhook) dispatcher.
 ///
-/// Run `herald serve` next to your TMS; send events with `POST /v1/messages`; inspect and replay
-/// with the admin API or the commands below. Every setting can come from `herald.toml` or a
-/// `HERALD_*` environment variable.
+/// Run `herald serve` next to your TMS; send events with `POST /v1/messages` (or `herald
+/// send`); inspect, test and replay with the commands below. `herald receive` is a receiver
+/// that prints what herald sends. Every daemon setting can come from `herald.toml`, a
+/// `HERALD_*` environment variable or a flag (see `herald serve --help`).
 #[derive(Parser)]
-#[command(name = "herald", version, about, long_about)]
+#[command(name = "herald", version = env!("HERALD_VERSION"), about, long_about)]
 struct Cli {
+    #[command(flatten)]
+    remote: cli::remote::Remote,
     #[command(subcommand)]
     command: Command,
 }
@@ -22,56 +24,34 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon (producer API, admin API, metrics) until SIGTERM/SIGINT.
-    Serve {
-        /// Configuration file; without one, the built-in defaults and HERALD_* variables apply.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
+    Serve(cli::serve::ServeArgs),
+    /// Listen for callbacks and print each one, checking its signature (for trying herald out).
+    ///
+    /// Example: herald receive --port 9000 --secret customer-api-key
+    Receive(cli::receive::ReceiveArgs),
+    /// Send a message through a running daemon's producer API.
+    Send(cli::send::SendArgs),
+    /// Endpoints on a running daemon: list, show, create, update, enable, disable, delete,
+    /// test, stats.
+    Endpoints {
+        #[command(subcommand)]
+        command: cli::endpoints::EndpointCommand,
     },
-    /// Inspect policies: the built-in ones and those in a directory.
+    /// Deliveries on a running daemon: list, show, retry now, cancel.
+    Deliveries {
+        #[command(subcommand)]
+        command: cli::deliveries::DeliveryCommand,
+    },
+    /// Replay one delivery by id, or in bulk by filter (a durable job); follow a bulk replay.
+    ///
+    /// Examples: `herald replay 01a2...` ·
+    /// `herald replay --endpoint 01a2... --status failed --since 2h` ·
+    /// `herald replay status 5f3c...`
+    Replay(cli::replay::ReplayArgs),
+    /// Inspect policies: the built-in ones and those in a directory (no daemon needed).
     Policies {
         #[command(subcommand)]
         command: cli::policies::PolicyCommand,
-    },
-    /// Deliveries on a running daemon.
-    Deliveries {
-        #[command(flatten)]
-        remote: cli::remote::Remote,
-        #[command(subcommand)]
-        command: cli::remote::DeliveryCommand,
-    },
-    /// Endpoints on a running daemon.
-    Endpoints {
-        #[command(flatten)]
-        remote: cli::remote::Remote,
-        #[command(subcommand)]
-        command: cli::remote::EndpointCommand,
-    },
-    /// Replay on a running daemon: one delivery by id, or in bulk by filter (a durable job).
-    ///
-    /// Examples: `herald replay 01a2...` ·
-    /// `herald replay --endpoint 01a2... --status failed --since 2h`
-    Replay {
-        #[command(flatten)]
-        remote: cli::remote::Remote,
-        #[command(flatten)]
-        target: cli::remote::ReplayTarget,
-    },
-    /// Send a message through a running daemon's producer API.
-    Send {
-        #[command(flatten)]
-        remote: cli::remote::Remote,
-        /// Tenant whose endpoints receive it.
-        #[arg(long)]
-        tenant: String,
-        /// Event type.
-        #[arg(long)]
-        event_type: String,
-        /// JSON payload.
-        #[arg(long)]
-        payload: String,
-        /// Idempotency key.
-        #[arg(long)]
-        idempotency_key: Option<String>,
     },
     /// Check, recover or back up the store (see the README's "Backup and restore").
     Store {
@@ -80,6 +60,11 @@ enum Command {
     },
     /// Print the HTTP API's OpenAPI document (the same as `GET /openapi.json`).
     Openapi,
+    /// Print a shell completion script: `herald completions bash > /etc/bash_completion.d/herald`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// Measure herald on this machine with a local receiver (see the README's figures).
     Bench {
         #[command(subcommand)]
@@ -89,6 +74,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(
+        cli.command,
+        Command::Serve(_) | Command::Receive(_) | Command::Bench { .. }
+    ) {
+        die_quietly_on_closed_pipes();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -99,29 +90,30 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let remote = cli.remote;
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve { config } => cli::serve(config.as_deref()).await,
-            Command::Policies { command } => cli::policies::run(command),
-            Command::Deliveries { remote, command } => remote.deliveries(command).await,
-            Command::Endpoints { remote, command } => remote.endpoints(command).await,
-            Command::Replay { remote, target } => remote.replay(target).await,
-            Command::Send {
-                remote,
-                tenant,
-                event_type,
-                payload,
-                idempotency_key,
-            } => {
-                remote
-                    .send(&tenant, &event_type, &payload, idempotency_key)
-                    .await
-            }
-            Command::Store { command } => cli::store::run(command).await,
+            Command::Serve(args) => args.run().await,
+            Command::Receive(args) => cli::receive::run(args, remote.json).await,
+            Command::Send(args) => cli::send::run(&remote, args).await,
+            Command::Endpoints { command } => cli::endpoints::run(&remote, command).await,
+            Command::Deliveries { command } => cli::deliveries::run(&remote, command).await,
+            Command::Replay(args) => cli::replay::run(&remote, args).await,
+            Command::Policies { command } => cli::policies::run(command, remote.json),
+            Command::Store { command } => cli::store::run(command, &remote).await,
             Command::Openapi => herald::server::openapi()
                 .to_pretty_json()
                 .map(|doc| println!("{doc}"))
                 .map_err(|e| format!("openapi: {e}")),
+            Command::Completions { shell } => {
+                clap_complete::generate(
+                    shell,
+                    &mut Cli::command(),
+                    "herald",
+                    &mut std::io::stdout(),
+                );
+                Ok(())
+            }
             Command::Bench { scenario } => cli::bench::run(scenario).await,
         }
     });
@@ -131,5 +123,16 @@ fn main() -> ExitCode {
             eprintln!("herald: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `herald deliveries list | head` should end quietly when `head` has read enough, as other
+/// command-line tools do, instead of panicking on a broken pipe. Not for the servers: a peer
+/// closing a socket must be an error there, not the end of the process.
+fn die_quietly_on_closed_pipes() {
+    #[cfg(unix)]
+    // SAFETY: restores the default action of one signal before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

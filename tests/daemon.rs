@@ -55,7 +55,7 @@ async fn end_to_end_through_the_api_and_the_cli() {
     assert_eq!(delivery["attempts"][0]["status_code"], 200);
 
     let output = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(["deliveries", "--url", &daemon.base, "show", &delivery_id])
+        .args(["deliveries", "--server", &daemon.base, "show", &delivery_id])
         .env("HERALD_ADMIN_TOKEN", ADMIN)
         .output()
         .unwrap();

@@ -226,7 +226,7 @@ async fn a_backup_taken_while_running_restores_every_message() {
         "store",
         "backup",
         backup.to_str().unwrap(),
-        "--url",
+        "--server",
         &daemon.base,
         "--token",
         ADMIN,

@@ -9,6 +9,8 @@ use clap::Subcommand;
 use herald::config::Config;
 use herald::store::{SledOptions, SledStore, Store};
 
+use super::remote::Remote;
+
 /// `herald store ...`
 #[derive(Subcommand)]
 pub enum StoreCommand {
@@ -17,9 +19,6 @@ pub enum StoreCommand {
     Check {
         #[command(flatten)]
         place: Place,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
     },
     /// Open a store that lost acknowledged data anyway, keeping what is left: the ledger
     /// starts again from the store as it is. Prefer restoring a backup when you have one.
@@ -40,8 +39,6 @@ pub enum StoreCommand {
         /// Copy a stopped store in this directory instead of asking the daemon.
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        #[command(flatten)]
-        remote: super::remote::Remote,
     },
 }
 
@@ -58,7 +55,7 @@ pub struct Place {
 
 impl Place {
     fn resolve(&self) -> Result<(PathBuf, SledOptions), String> {
-        let config = Config::load(self.config.as_deref(), |var| std::env::var(var).ok())
+        let config = Config::load(self.config.as_deref(), std::env::vars(), &[])
             .map_err(|e| e.to_string())?;
         let options = SledOptions {
             secret_key: config.secret_key_bytes().map_err(|e| e.to_string())?,
@@ -68,10 +65,12 @@ impl Place {
     }
 }
 
-/// Runs a `herald store` command.
-pub async fn run(command: StoreCommand) -> Result<(), String> {
+/// Runs a `herald store` command; `remote` is the daemon `backup` asks, and says whether to
+/// print JSON.
+pub async fn run(command: StoreCommand, remote: &Remote) -> Result<(), String> {
+    let json = remote.json;
     match command {
-        StoreCommand::Check { place, json } => {
+        StoreCommand::Check { place } => {
             let (dir, options) = place.resolve()?;
             let report = SledStore::check_dir(&dir, &options).map_err(|e| e.to_string())?;
             if json {
@@ -118,18 +117,15 @@ pub async fn run(command: StoreCommand) -> Result<(), String> {
             println!("{pending} deliveries pending; herald will open this store again");
             Ok(())
         }
-        StoreCommand::Backup {
-            dir,
-            data_dir,
-            remote,
-        } => match data_dir {
+        StoreCommand::Backup { dir, data_dir } => match data_dir {
             Some(data_dir) => offline_backup(&data_dir, &dir).await,
             None => {
                 let dir = absolute(&dir)?;
                 let body = serde_json::json!({ "dir": dir.display().to_string() });
-                let report = remote
-                    .call(reqwest::Method::POST, "/admin/store/backup", Some(body))
-                    .await?;
+                let report = remote.post("/admin/store/backup", Some(body)).await?;
+                if remote.printed_json(&report)? {
+                    return Ok(());
+                }
                 println!(
                     "backup written to {} ({} records; writes paused {} ms)",
                     report["dir"].as_str().unwrap_or(""),
@@ -144,7 +140,7 @@ pub async fn run(command: StoreCommand) -> Result<(), String> {
 
 async fn offline_backup(data_dir: &Path, to: &Path) -> Result<(), String> {
     let options = SledOptions {
-        secret_key: Config::load(None, |var| std::env::var(var).ok())
+        secret_key: Config::load(None, std::env::vars(), &[])
             .map_err(|e| e.to_string())?
             .secret_key_bytes()
             .map_err(|e| e.to_string())?,

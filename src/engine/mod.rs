@@ -64,7 +64,7 @@ pub struct EngineConfig {
 }
 
 /// What happens to a message that no endpoint of its tenant takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Unrouted {
     /// Store and acknowledge it, saying so in the answer (`unrouted`), a metric and a log line.

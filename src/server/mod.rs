@@ -11,6 +11,7 @@ mod extract;
 mod openapi;
 mod problem;
 pub mod routes;
+mod telemetry;
 mod views;
 
 use axum::Extension;
@@ -18,7 +19,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
 use axum::middleware;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
@@ -115,9 +116,11 @@ pub async fn serve(config: Config) -> Result<(), String> {
     // Everything herald creates (the store, its ledger, the key, backups) is for its own user
     // only, whether or not a service manager sets a umask.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-    let metrics = PrometheusBuilder::new()
-        .install_recorder()
-        .map_err(|e| format!("metrics: {e}"))?;
+    // Bind before creating anything: a port in use must leave no data directory behind.
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let metrics = telemetry::install()?;
     let mut builder = Herald::builder()
         .data_dir(&config.data_dir)
         .engine_config(EngineConfig {
@@ -160,11 +163,10 @@ pub async fn serve(config: Config) -> Result<(), String> {
         tracing::warn!(listen = %config.listen, "no tokens configured: the API is open to anyone who can reach this loopback address");
     }
     let _housekeeping = schedule_housekeeping(&herald, &config).await?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let names: Vec<String> = herald.policies().iter().map(|p| p.name.clone()).collect();
-    tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), policies = ?names, "herald serving");
+    let data_dir =
+        std::path::absolute(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
+    tracing::info!(listen = %config.listen, data_dir = %data_dir.display(), policies = ?names, "herald serving");
     let app = router(herald.clone(), tokens, Some(metrics));
     let limits = ConnectionLimits {
         header_read_timeout: config.header_read_timeout,

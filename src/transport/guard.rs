@@ -41,6 +41,18 @@ impl TargetPolicy {
     }
 }
 
+/// Why `ip` is refused and the setting that would allow it: a refusal the operator can act on.
+fn refusal(ip: IpAddr, range: &str) -> String {
+    let net = match ip {
+        IpAddr::V4(_) => format!("{ip}/32"),
+        IpAddr::V6(_) => format!("{ip}/128"),
+    };
+    format!(
+        "{ip} is {range}; to allow it, set HERALD_ALLOW_PRIVATE_TARGETS=true or add {net} to \
+         HERALD_ALLOW_CIDRS (allow_private_targets / allow_cidrs in herald.toml)"
+    )
+}
+
 /// The special-purpose range `ip` falls in, if any.
 pub fn forbidden_range(ip: IpAddr) -> Option<&'static str> {
     match ip {
@@ -105,7 +117,7 @@ pub fn check_literal(policy: &TargetPolicy, url: &url::Url) -> Result<(), Forbid
         _ => return Ok(()),
     };
     match policy.refuse(ip) {
-        Some(range) => Err(ForbiddenTarget(format!("{ip} is {range}"))),
+        Some(range) => Err(ForbiddenTarget(refusal(ip, range))),
         None => Ok(()),
     }
 }
@@ -151,7 +163,7 @@ impl Resolve for GuardedResolver {
             if allowed.is_empty() {
                 let why = resolved
                     .first()
-                    .and_then(|a| policy.refuse(a.ip()).map(|r| format!("{} is {r}", a.ip())))
+                    .and_then(|a| policy.refuse(a.ip()).map(|r| refusal(a.ip(), r)))
                     .unwrap_or_else(|| "no address".into());
                 return Err(Box::new(ForbiddenTarget(format!("{host} resolves to {why}"))) as _);
             }
@@ -249,9 +261,12 @@ mod tests {
             "http://[::1]/",
             "https://169.254.169.254/latest",
         ] {
+            let refused = check_literal(&policy, &url.parse().unwrap());
+            let reason = refused.expect_err(url).to_string();
             assert!(
-                check_literal(&policy, &url.parse().unwrap()).is_err(),
-                "{url}"
+                reason.contains("HERALD_ALLOW_PRIVATE_TARGETS=true")
+                    && reason.contains("HERALD_ALLOW_CIDRS"),
+                "{reason}"
             );
         }
         for url in [

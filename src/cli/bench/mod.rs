@@ -1,7 +1,7 @@
 //! `herald bench`: reproducible figures on this machine, against a local receiver.
 //!
 //! Each scenario uses a fresh store in the system temp directory (a real disk, real fsyncs)
-//! and removes it afterwards. Results print as a table and, with `--json FILE`, as JSON.
+//! and removes it afterwards. Results print as a table and, with `--json-file FILE`, as JSON.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,7 +30,7 @@ pub enum Scenario {
         #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
         senders: Vec<usize>,
         /// Also write the rows as JSON here.
-        #[arg(long)]
+        #[arg(long = "json-file", value_name = "FILE")]
         json: Option<PathBuf>,
     },
     /// End-to-end deliveries per second to a local receiver, and the receiver's own ceiling.
@@ -38,7 +38,7 @@ pub enum Scenario {
         #[command(flatten)]
         load: Load,
         /// Also write the rows as JSON here.
-        #[arg(long)]
+        #[arg(long = "json-file", value_name = "FILE")]
         json: Option<PathBuf>,
     },
     /// Like `deliver`, with the messages posted to the daemon's `POST /v1/messages`.
@@ -46,7 +46,7 @@ pub enum Scenario {
         #[command(flatten)]
         load: Load,
         /// Also write the rows as JSON here.
-        #[arg(long)]
+        #[arg(long = "json-file", value_name = "FILE")]
         json: Option<PathBuf>,
     },
     /// A large pending backlog: enqueue time, disk, memory, restart to first delivery, idle CPU.
@@ -58,7 +58,7 @@ pub enum Scenario {
         #[arg(long, default_value_t = 100)]
         endpoints: usize,
         /// Also write the rows as JSON here.
-        #[arg(long)]
+        #[arg(long = "json-file", value_name = "FILE")]
         json: Option<PathBuf>,
     },
     /// The restarted side of `backlog`, run by it as a separate process (not for direct use).
@@ -87,7 +87,7 @@ pub enum Scenario {
         #[arg(long, value_delimiter = ',', default_value = "1,100")]
         hung: Vec<usize>,
         /// Also write the rows as JSON here.
-        #[arg(long)]
+        #[arg(long = "json-file", value_name = "FILE")]
         json: Option<PathBuf>,
     },
 }
