@@ -687,8 +687,22 @@ async fn secrets_are_neither_stored_in_clear_nor_logged() {
             .0,
         202
     );
+    // A message's own callback URL, with credentials and a query token, is sealed as well.
+    let override_token = "callback-t0ken-0006";
+    let override_password = "callback-passw0rd-0007";
+    let callback = format!(
+        "http://cb:{override_password}@{}/own?token={override_token}",
+        receiver.addr
+    );
+    let body = json!({"tenant": "acme", "event_type": "e", "payload": {"n": 2},
+                      "callback_url": callback})
+    .to_string();
+    let (status, sent, _) = daemon
+        .call("POST", "/v1/messages", Some(PRODUCER), Some(&body))
+        .await;
+    assert_eq!(status, 202, "{sent}");
     assert!(
-        receiver.wait_for(2, Duration::from_secs(10)).await,
+        receiver.wait_for(3, Duration::from_secs(10)).await,
         "retried and delivered"
     );
     assert_eq!(
@@ -703,7 +717,15 @@ async fn secrets_are_neither_stored_in_clear_nor_logged() {
         .to_string();
     assert_eq!(daemon.terminate().code(), Some(0));
 
-    let needles = [secret, token, "h3ader-credential-0003", url_token, password];
+    let needles = [
+        secret,
+        token,
+        "h3ader-credential-0003",
+        url_token,
+        password,
+        override_token,
+        override_password,
+    ];
     let log = daemon.log.lock().unwrap().clone();
     assert!(log.contains("attempt failed"), "the debug log was captured");
     for needle in needles {

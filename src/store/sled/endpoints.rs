@@ -5,7 +5,7 @@ use sled::{Batch, IVec};
 
 use super::codec::{self, Health, encode};
 use super::{SledStore, keys};
-use crate::model::{Delivery, DeliveryStatus, Endpoint, EndpointId};
+use crate::model::{DeliveryStatus, Endpoint, EndpointId};
 use crate::store::{Closing, StoreResult};
 
 /// Deliveries updated per batch when an endpoint is deleted.
@@ -217,14 +217,15 @@ impl SledStore {
             for key in due {
                 if let Some((_, _, delivery_id)) = keys::parse_due(&key) {
                     state.leases.remove(&delivery_id);
-                    if let Some(mut delivery) =
-                        self.get::<Delivery>(&keys::delivery(delivery_id))?
-                    {
+                    if let Some(mut delivery) = self.delivery_at(delivery_id)? {
                         delivery.status = closing.status;
                         delivery.next_attempt_at = None;
                         delivery.last_error = Some(closing.reason.clone());
                         delivery.updated_at = closing.at_ms;
-                        batch.insert(keys::delivery(delivery_id), encode(&delivery)?);
+                        batch.insert(
+                            keys::delivery(delivery_id),
+                            self.encode_delivery(&delivery)?,
+                        );
                     }
                 }
                 batch.remove(key);

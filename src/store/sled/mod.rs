@@ -169,6 +169,23 @@ impl SledStore {
         }
     }
 
+    /// A delivery record: sealed when it carries a message's own callback URL (which may hold
+    /// credentials or a token), plain otherwise (most deliveries, and cheaper).
+    fn encode_delivery(&self, delivery: &crate::model::Delivery) -> StoreResult<Vec<u8>> {
+        match delivery.url_override {
+            Some(_) => codec::seal(&self.sealer, delivery),
+            None => encode(delivery),
+        }
+    }
+
+    fn delivery_at(&self, id: DeliveryId) -> StoreResult<Option<crate::model::Delivery>> {
+        let key = keys::delivery(id);
+        match self.tree()?.get(&key)? {
+            Some(bytes) => codec::open(&self.sealer, &key, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Refuses writes while the store is broken (a full disk), trying to reopen it first.
     fn writable(&self) -> StoreResult<()> {
         let reason = self.broken().reason.clone();

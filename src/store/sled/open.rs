@@ -429,7 +429,9 @@ impl SledStore {
                 }
                 Some(&keys::DELIVERY) => {
                     report.deliveries += 1;
-                    decode::<crate::model::Delivery>(&key, &value).is_ok()
+                    sealer.as_ref().is_none_or(|s| {
+                        codec::open::<crate::model::Delivery>(s, &key, &value).is_ok()
+                    })
                 }
                 Some(&keys::DUE) => {
                     report.pending += 1;

@@ -51,7 +51,7 @@ impl SledStore {
         for delivery in group.deliveries.values() {
             group
                 .batch
-                .insert(keys::delivery(delivery.id), encode(delivery)?);
+                .insert(keys::delivery(delivery.id), self.encode_delivery(delivery)?);
         }
         self.apply_counted(group.batch, 0, group.finished)?;
         Ok(answers)
@@ -69,7 +69,7 @@ impl SledStore {
         let mut stored = match group.deliveries.remove(&id) {
             Some(delivery) => delivery,
             None => self
-                .get(&keys::delivery(id))?
+                .delivery_at(id)?
                 .ok_or_else(|| StoreError::NotFound(format!("delivery {id}")))?,
         };
         let held = state

@@ -10,7 +10,7 @@ use std::time::Duration;
 use sled::{Batch, IVec};
 use uuid::Uuid;
 
-use super::codec::{self, decode, encode};
+use super::codec::{self, encode};
 use super::{Held, SledStore, keys};
 use crate::model::{Delivery, DeliveryId, DeliveryStatus, EndpointId, MessageId};
 use crate::store::{
@@ -70,7 +70,7 @@ impl SledStore {
                 codec::encode_message(&self.sealer, message)?,
             );
             for delivery in &write.deliveries {
-                batch.insert(keys::delivery(delivery.id), encode(delivery)?);
+                batch.insert(keys::delivery(delivery.id), self.encode_delivery(delivery)?);
                 batch.insert(keys::message_delivery(message.id, delivery.id), &[]);
                 if let Some(due) = due_key(delivery) {
                     batch.insert(due, &[]);
@@ -90,7 +90,7 @@ impl SledStore {
         for entry in self.tree()?.scan_prefix(&prefix).keys() {
             let key = entry?;
             if let Some(delivery_id) = DeliveryId::from_slice(&key[prefix.len()..])
-                && let Some(delivery) = self.get(&keys::delivery(delivery_id))?
+                && let Some(delivery) = self.delivery_at(delivery_id)?
             {
                 out.push(delivery);
             }
@@ -123,7 +123,7 @@ impl SledStore {
         let mut out = Vec::new();
         for entry in entries {
             let (key, value) = entry?;
-            let delivery: Delivery = decode(&key, &value)?;
+            let delivery: Delivery = codec::open(&self.sealer, &key, &value)?;
             let wanted = filter.status.is_none_or(|s| s == delivery.status)
                 && filter.endpoint_id.is_none_or(|e| e == delivery.endpoint_id)
                 && (filter.endpoint_ids.is_empty()
@@ -214,7 +214,7 @@ impl SledStore {
             let current: Delivery = match seen.remove(&id) {
                 Some(delivery) => delivery,
                 None => self
-                    .get(&keys::delivery(id))?
+                    .delivery_at(id)?
                     .ok_or_else(|| StoreError::NotFound(format!("delivery {id}")))?,
             };
             if current != transition.expected {
@@ -236,7 +236,7 @@ impl SledStore {
                 batch.insert(due, &[]);
                 added += 1;
             }
-            batch.insert(keys::delivery(id), encode(new)?);
+            batch.insert(keys::delivery(id), self.encode_delivery(new)?);
             seen.insert(id, new.clone());
         }
         if let Some(job) = job {

@@ -72,7 +72,7 @@ impl Store for SledStore {
     }
 
     async fn delivery(&self, id: DeliveryId) -> StoreResult<Option<Delivery>> {
-        self.get(&keys::delivery(id))
+        self.delivery_at(id)
     }
 
     async fn attempts(&self, id: DeliveryId) -> StoreResult<Vec<Attempt>> {
@@ -137,7 +137,7 @@ impl Store for SledStore {
         let leases = self.claim_now(endpoint, now_ms, limit, lease_for)?;
         let mut claims = Vec::with_capacity(leases.len());
         for lease in leases {
-            let delivery: Option<Delivery> = self.get(&keys::delivery(lease.delivery_id))?;
+            let delivery = self.delivery_at(lease.delivery_id)?;
             let Some(delivery) = delivery else {
                 // The due entry outlived its record (it cannot, short of damage): drop the
                 // lease and leave the entry for `herald store check` to report.
