@@ -131,6 +131,10 @@ settings! {
     listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8088)),
     /// Store directory (created if missing).
     data_dir: PathBuf = PathBuf::from("./herald-data"),
+    /// `sled` (embedded in `data_dir`, the default) or a `postgres://` URL: several nodes
+    /// given the same URL form one cluster sharing one queue.
+    [secret]
+    store: String = "sled".into(),
     /// Extra policy files, loaded on top of the built-in ones (a missing directory is fine).
     policies_dir: PathBuf = PathBuf::from("./policies"),
     /// Bearer token for everything (at least 16 characters).

@@ -92,6 +92,8 @@ use store::{SledOptions, SledStore, Store};
 enum StoreChoice {
     /// The embedded sled store in the data directory.
     Sled,
+    /// PostgreSQL at this URL: several nodes given the same URL form one cluster.
+    Postgres(String),
     /// A store built by the caller (tests, custom backends).
     Given(Arc<dyn Store>),
 }
@@ -140,6 +142,39 @@ impl HeraldBuilder {
         self
     }
 
+    /// Which store to use: `sled` (the default, embedded in the data directory) or a
+    /// `postgres://` / `postgresql://` URL (several herald nodes given the same URL share one
+    /// queue; the data directory then holds only `secret.key`, if no key is given).
+    pub fn store(mut self, store: impl Into<String>) -> Self {
+        let store = store.into();
+        self.store = if store.is_empty() || store == "sled" {
+            StoreChoice::Sled
+        } else {
+            StoreChoice::Postgres(store)
+        };
+        self
+    }
+
+    /// The key that seals secrets at rest (32 bytes; every node of a cluster needs the same).
+    /// Without it, `secret.key` in the data directory is used, created for a new store.
+    pub fn secret_key(mut self, key: [u8; store::KEY_BYTES]) -> Self {
+        self.sled.secret_key = Some(key);
+        self
+    }
+
+    /// Allows deliveries to loopback and private addresses (the SSRF guard is on by default):
+    /// local testing and trusted networks.
+    pub fn allow_private_targets(mut self, allow: bool) -> Self {
+        self.engine.client.targets.allow_private = allow;
+        self
+    }
+
+    /// Private networks that may be delivered to all the same, e.g. `10.1.2.0/24`.
+    pub fn allow_cidrs(mut self, cidrs: impl IntoIterator<Item = ipnet::IpNet>) -> Self {
+        self.engine.client.targets.allow.extend(cidrs);
+        self
+    }
+
     /// Uses a store opened by the caller instead of the embedded one.
     pub fn store_backend(mut self, store: Arc<dyn Store>) -> Self {
         self.store = StoreChoice::Given(store);
@@ -162,6 +197,25 @@ impl HeraldBuilder {
         }
         let store: Arc<dyn Store> = match self.store {
             StoreChoice::Given(store) => store,
+            StoreChoice::Postgres(url) => {
+                if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+                    return Err(Error::Startup(format!(
+                        "store {:?} is neither `sled` nor a postgres:// URL",
+                        transport::redact(&url)
+                    )));
+                }
+                let key = match self.sled.secret_key {
+                    Some(key) => key,
+                    None => {
+                        std::fs::create_dir_all(&self.data_dir).map_err(|e| {
+                            Error::Startup(format!("{}: {e}", self.data_dir.display()))
+                        })?;
+                        store::load_or_create_key(&self.data_dir.join("secret.key"))
+                            .map_err(Error::Startup)?
+                    }
+                };
+                Arc::new(store::PgStore::connect(&url, &key).await?)
+            }
             StoreChoice::Sled => {
                 let data_dir = self.data_dir.clone();
                 let options = self.sled.clone();

@@ -21,37 +21,58 @@ use herald::store::{
 };
 
 /// Opens stores of one backend on the same data.
-pub struct Harness {
-    dir: tempfile::TempDir,
+pub enum Harness {
+    Sled(tempfile::TempDir),
+    Postgres(String),
 }
 
+/// The key the tests seal with.
+const KEY: [u8; 32] = [7; 32];
+
 impl Harness {
-    async fn sled() -> Harness {
-        Harness {
-            dir: tempfile::tempdir().unwrap(),
-        }
+    async fn sled() -> Option<Harness> {
+        Some(Harness::Sled(tempfile::tempdir().unwrap()))
     }
 
-    /// A handle on the data; drop it before opening another (sled allows one at a time).
+    /// A fresh database on the test server; `None` (the test skips) where PostgreSQL is not
+    /// installed outside CI.
+    async fn postgres() -> Option<Harness> {
+        common::postgres::database().await.map(Harness::Postgres)
+    }
+
+    /// A handle on the data; drop it before opening another (sled allows one at a time). For
+    /// PostgreSQL every handle is a new node of the same cluster.
     async fn open(&self) -> Arc<dyn Store> {
-        let options = herald::store::SledOptions::default();
-        let dir = self.dir.path().to_path_buf();
-        let store = tokio::task::spawn_blocking(move || {
-            // A handle dropped a moment ago may still hold the file lock for its last flush.
-            for _ in 0..100 {
-                match herald::store::SledStore::open(&dir, &options) {
-                    Ok(store) => return store,
-                    Err(e) if e.to_string().contains("lock") => {
-                        std::thread::sleep(Duration::from_millis(20))
+        match self {
+            Harness::Sled(dir) => {
+                let options = herald::store::SledOptions {
+                    secret_key: Some(KEY),
+                    ..Default::default()
+                };
+                let dir = dir.path().to_path_buf();
+                let store = tokio::task::spawn_blocking(move || {
+                    // A handle dropped a moment ago may still hold the lock for its last flush.
+                    for _ in 0..100 {
+                        match herald::store::SledStore::open(&dir, &options) {
+                            Ok(store) => return store,
+                            Err(e) if e.to_string().contains("lock") => {
+                                std::thread::sleep(Duration::from_millis(20))
+                            }
+                            Err(e) => panic!("open: {e}"),
+                        }
                     }
-                    Err(e) => panic!("open: {e}"),
-                }
+                    panic!("store still locked")
+                })
+                .await
+                .unwrap();
+                Arc::new(store)
             }
-            panic!("store still locked")
-        })
-        .await
-        .unwrap();
-        Arc::new(store)
+            Harness::Postgres(url) => Arc::new(
+                herald::store::PgStore::connect(url, &KEY)
+                    .await
+                    .unwrap_or_else(|e| panic!("connect: {e}")),
+            ),
+        }
     }
 }
 
@@ -67,31 +88,40 @@ macro_rules! conformance {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
-                    let harness = super::Harness::$backend().await;
-                    super::$test(&harness).await;
+                    if let Some(harness) = super::Harness::$backend().await {
+                        super::$test(&harness).await;
+                    }
                 }
             )*
         }
     };
 }
 
-conformance!(sled:
-    leases_are_exclusive_until_given_back_or_expired,
-    a_late_outcome_under_an_expired_lease_is_kept_but_moves_nothing,
-    due_deliveries_are_claimed_earliest_first,
-    idempotency_keys_hold_under_concurrent_inserts,
-    an_outcome_moves_delivery_health_rollup_and_count_atomically,
-    grouped_outcomes_compose_per_endpoint,
-    the_pending_count_is_exact_across_transitions_and_reopen,
-    a_replay_transition_keeps_the_history,
-    transitions_are_all_or_nothing_and_conflict_on_change,
-    a_retry_of_a_delivery_in_flight_is_refused,
-    the_purge_never_removes_pending_deliveries,
-    deleting_an_endpoint_closes_its_deliveries_and_revokes_leases,
-    an_endpoint_is_disabled_once_and_enabling_resets_its_health,
-    deliveries_page_oldest_or_newest_first,
-    bulk_replay_progress_is_stored_with_its_batch,
-);
+/// Every test of the suite.
+macro_rules! suite {
+    ($backend:ident) => {
+        conformance!($backend:
+            leases_are_exclusive_until_given_back_or_expired,
+            a_late_outcome_under_an_expired_lease_is_kept_but_moves_nothing,
+            due_deliveries_are_claimed_earliest_first,
+            idempotency_keys_hold_under_concurrent_inserts,
+            an_outcome_moves_delivery_health_rollup_and_count_atomically,
+            grouped_outcomes_compose_per_endpoint,
+            the_pending_count_is_exact_across_transitions_and_reopen,
+            a_replay_transition_keeps_the_history,
+            transitions_are_all_or_nothing_and_conflict_on_change,
+            a_retry_of_a_delivery_in_flight_is_refused,
+            the_purge_never_removes_pending_deliveries,
+            deleting_an_endpoint_closes_its_deliveries_and_revokes_leases,
+            an_endpoint_is_disabled_once_and_enabling_resets_its_health,
+            deliveries_page_oldest_or_newest_first,
+            bulk_replay_progress_is_stored_with_its_batch,
+        );
+    };
+}
+
+suite!(sled);
+suite!(postgres);
 
 async fn leases_are_exclusive_until_given_back_or_expired(harness: &Harness) {
     let store = harness.open().await;
@@ -100,14 +130,24 @@ async fn leases_are_exclusive_until_given_back_or_expired(harness: &Harness) {
         put_message(store.as_ref(), endpoint, 1_000 + i, DeliveryStatus::Pending).await;
     }
     let now = DUE + 1;
-    let first = leases(store.claim(endpoint, now, 3, LEASE).await.unwrap());
+    let first = leases(
+        store
+            .claim(endpoint, now, 3, LEASE, usize::MAX)
+            .await
+            .unwrap(),
+    );
     assert_eq!(first.len(), 3);
-    let second = leases(store.claim(endpoint, now, 10, LEASE).await.unwrap());
+    let second = leases(
+        store
+            .claim(endpoint, now, 10, LEASE, usize::MAX)
+            .await
+            .unwrap(),
+    );
     assert_eq!(second.len(), 1);
     assert!(!first.iter().any(|l| l.delivery_id == second[0].delivery_id));
     assert!(
         store
-            .claim(endpoint, now, 10, LEASE)
+            .claim(endpoint, now, 10, LEASE, usize::MAX)
             .await
             .unwrap()
             .is_empty()
@@ -118,7 +158,12 @@ async fn leases_are_exclusive_until_given_back_or_expired(harness: &Harness) {
     // Given back: due as before, and claimable again.
     store.release(&second).await.unwrap();
     assert_eq!(store.due_head(endpoint, now).await.unwrap(), Some(DUE));
-    let again = leases(store.claim(endpoint, now, 10, LEASE).await.unwrap());
+    let again = leases(
+        store
+            .claim(endpoint, now, 10, LEASE, usize::MAX)
+            .await
+            .unwrap(),
+    );
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].delivery_id, second[0].delivery_id);
 
@@ -126,7 +171,11 @@ async fn leases_are_exclusive_until_given_back_or_expired(harness: &Harness) {
     let later = now + LEASE.as_millis() as u64 + 1;
     assert_eq!(store.due_head(endpoint, later).await.unwrap(), Some(DUE));
     assert_eq!(
-        store.claim(endpoint, later, 10, LEASE).await.unwrap().len(),
+        store
+            .claim(endpoint, later, 10, LEASE, usize::MAX)
+            .await
+            .unwrap()
+            .len(),
         4
     );
 
@@ -136,7 +185,7 @@ async fn leases_are_exclusive_until_given_back_or_expired(harness: &Harness) {
     let after_all = later + 2 * LEASE.as_millis() as u64;
     assert_eq!(
         store
-            .claim(endpoint, after_all, 10, LEASE)
+            .claim(endpoint, after_all, 10, LEASE, usize::MAX)
             .await
             .unwrap()
             .len(),
@@ -150,9 +199,17 @@ async fn a_late_outcome_under_an_expired_lease_is_kept_but_moves_nothing(harness
     let endpoint = put_endpoint(store.as_ref()).await;
     let (_, id) = put_message(store.as_ref(), endpoint, 1_000, DeliveryStatus::Pending).await;
     let before = store.delivery(id).await.unwrap().unwrap();
-    let old = store.claim(endpoint, DUE, 1, LEASE).await.unwrap()[0].lease;
+    let old = store
+        .claim(endpoint, DUE, 1, LEASE, usize::MAX)
+        .await
+        .unwrap()[0]
+        .lease;
     let later = DUE + LEASE.as_millis() as u64 + 1;
-    let new = store.claim(endpoint, later, 1, LEASE).await.unwrap()[0].lease;
+    let new = store
+        .claim(endpoint, later, 1, LEASE, usize::MAX)
+        .await
+        .unwrap()[0]
+        .lease;
     assert_ne!(old.token, new.token);
 
     let late = outcome(old, &before, later, true, DeliveryStatus::Succeeded, None);
@@ -214,7 +271,10 @@ async fn due_deliveries_are_claimed_earliest_first(harness: &Harness) {
 
     // Only what is due by `now`, earliest first, and only this endpoint's, with the records an
     // attempt needs.
-    let claims = store.claim(endpoint, DUE + 30, 10, LEASE).await.unwrap();
+    let claims = store
+        .claim(endpoint, DUE + 30, 10, LEASE, usize::MAX)
+        .await
+        .unwrap();
     for claim in &claims {
         assert_eq!(claim.delivery.id, claim.lease.delivery_id);
         let message = claim
@@ -289,7 +349,11 @@ async fn an_outcome_moves_delivery_health_rollup_and_count_atomically(harness: &
     let endpoint = put_endpoint(store.as_ref()).await;
     let (_, id) = put_message(store.as_ref(), endpoint, 1_000, DeliveryStatus::Pending).await;
     let before = store.delivery(id).await.unwrap().unwrap();
-    let lease = store.claim(endpoint, DUE, 1, LEASE).await.unwrap()[0].lease;
+    let lease = store
+        .claim(endpoint, DUE, 1, LEASE, usize::MAX)
+        .await
+        .unwrap()[0]
+        .lease;
     let at = DUE + 5;
     let mut failed = outcome(
         lease,
@@ -315,7 +379,11 @@ async fn an_outcome_moves_delivery_health_rollup_and_count_atomically(harness: &
     assert_eq!(store.dedup_digest(endpoint, "k").await.unwrap(), None);
 
     let before = store.delivery(id).await.unwrap().unwrap();
-    let lease = store.claim(endpoint, DUE + 60_000, 1, LEASE).await.unwrap()[0].lease;
+    let lease = store
+        .claim(endpoint, DUE + 60_000, 1, LEASE, usize::MAX)
+        .await
+        .unwrap()[0]
+        .lease;
     let mut delivered = outcome(
         lease,
         &before,
@@ -366,7 +434,12 @@ async fn grouped_outcomes_compose_per_endpoint(harness: &Harness) {
                 .1,
         );
     }
-    let leases = leases(store.claim(endpoint, DUE, 3, LEASE).await.unwrap());
+    let leases = leases(
+        store
+            .claim(endpoint, DUE, 3, LEASE, usize::MAX)
+            .await
+            .unwrap(),
+    );
     let mut outcomes = Vec::new();
     for lease in leases {
         let before = store.delivery(lease.delivery_id).await.unwrap().unwrap();
@@ -404,7 +477,11 @@ async fn grouped_outcomes_compose_per_endpoint(harness: &Harness) {
 
     // Untouched leaves the count alone; Reset clears it.
     let (_, id) = put_message(store.as_ref(), endpoint, 2_000, DeliveryStatus::Pending).await;
-    let lease = store.claim(endpoint, DUE, 1, LEASE).await.unwrap()[0].lease;
+    let lease = store
+        .claim(endpoint, DUE, 1, LEASE, usize::MAX)
+        .await
+        .unwrap()[0]
+        .lease;
     let before = store.delivery(id).await.unwrap().unwrap();
     let mut own_url = outcome(lease, &before, DUE, false, DeliveryStatus::Failed, None);
     own_url.health = HealthChange::Untouched;
@@ -431,7 +508,12 @@ async fn the_pending_count_is_exact_across_transitions_and_reopen(harness: &Harn
     put_message(store.as_ref(), endpoint, 2_000, DeliveryStatus::Skipped).await;
     assert_eq!(store.pending_count().await.unwrap(), 5);
     // One finishes, one is rescheduled, one is cancelled.
-    let leases = leases(store.claim(endpoint, DUE, 2, LEASE).await.unwrap());
+    let leases = leases(
+        store
+            .claim(endpoint, DUE, 2, LEASE, usize::MAX)
+            .await
+            .unwrap(),
+    );
     let mut outcomes = Vec::new();
     for (lease, status) in leases
         .iter()
@@ -464,7 +546,7 @@ async fn the_pending_count_is_exact_across_transitions_and_reopen(harness: &Harn
     assert_eq!(store.pending_count().await.unwrap(), 3);
     assert_eq!(
         store
-            .claim(endpoint, u64::MAX / 2, 10, LEASE)
+            .claim(endpoint, u64::MAX / 2, 10, LEASE, usize::MAX)
             .await
             .unwrap()
             .len(),
@@ -477,7 +559,11 @@ async fn a_replay_transition_keeps_the_history(harness: &Harness) {
     let endpoint = put_endpoint(store.as_ref()).await;
     let (_, id) = put_message(store.as_ref(), endpoint, 1_000, DeliveryStatus::Pending).await;
     let before = store.delivery(id).await.unwrap().unwrap();
-    let lease = store.claim(endpoint, DUE, 1, LEASE).await.unwrap()[0].lease;
+    let lease = store
+        .claim(endpoint, DUE, 1, LEASE, usize::MAX)
+        .await
+        .unwrap()[0]
+        .lease;
     store
         .record_outcomes(vec![outcome(
             lease,
@@ -506,7 +592,11 @@ async fn a_replay_transition_keeps_the_history(harness: &Harness) {
         .await
         .unwrap();
     assert_eq!(store.pending_count().await.unwrap(), 1);
-    let lease = store.claim(endpoint, DUE + 10, 1, LEASE).await.unwrap()[0].lease;
+    let lease = store
+        .claim(endpoint, DUE + 10, 1, LEASE, usize::MAX)
+        .await
+        .unwrap()[0]
+        .lease;
     store
         .record_outcomes(vec![outcome(
             lease,
@@ -558,7 +648,11 @@ async fn a_retry_of_a_delivery_in_flight_is_refused(harness: &Harness) {
     let endpoint = put_endpoint(store.as_ref()).await;
     let (_, id) = put_message(store.as_ref(), endpoint, 1_000, DeliveryStatus::Pending).await;
     let before = store.delivery(id).await.unwrap().unwrap();
-    let lease = store.claim(endpoint, DUE, 1, LEASE).await.unwrap()[0].lease;
+    let lease = store
+        .claim(endpoint, DUE, 1, LEASE, usize::MAX)
+        .await
+        .unwrap()[0]
+        .lease;
     let mut sooner = before.clone();
     sooner.next_attempt_at = Some(DUE - 1);
     let retry = Transition {
@@ -636,7 +730,11 @@ async fn deleting_an_endpoint_closes_its_deliveries_and_revokes_leases(harness: 
     let (_, waiting) = put_message(store.as_ref(), endpoint, 1_001, DeliveryStatus::Pending).await;
     put_message(store.as_ref(), kept, 1_002, DeliveryStatus::Pending).await;
     let before = store.delivery(leased).await.unwrap().unwrap();
-    let lease = store.claim(endpoint, DUE, 1, LEASE).await.unwrap()[0].lease;
+    let lease = store
+        .claim(endpoint, DUE, 1, LEASE, usize::MAX)
+        .await
+        .unwrap()[0]
+        .lease;
     assert_eq!(lease.delivery_id, leased);
     let closing = Closing {
         status: DeliveryStatus::Failed,

@@ -11,6 +11,7 @@
 
 mod accept;
 mod attempt;
+mod cluster;
 mod commands;
 mod commit;
 pub(crate) mod decide;
@@ -103,6 +104,10 @@ pub(crate) struct Engine {
     /// one attempt and then be attempted, with the slowest policy's timeout, plus a margin.
     /// Only a claimer that died (or hung) lets it run out.
     pub(crate) lease_for: Duration,
+    /// The claims of one endpoint that may be live at once, over all claimers.
+    pub(crate) max_leased: usize,
+    /// Turns true at shutdown: background tasks end.
+    pub(crate) stop: tokio::sync::watch::Sender<bool>,
     /// Tenants whose unrouted messages were already logged.
     pub(crate) unrouted_tenants: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -128,7 +133,19 @@ impl Engine {
         Ok(Arc::new(Engine {
             lease_for: slowest * 2 + Duration::from_secs(30),
             unrouted_tenants: Default::default(),
-            scheduler: Scheduler::new(config.max_in_flight, config.endpoint_concurrency),
+            stop: tokio::sync::watch::Sender::new(false),
+            scheduler: Scheduler::new(
+                config.max_in_flight,
+                config.endpoint_concurrency,
+                store.shared(),
+            ),
+            // In a cluster every claim is an attempt in flight (no queue): counting leases
+            // bounds an endpoint's attempts over all nodes.
+            max_leased: if store.shared() {
+                config.endpoint_concurrency
+            } else {
+                usize::MAX
+            },
             store,
             policies: Arc::new(policies),
             client,
@@ -155,6 +172,7 @@ impl Engine {
         }
         tokio::spawn(scheduler::run(self.clone()));
         self.resume_replays().await?;
+        self.follow_cluster();
         Ok(())
     }
 
@@ -162,6 +180,7 @@ impl Engine {
     /// so a restart picks them up at once), waits up to `grace` for attempts in flight, and
     /// flushes.
     pub(crate) async fn shutdown(&self, grace: Duration) -> Result<()> {
+        self.stop.send_replace(true);
         for (_, leases) in self.scheduler.stop() {
             self.store.release(&leases).await?;
         }

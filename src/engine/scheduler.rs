@@ -58,9 +58,20 @@ struct Slot {
     ready_key: Option<u64>,
 }
 
+impl Slot {
+    /// Claims the slot could take now.
+    fn wants(&self, claims_per_attempt: usize) -> usize {
+        (claims_per_attempt * self.window.limit()).saturating_sub(self.outstanding)
+    }
+}
+
 /// All slots and the ordered set of those that may claim.
 #[derive(Debug, Default)]
 struct State {
+    /// Claims a slot may hold per attempt its window allows: 2 (one attempting, one queued,
+    /// so runners find the next delivery in memory) with a store of its own, 1 in a cluster,
+    /// where every claim counts against the endpoint's concurrency on every node.
+    claims_per_attempt: usize,
     slots: HashMap<EndpointId, Slot>,
     ready: BTreeSet<(u64, EndpointId)>,
     outstanding: usize,
@@ -88,7 +99,10 @@ impl State {
         if let Some(old) = slot.ready_key.take() {
             self.ready.remove(&(old, endpoint));
         }
-        let eligible = slot.enabled && !slot.claiming && slot.outstanding <= slot.window.limit();
+        let wants = slot.wants(self.claims_per_attempt);
+        let eligible = slot.enabled
+            && !slot.claiming
+            && wants >= (slot.window.limit() * (self.claims_per_attempt - 1)).max(1);
         match slot.head.filter(|_| eligible) {
             Some(head) => {
                 slot.ready_key = Some(head);
@@ -101,10 +115,12 @@ impl State {
 }
 
 impl Scheduler {
-    pub(crate) fn new(max_in_flight: usize, endpoint_limit: usize) -> Scheduler {
+    /// `shared`: the store is shared with other nodes (see [`State::claims_per_attempt`]).
+    pub(crate) fn new(max_in_flight: usize, endpoint_limit: usize, shared: bool) -> Scheduler {
         Scheduler {
             state: Mutex::new(State {
                 wake_at: 0,
+                claims_per_attempt: if shared { 1 } else { 2 },
                 ..State::default()
             }),
             wake: Notify::new(),
@@ -276,11 +292,12 @@ fn plan_pass(scheduler: &Scheduler, now: u64) -> Pass {
         .range(..(now.saturating_add(1), EndpointId(uuid::Uuid::nil())))
     {
         let slot = &state.slots[&endpoint];
-        let want = 2 * slot.window.limit() - slot.outstanding;
+        let want = slot.wants(state.claims_per_attempt);
         wanted += want;
         due.push((slot.outstanding, head, endpoint));
     }
     let room = scheduler.max_in_flight.saturating_sub(state.outstanding);
+    let per_attempt = state.claims_per_attempt;
     let mut plans = Vec::new();
     if room > 0 && !due.is_empty() {
         due.sort_unstable();
@@ -299,9 +316,7 @@ fn plan_pass(scheduler: &Scheduler, now: u64) -> Pass {
             slot.ready_key = None;
             slot.claiming = true;
             slot.head = None;
-            let count = (2 * slot.window.limit() - slot.outstanding)
-                .min(share)
-                .min(left);
+            let count = slot.wants(per_attempt).min(share).min(left);
             slot.outstanding += count;
             left -= count;
             plans.push(ClaimPlan { endpoint, count });
@@ -349,7 +364,13 @@ async fn claim(engine: &Arc<Engine>, plans: Vec<ClaimPlan>, now: u64) {
     for plan in plans {
         let claimed = async {
             let claims = store
-                .claim(plan.endpoint, now, plan.count, engine.lease_for)
+                .claim(
+                    plan.endpoint,
+                    now,
+                    plan.count,
+                    engine.lease_for,
+                    engine.max_leased,
+                )
                 .await?;
             let head = store.due_head(plan.endpoint, now).await?;
             Ok::<_, crate::store::StoreError>((claims, head))

@@ -123,6 +123,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let metrics = telemetry::install()?;
     let mut builder = Herald::builder()
         .data_dir(&config.data_dir)
+        .store(config.store.clone())
         .engine_config(EngineConfig {
             max_in_flight: config.max_in_flight,
             endpoint_concurrency: config.endpoint_concurrency,

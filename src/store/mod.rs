@@ -22,7 +22,9 @@
 //!   back; a lease that expired may be taken over, and the late holder's outcome is then kept
 //!   as an attempt without moving the delivery.
 
-mod rollup;
+pub(crate) mod codec;
+pub mod postgres;
+pub(crate) mod rollup;
 mod seal;
 pub mod sled;
 
@@ -34,6 +36,7 @@ use crate::model::{
     Attempt, Delivery, DeliveryId, DeliveryStatus, Endpoint, EndpointId, Message, MessageId,
 };
 
+pub use postgres::PgStore;
 pub use rollup::{DailyRollup, day_of};
 pub use seal::{KEY_BYTES, Sealer, load_or_create_key};
 pub use sled::{SledOptions, SledStore};
@@ -109,6 +112,16 @@ impl LeaseToken {
     #[allow(clippy::new_without_default)]
     pub fn new() -> LeaseToken {
         LeaseToken(uuid::Uuid::now_v7().as_u128())
+    }
+
+    /// The token from its stored form (backends only).
+    pub(crate) fn from_uuid(token: uuid::Uuid) -> LeaseToken {
+        LeaseToken(token.as_u128())
+    }
+
+    /// The stored form (backends only).
+    pub(crate) fn as_uuid(self) -> uuid::Uuid {
+        uuid::Uuid::from_u128(self.0)
     }
 }
 
@@ -366,13 +379,16 @@ pub trait Store: Send + Sync + 'static {
     async fn due_head(&self, endpoint: EndpointId, now_ms: u64) -> StoreResult<Option<u64>>;
     /// Leases up to `limit` of an endpoint's deliveries due at or before `now_ms` that are
     /// not leased (or whose lease expired), each until `now_ms + lease_for`, and returns them
-    /// with their records. Earliest due first.
+    /// with their records. Earliest due first. No more than `max_leased` of the endpoint's
+    /// deliveries are leased at once, counting every claimer's live leases (the per-endpoint
+    /// concurrency of a cluster).
     async fn claim(
         &self,
         endpoint: EndpointId,
         now_ms: u64,
         limit: usize,
         lease_for: Duration,
+        max_leased: usize,
     ) -> StoreResult<Vec<Claim>>;
     /// Gives leases back without an attempt; their deliveries stay due as they were.
     async fn release(&self, leases: &[Lease]) -> StoreResult<()>;
@@ -431,6 +447,11 @@ pub trait Store: Send + Sync + 'static {
     async fn pending_count(&self) -> StoreResult<u64>;
     /// Makes every write so far durable (recorded outcomes included).
     async fn sync(&self) -> StoreResult<()>;
+    /// Whether other processes share this store (a cluster): the scheduler then claims only
+    /// what it attempts at once, so that `max_leased` bounds the attempts in flight.
+    fn shared(&self) -> bool {
+        false
+    }
     /// Changes made by other processes sharing this store, for the scheduler: `None` for a
     /// store that only this process writes.
     fn notices(&self) -> Option<tokio::sync::broadcast::Receiver<Notice>> {

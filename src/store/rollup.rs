@@ -41,6 +41,27 @@ impl DailyRollup {
         self.latency[i] = self.latency[i].saturating_add(1);
     }
 
+    /// A roll-up from stored parts: counts and (bucket, attempts) pairs of the histogram.
+    pub(crate) fn from_parts(
+        attempts: u64,
+        successes: u64,
+        buckets: impl IntoIterator<Item = (usize, u64)>,
+    ) -> DailyRollup {
+        let mut latency = Vec::new();
+        for (i, n) in buckets {
+            let i = i.min(BUCKETS - 1);
+            if latency.len() <= i {
+                latency.resize(i + 1, 0);
+            }
+            latency[i] = u32::try_from(n).unwrap_or(u32::MAX);
+        }
+        DailyRollup {
+            attempts,
+            successes,
+            latency,
+        }
+    }
+
     /// Attempts that were not a success.
     pub fn failures(&self) -> u64 {
         self.attempts - self.successes

@@ -3,6 +3,7 @@
 
 pub mod browser;
 pub mod daemon;
+pub mod postgres;
 pub mod raw_http;
 
 use std::net::SocketAddr;

@@ -164,12 +164,23 @@ impl SledStore {
         now_ms: u64,
         limit: usize,
         lease_for: Duration,
+        max_leased: usize,
     ) -> StoreResult<Vec<Lease>> {
         let nil = DeliveryId(Uuid::nil());
         let start = keys::due(endpoint, 0, nil);
         let end = keys::due(endpoint, now_ms.saturating_add(1), nil);
         let expires_at_ms = now_ms.saturating_add(lease_for.as_millis() as u64);
         let mut state = self.lock();
+        let leased = if max_leased == usize::MAX {
+            0 // nothing to count against
+        } else {
+            state
+                .leases
+                .values()
+                .filter(|h| h.lease.endpoint_id == endpoint && h.lease.expires_at_ms > now_ms)
+                .count()
+        };
+        let limit = limit.min(max_leased.saturating_sub(leased));
         let mut claimed = Vec::new();
         // Skips at most the endpoint's own live leases (bounded by its concurrency).
         for key in self.tree()?.range(start..end).keys() {

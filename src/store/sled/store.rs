@@ -133,8 +133,9 @@ impl Store for SledStore {
         now_ms: u64,
         limit: usize,
         lease_for: Duration,
+        max_leased: usize,
     ) -> StoreResult<Vec<Claim>> {
-        let leases = self.claim_now(endpoint, now_ms, limit, lease_for)?;
+        let leases = self.claim_now(endpoint, now_ms, limit, lease_for, max_leased)?;
         let mut claims = Vec::with_capacity(leases.len());
         for lease in leases {
             let delivery = self.delivery_at(lease.delivery_id)?;

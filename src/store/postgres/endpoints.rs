@@ -1,0 +1,147 @@
+//! Endpoint records and their health. The configuration is one sealed column; the health
+//! (enabled, failure count, why and when disabled) is plain columns, changed only by
+//! conditional updates, so that of concurrent callers on any node exactly one disables an
+//! endpoint.
+
+use super::rows::{self, ENDPOINT_COLUMNS};
+use super::{PgStore, ms};
+use crate::model::{Endpoint, EndpointId};
+use crate::store::{Closing, Notice, StoreResult, codec};
+
+impl PgStore {
+    pub(super) async fn put_endpoint_now(&self, endpoint: &Endpoint) -> StoreResult<()> {
+        let record = codec::seal(&self.sealer, endpoint)?;
+        let mut tx = self.pool.begin().await?;
+        // Health columns change only through enable/disable and outcomes: a configuration
+        // change read before a concurrent disable must not enable the endpoint again.
+        sqlx::query(
+            "INSERT INTO endpoints (id, tenant, record, enabled, created_at) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (id) DO UPDATE SET tenant = EXCLUDED.tenant, record = EXCLUDED.record",
+        )
+        .bind(endpoint.id.0)
+        .bind(&endpoint.tenant)
+        .bind(&record)
+        .bind(endpoint.enabled)
+        .bind(ms(endpoint.created_at))
+        .execute(&mut *tx)
+        .await?;
+        Self::notify(&mut tx, [Notice::Endpoint(endpoint.id)]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(super) async fn endpoint_now(&self, id: EndpointId) -> StoreResult<Option<Endpoint>> {
+        let row = sqlx::query(&format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE id = $1"
+        ))
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| rows::endpoint(&self.sealer, &row))
+            .transpose()
+    }
+
+    pub(super) async fn endpoints_now(&self, tenant: Option<&str>) -> StoreResult<Vec<Endpoint>> {
+        let found = match tenant {
+            Some(tenant) => {
+                sqlx::query(&format!(
+                    "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE tenant = $1 ORDER BY id"
+                ))
+                .bind(tenant)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(&format!(
+                    "SELECT {ENDPOINT_COLUMNS} FROM endpoints ORDER BY id"
+                ))
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        found
+            .iter()
+            .map(|row| rows::endpoint(&self.sealer, row))
+            .collect()
+    }
+
+    pub(super) async fn disable_endpoint_now(
+        &self,
+        id: EndpointId,
+        now_ms: u64,
+        reason: &str,
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        let disabled = sqlx::query(
+            "UPDATE endpoints SET enabled = false, disabled_reason = $2, disabled_at = $3 \
+             WHERE id = $1 AND enabled",
+        )
+        .bind(id.0)
+        .bind(reason)
+        .bind(ms(now_ms))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if disabled {
+            Self::notify(&mut tx, [Notice::Endpoint(id)]).await?;
+        }
+        tx.commit().await?;
+        Ok(disabled)
+    }
+
+    pub(super) async fn enable_endpoint_now(
+        &self,
+        id: EndpointId,
+        now_ms: u64,
+    ) -> StoreResult<Option<Endpoint>> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(&format!(
+            "UPDATE endpoints SET failures = 0, disabled_reason = NULL, disabled_at = NULL, \
+             released_at = CASE WHEN enabled THEN released_at ELSE $2 END, enabled = true \
+             WHERE id = $1 RETURNING {ENDPOINT_COLUMNS}"
+        ))
+        .bind(id.0)
+        .bind(ms(now_ms))
+        .fetch_optional(&mut *tx)
+        .await?;
+        if row.is_some() {
+            Self::notify(&mut tx, [Notice::Endpoint(id)]).await?;
+        }
+        tx.commit().await?;
+        row.map(|row| rows::endpoint(&self.sealer, &row))
+            .transpose()
+    }
+
+    pub(super) async fn delete_endpoint_now(
+        &self,
+        id: EndpointId,
+        closing: &Closing,
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        // Finishing the pending deliveries clears their leases: a late outcome is stale.
+        sqlx::query(
+            "UPDATE deliveries SET status = $2, next_attempt_at = NULL, last_error = $3, \
+             updated_at = $4, lease_token = NULL, lease_expires = NULL \
+             WHERE endpoint_id = $1 AND status = 0",
+        )
+        .bind(id.0)
+        .bind(rows::status_code(closing.status))
+        .bind(&closing.reason)
+        .bind(ms(closing.at_ms))
+        .execute(&mut *tx)
+        .await?;
+        let deleted = sqlx::query("DELETE FROM endpoints WHERE id = $1")
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        if deleted {
+            Self::notify(&mut tx, [Notice::Endpoint(id)]).await?;
+        }
+        tx.commit().await?;
+        Ok(deleted)
+    }
+}

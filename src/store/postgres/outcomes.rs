@@ -1,0 +1,311 @@
+//! Attempt outcomes, one transaction per group: the group's deliveries and endpoints are
+//! locked in id order (so groups recorded on different nodes cannot deadlock), the decided
+//! deliveries written where their lease still holds, then the attempts, the roll-ups, the
+//! failure counts and the dedup digests, each as one statement over the whole group.
+
+use std::collections::{BTreeMap, HashMap};
+
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::PgStore;
+use super::rows::{AttemptColumns, DeliveryColumns};
+use crate::model::{DeliveryId, EndpointId};
+use crate::store::rollup::{bucket, day_of};
+use crate::store::{HealthChange, Outcome, Recorded, StoreError, StoreResult};
+
+impl PgStore {
+    pub(super) async fn record_outcomes_now(
+        &self,
+        outcomes: Vec<Outcome>,
+    ) -> StoreResult<Vec<StoreResult<Recorded>>> {
+        let mut tx = self.pool.begin().await?;
+        let mut ids: Vec<Uuid> = outcomes.iter().map(|o| o.lease.delivery_id.0).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let rows = sqlx::query(
+            "SELECT id, lease_token FROM deliveries WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut tokens: HashMap<DeliveryId, Option<Uuid>> = HashMap::new();
+        for row in &rows {
+            tokens.insert(DeliveryId(row.try_get("id")?), row.try_get("lease_token")?);
+        }
+
+        let mut fresh = DeliveryColumns::default();
+        let (mut stale_ids, mut stale_numbers) = (Vec::new(), Vec::new());
+        let mut attempts = AttemptColumns::default();
+        let mut stale_flags = Vec::with_capacity(outcomes.len());
+        for outcome in &outcomes {
+            let id = outcome.lease.delivery_id;
+            let Some(token) = tokens.get(&id) else {
+                stale_flags.push(None);
+                continue;
+            };
+            let stale = *token != Some(outcome.lease.token.as_uuid());
+            if stale {
+                stale_ids.push(id.0);
+                stale_numbers.push(i32::try_from(outcome.attempt.attempt).unwrap_or(i32::MAX));
+            } else {
+                fresh.push(&self.sealer, &outcome.delivery)?;
+            }
+            attempts.push(id, &outcome.attempt);
+            stale_flags.push(Some(stale));
+        }
+        self.write_deliveries(&mut tx, &fresh, &stale_ids, &stale_numbers)
+            .await?;
+        Self::insert_attempts(&mut tx, &attempts).await?;
+        let kept: Vec<&Outcome> = outcomes
+            .iter()
+            .zip(&stale_flags)
+            .filter(|(_, flag)| flag.is_some())
+            .map(|(o, _)| o)
+            .collect();
+        Self::add_to_rollups(&mut tx, &kept).await?;
+        let counts = Self::move_failure_counts(&mut tx, &kept).await?;
+        let successes: Vec<&Outcome> = outcomes
+            .iter()
+            .zip(&stale_flags)
+            .filter(|(o, flag)| **flag == Some(false) && o.attempt.success && o.dedup.is_some())
+            .map(|(o, _)| o)
+            .collect();
+        Self::remember_digests(&mut tx, &successes).await?;
+        tx.commit().await?;
+
+        let mut counts = counts.into_iter();
+        Ok(outcomes
+            .iter()
+            .zip(stale_flags)
+            .map(|(outcome, flag)| match flag {
+                None => Err(StoreError::NotFound(format!(
+                    "delivery {}",
+                    outcome.lease.delivery_id
+                ))),
+                Some(stale) => Ok(Recorded {
+                    stale,
+                    consecutive_failures: counts.next().unwrap_or(0),
+                }),
+            })
+            .collect())
+    }
+
+    async fn write_deliveries(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        fresh: &DeliveryColumns,
+        stale_ids: &[Uuid],
+        stale_numbers: &[i32],
+    ) -> StoreResult<()> {
+        if !fresh.id.is_empty() {
+            sqlx::query(
+                "UPDATE deliveries d SET status = n.status, cycle = n.cycle, \
+                 cycle_attempts = n.cycle_attempts, total_attempts = n.total_attempts, \
+                 anchor_ms = n.anchor_ms, next_attempt_at = n.next_attempt_at, \
+                 last_status_code = n.last_status_code, last_error = n.last_error, \
+                 updated_at = n.updated_at, lease_token = NULL, lease_expires = NULL \
+                 FROM UNNEST($1::uuid[], $2::smallint[], $3::int[], $4::int[], $5::int[], \
+                 $6::bigint[], $7::bigint[], $8::int[], $9::text[], $10::bigint[]) \
+                 AS n(id, status, cycle, cycle_attempts, total_attempts, anchor_ms, \
+                 next_attempt_at, last_status_code, last_error, updated_at) WHERE d.id = n.id",
+            )
+            .bind(&fresh.id)
+            .bind(&fresh.status)
+            .bind(&fresh.cycle)
+            .bind(&fresh.cycle_attempts)
+            .bind(&fresh.total_attempts)
+            .bind(&fresh.anchor_ms)
+            .bind(&fresh.next_attempt_at)
+            .bind(&fresh.last_status_code)
+            .bind(&fresh.last_error)
+            .bind(&fresh.updated_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !stale_ids.is_empty() {
+            // A stale attempt is kept; the numbering stays ahead of it.
+            sqlx::query(
+                "UPDATE deliveries d SET total_attempts = GREATEST(d.total_attempts, s.n) \
+                 FROM UNNEST($1::uuid[], $2::int[]) AS s(id, n) WHERE d.id = s.id",
+            )
+            .bind(stale_ids)
+            .bind(stale_numbers)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn insert_attempts(tx: &mut sqlx::PgConnection, a: &AttemptColumns) -> StoreResult<()> {
+        if a.delivery_id.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO attempts (delivery_id, attempt, cycle, started_at, duration_ms, \
+             status_code, error, error_detail, response_excerpt, success) \
+             SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::bigint[], \
+             $5::bigint[], $6::int[], $7::text[], $8::text[], $9::text[], $10::bool[]) \
+             ON CONFLICT (delivery_id, attempt) DO NOTHING",
+        )
+        .bind(&a.delivery_id)
+        .bind(&a.attempt)
+        .bind(&a.cycle)
+        .bind(&a.started_at)
+        .bind(&a.duration_ms)
+        .bind(&a.status_code)
+        .bind(&a.error)
+        .bind(&a.error_detail)
+        .bind(&a.response_excerpt)
+        .bind(&a.success)
+        .execute(tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Adds the group's attempts to the daily roll-ups: counts per (endpoint, day), latency
+    /// per (endpoint, day, bucket), summed here first so each row is written once.
+    async fn add_to_rollups(tx: &mut sqlx::PgConnection, kept: &[&Outcome]) -> StoreResult<()> {
+        let mut days: BTreeMap<(Uuid, i32), (i64, i64)> = BTreeMap::new();
+        let mut buckets: BTreeMap<(Uuid, i32, i16), i64> = BTreeMap::new();
+        for outcome in kept {
+            let endpoint = outcome.lease.endpoint_id.0;
+            let day = i32::try_from(day_of(outcome.attempt.started_at)).unwrap_or(i32::MAX);
+            let counts = days.entry((endpoint, day)).or_default();
+            counts.0 += 1;
+            counts.1 += i64::from(outcome.attempt.success);
+            let b = i16::try_from(bucket(outcome.attempt.duration_ms)).unwrap_or(i16::MAX);
+            *buckets.entry((endpoint, day, b)).or_default() += 1;
+        }
+        if days.is_empty() {
+            return Ok(());
+        }
+        let (mut e, mut d, mut a, mut s) = (vec![], vec![], vec![], vec![]);
+        for ((endpoint, day), (attempts, successes)) in days {
+            e.push(endpoint);
+            d.push(day);
+            a.push(attempts);
+            s.push(successes);
+        }
+        sqlx::query(
+            "INSERT INTO rollups (endpoint_id, day, attempts, successes) \
+             SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::bigint[], $4::bigint[]) \
+             ON CONFLICT (endpoint_id, day) DO UPDATE SET \
+             attempts = rollups.attempts + EXCLUDED.attempts, \
+             successes = rollups.successes + EXCLUDED.successes",
+        )
+        .bind(&e)
+        .bind(&d)
+        .bind(&a)
+        .bind(&s)
+        .execute(&mut *tx)
+        .await?;
+        let (mut e, mut d, mut b, mut n) = (vec![], vec![], vec![], vec![]);
+        for ((endpoint, day, bucket), count) in buckets {
+            e.push(endpoint);
+            d.push(day);
+            b.push(bucket);
+            n.push(count);
+        }
+        sqlx::query(
+            "INSERT INTO rollup_latency (endpoint_id, day, bucket, n) \
+             SELECT * FROM UNNEST($1::uuid[], $2::int[], $3::smallint[], $4::bigint[]) \
+             ON CONFLICT (endpoint_id, day, bucket) DO UPDATE SET n = rollup_latency.n + EXCLUDED.n",
+        )
+        .bind(&e)
+        .bind(&d)
+        .bind(&b)
+        .bind(&n)
+        .execute(tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Moves the failure counts of the group's endpoints, in the group's order, and returns
+    /// each outcome's count after it (0 for an endpoint that is gone).
+    async fn move_failure_counts(
+        tx: &mut sqlx::PgConnection,
+        kept: &[&Outcome],
+    ) -> StoreResult<Vec<u32>> {
+        let mut ids: Vec<Uuid> = kept.iter().map(|o| o.lease.endpoint_id.0).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let rows = sqlx::query(
+            "SELECT id, failures FROM endpoints WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut counts: HashMap<EndpointId, (u32, bool)> = HashMap::new();
+        for row in &rows {
+            let failures: i32 = row.try_get("failures")?;
+            counts.insert(
+                EndpointId(row.try_get("id")?),
+                (u32::try_from(failures).unwrap_or(0), false),
+            );
+        }
+        let mut after = Vec::with_capacity(kept.len());
+        for outcome in kept {
+            let Some((count, changed)) = counts.get_mut(&outcome.lease.endpoint_id) else {
+                after.push(0);
+                continue;
+            };
+            let before = *count;
+            match outcome.health {
+                HealthChange::Untouched => {}
+                HealthChange::Reset => *count = 0,
+                HealthChange::Increment => *count = count.saturating_add(1),
+            }
+            *changed |= *count != before;
+            after.push(*count);
+        }
+        let (ids, values): (Vec<Uuid>, Vec<i32>) = counts
+            .iter()
+            .filter(|(_, (_, changed))| *changed)
+            .map(|(id, (count, _))| (id.0, i32::try_from(*count).unwrap_or(i32::MAX)))
+            .unzip();
+        if !ids.is_empty() {
+            sqlx::query(
+                "UPDATE endpoints e SET failures = u.failures \
+                 FROM UNNEST($1::uuid[], $2::int[]) AS u(id, failures) WHERE e.id = u.id",
+            )
+            .bind(&ids)
+            .bind(&values)
+            .execute(tx)
+            .await?;
+        }
+        Ok(after)
+    }
+
+    async fn remember_digests(
+        tx: &mut sqlx::PgConnection,
+        successes: &[&Outcome],
+    ) -> StoreResult<()> {
+        let mut latest: BTreeMap<(Uuid, String), Vec<u8>> = BTreeMap::new();
+        for outcome in successes {
+            if let Some((key, digest)) = &outcome.dedup {
+                latest.insert((outcome.lease.endpoint_id.0, key.clone()), digest.to_vec());
+            }
+        }
+        if latest.is_empty() {
+            return Ok(());
+        }
+        let (mut e, mut k, mut d) = (vec![], vec![], vec![]);
+        for ((endpoint, key), digest) in latest {
+            e.push(endpoint);
+            k.push(key);
+            d.push(digest);
+        }
+        sqlx::query(
+            "INSERT INTO dedup (endpoint_id, key, digest) \
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bytea[]) \
+             ON CONFLICT (endpoint_id, key) DO UPDATE SET digest = EXCLUDED.digest",
+        )
+        .bind(&e)
+        .bind(&k)
+        .bind(&d)
+        .execute(tx)
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,184 @@
+//! A real PostgreSQL server for the tests: `initdb` into a temporary directory (as the
+//! `postgres` OS user when the tests run as root), one server per test process, one database
+//! per test. Where PostgreSQL is not installed the tests say so and skip — except in CI
+//! (`CI=true`), where `.ci/run` installs it and a missing server fails them.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The running server; it stops when the test process exits (its watchdog sees stdin close).
+pub struct PgServer {
+    pub port: u16,
+    _dir: tempfile::TempDir,
+    _watchdog: Child,
+}
+
+static SERVER: OnceLock<Result<PgServer, String>> = OnceLock::new();
+
+/// Where PostgreSQL's server programs are: on PATH, or in Debian's versioned directory.
+fn bin_dir() -> Option<PathBuf> {
+    if let Ok(path) = std::env::var("PATH") {
+        for dir in std::env::split_paths(&path) {
+            if dir.join("initdb").is_file() && dir.join("postgres").is_file() {
+                return Some(dir);
+            }
+        }
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|bin| bin.join("initdb").is_file())
+        .collect();
+    versions.sort();
+    versions.pop()
+}
+
+/// The uid and gid to run the server as: `postgres` when we are root (initdb refuses root).
+fn server_user() -> Option<(u32, u32)> {
+    if rustix::process::geteuid().as_raw() != 0 {
+        return None;
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    let line = passwd.lines().find(|l| l.starts_with("postgres:"))?;
+    let fields: Vec<&str> = line.split(':').collect();
+    Some((fields.get(2)?.parse().ok()?, fields.get(3)?.parse().ok()?))
+}
+
+fn start() -> Result<PgServer, String> {
+    let bin = bin_dir().ok_or("PostgreSQL is not installed (no initdb found)")?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let data = dir.path().join("data");
+    let user = server_user();
+    if let Some((uid, gid)) = user {
+        rustix::fs::chown(
+            dir.path(),
+            Some(rustix::process::Uid::from_raw(uid)),
+            Some(rustix::process::Gid::from_raw(gid)),
+        )
+        .map_err(|e| format!("chown: {e}"))?;
+    } else if rustix::process::geteuid().as_raw() == 0 {
+        return Err("running as root and there is no `postgres` user".into());
+    }
+    let as_server_user = |command: &mut Command| {
+        if let Some((uid, gid)) = user {
+            command.uid(uid).gid(gid);
+        }
+    };
+    let mut initdb = Command::new(bin.join("initdb"));
+    initdb
+        .args([
+            "-D",
+            data.to_str().unwrap(),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+        ])
+        .args(["--no-sync", "--no-instructions"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    as_server_user(&mut initdb);
+    let output = initdb.output().map_err(|e| format!("initdb: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "initdb failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    // A watchdog shell runs the server and stops it when our end of its stdin closes, i.e.
+    // when the test process exits, however it exits.
+    let postgres = bin.join("postgres");
+    let script = format!(
+        "{} -D {} -p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=on \
+         -c max_connections=300 -c shared_buffers=64MB & pid=$!; read _; kill -QUIT $pid; wait",
+        postgres.display(),
+        data.display(),
+        dir.path().display()
+    );
+    let mut watchdog = Command::new("sh");
+    watchdog
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    as_server_user(&mut watchdog);
+    let mut watchdog = watchdog.spawn().map_err(|e| format!("postgres: {e}"))?;
+    // Ready when it says so.
+    let stderr = watchdog.stderr.take().ok_or("no stderr")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("ready to accept connections") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .map_err(|_| "postgres did not start within 30 s".to_string())?;
+    Ok(PgServer {
+        port,
+        _dir: dir,
+        _watchdog: watchdog,
+    })
+}
+
+/// The shared server, or why there is none (the caller skips, or fails in CI).
+pub fn server() -> Option<&'static PgServer> {
+    match SERVER.get_or_init(start) {
+        Ok(server) => Some(server),
+        Err(reason) if std::env::var("CI").as_deref() != Ok("true") => {
+            eprintln!("skipped: {reason}; CI installs PostgreSQL and runs this test");
+            None
+        }
+        Err(reason) => panic!("CI needs PostgreSQL: {reason}"),
+    }
+}
+
+/// A fresh, empty database on the shared server; its URL.
+pub async fn database() -> Option<String> {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let server = server()?;
+    let name = format!(
+        "herald_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    let admin = format!("postgres://postgres@127.0.0.1:{}/postgres", server.port);
+    let started = Instant::now();
+    loop {
+        match sqlx_create(&admin, &name).await {
+            Ok(()) => break,
+            Err(e) if started.elapsed() < Duration::from_secs(10) => {
+                eprintln!("creating {name}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("cannot create database {name}: {e}"),
+        }
+    }
+    Some(format!(
+        "postgres://postgres@127.0.0.1:{}/{name}",
+        server.port
+    ))
+}
+
+async fn sqlx_create(admin: &str, name: &str) -> Result<(), String> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(admin)
+        .await
+        .map_err(|e| e.to_string())?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
