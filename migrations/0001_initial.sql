@@ -62,6 +62,10 @@ CREATE TABLE deliveries (
 -- The due index: pending deliveries per endpoint in due order.
 CREATE INDEX deliveries_due ON deliveries (endpoint_id, next_attempt_at) WHERE status = 0;
 CREATE INDEX deliveries_by_message ON deliveries (message_id);
+-- Live leases per endpoint (cleared when an outcome is recorded, so this stays small): when
+-- the next one expires, and how many an endpoint holds.
+CREATE INDEX deliveries_leased ON deliveries (endpoint_id, lease_expires)
+    WHERE lease_expires IS NOT NULL;
 
 CREATE TABLE attempts (
     delivery_id      uuid    NOT NULL,

@@ -54,7 +54,7 @@ impl Engine {
         match found {
             Ok(Some(found)) => {
                 let head = self.store.due_head(endpoint, now_ms()).await.ok().flatten();
-                self.scheduler.set_enabled(endpoint, found.enabled, head);
+                self.schedule_endpoint(&found, head);
             }
             Ok(None) => {
                 let queued = self.scheduler.remove(endpoint);
@@ -69,8 +69,7 @@ impl Engine {
     /// Looks at everything a lost notice could have said.
     async fn resync(self: &Arc<Self>) -> crate::error::Result<()> {
         for endpoint in self.store.endpoints(None).await? {
-            self.scheduler
-                .set_enabled(endpoint.id, endpoint.enabled, None);
+            self.schedule_endpoint(&endpoint, None);
         }
         for (endpoint, head) in self.store.due_heads(now_ms()).await? {
             self.scheduler.note_due(endpoint, head);

@@ -172,7 +172,7 @@ impl Engine {
         self.validate_endpoint(&endpoint)?;
         self.take_default_flag(&endpoint).await?;
         self.store.put_endpoint(&endpoint).await?;
-        self.scheduler.set_enabled(endpoint.id, true, None);
+        self.schedule_endpoint(&endpoint, None);
         Ok(endpoint)
     }
 
@@ -221,6 +221,7 @@ impl Engine {
         self.validate_endpoint(&endpoint)?;
         self.take_default_flag(&endpoint).await?;
         self.store.put_endpoint(&endpoint).await?;
+        self.schedule_endpoint(&endpoint, None);
         Ok(endpoint)
     }
 
@@ -245,8 +246,9 @@ impl Engine {
             self.endpoint(id).await?; // not found → 404; already disabled is fine
         }
         let head = self.store.due_head(id, now).await?;
-        self.scheduler.set_enabled(id, enabled, head);
-        self.endpoint(id).await
+        let endpoint = self.endpoint(id).await?;
+        self.schedule_endpoint(&endpoint, head);
+        Ok(endpoint)
     }
 
     pub(crate) async fn delete_endpoint(&self, id: EndpointId) -> Result<()> {

@@ -64,7 +64,11 @@ impl Engine {
         {
             return Ok(()); // already disabled, by an operator or a concurrent attempt
         }
-        self.scheduler.set_enabled(endpoint.id, false, None);
+        let disabled = crate::model::Endpoint {
+            enabled: false,
+            ..endpoint.clone()
+        };
+        self.schedule_endpoint(&disabled, None);
         metrics::counter!("herald_endpoints_disabled_total").increment(1);
         tracing::warn!(
             endpoint = %endpoint.id,

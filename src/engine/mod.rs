@@ -43,6 +43,9 @@ pub use replay::ReplayRequest;
 pub use retention::PurgeReport;
 pub(crate) use scheduler::Scheduler;
 
+/// What a lease adds to the attempt timeouts it covers.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
+
 /// Engine tuning; the defaults suit a sidecar.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -161,8 +164,7 @@ impl Engine {
         let endpoints = self.store.endpoints(None).await?;
         let heads = self.store.due_heads(now_ms()).await?;
         for endpoint in &endpoints {
-            self.scheduler
-                .set_enabled(endpoint.id, endpoint.enabled, None);
+            self.schedule_endpoint(endpoint, None);
         }
         for (endpoint, head) in heads {
             self.scheduler.note_due(endpoint, head);
@@ -195,6 +197,24 @@ impl Engine {
         }
         self.store.sync().await?;
         Ok(())
+    }
+
+    /// How long claims on `endpoint`'s deliveries last: its policy's timeout for each attempt
+    /// a claim may wait for (one queued ahead of it, without a cluster), plus a margin. A node
+    /// that dies mid-attempt leaves leases the others take over after this.
+    pub(crate) fn lease_for(&self, endpoint: &crate::model::Endpoint) -> Duration {
+        let timeout = self
+            .policies
+            .get(&endpoint.policy)
+            .map_or(self.lease_for, |p| p.request.timeout);
+        timeout * self.scheduler.claims_per_attempt() + LEASE_MARGIN
+    }
+
+    /// Schedules an endpoint as its record says (enabled or not, its lease time).
+    pub(crate) fn schedule_endpoint(&self, endpoint: &crate::model::Endpoint, head: Option<u64>) {
+        let lease = self.lease_for(endpoint);
+        self.scheduler
+            .set_endpoint(endpoint.id, endpoint.enabled, lease, head);
     }
 
     /// Checks a callback URL against a policy's URL rules and, for literal IP hosts, the SSRF

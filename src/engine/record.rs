@@ -36,6 +36,10 @@ const WINDOW: Duration = Duration::from_micros(300);
 
 const STOPPED: &str = "the record thread has stopped";
 
+/// How long a group of outcomes waits for an unavailable store (a database restarting, a
+/// failover) before it is given up; the attempts are then repeated once their leases expire.
+const OUTAGE_PATIENCE: Duration = Duration::from_secs(60);
+
 /// Hands attempt outcomes to the recorder thread.
 pub(crate) struct Recorder {
     requests: mpsc::Sender<(Box<Outcome>, Reply)>,
@@ -92,7 +96,7 @@ fn run(
             replies.push(next.1);
         }
         metrics::histogram!("herald_record_group_size").record(replies.len() as f64);
-        match runtime.block_on(store.record_outcomes(std::mem::take(&mut outcomes))) {
+        match record(runtime, store, std::mem::take(&mut outcomes)) {
             Ok(answers) => {
                 for (answer, reply) in answers.into_iter().zip(replies.drain(..)) {
                     let _ = reply.send(answer);
@@ -101,9 +105,32 @@ fn run(
             Err(e) => {
                 tracing::error!(error = %e, "attempt records not written; those deliveries will be attempted again");
                 for reply in replies.drain(..) {
-                    let _ = reply.send(Err(StoreError::Backend(e.to_string())));
+                    let _ = reply.send(Err(e.clone()));
                 }
             }
+        }
+    }
+}
+
+/// Records a group; while the store is unavailable, tries again each second (what happened on
+/// the wire is kept, not repeated) until [`OUTAGE_PATIENCE`] runs out.
+fn record(
+    runtime: &tokio::runtime::Handle,
+    store: &dyn Store,
+    outcomes: Vec<Outcome>,
+) -> Result<Vec<Result<Recorded, StoreError>>, StoreError> {
+    let started = Instant::now();
+    loop {
+        match runtime.block_on(store.record_outcomes(outcomes.clone())) {
+            Err(StoreError::Unavailable(reason)) if started.elapsed() < OUTAGE_PATIENCE => {
+                tracing::warn!(
+                    reason,
+                    outcomes = outcomes.len(),
+                    "store unavailable; recording again in 1 s"
+                );
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            answer => return answer,
         }
     }
 }

@@ -50,12 +50,22 @@ struct Slot {
     runners: usize,
     /// How many attempts may be in flight now.
     window: Window,
+    /// How long its claims last: its policy's timeout for each attempt a claim may wait for,
+    /// plus a margin (`None`: not known yet, the engine's longest).
+    lease: Option<Duration>,
     /// Disabled endpoints are not scheduled; their deliveries wait (held).
     enabled: bool,
     /// A claim for this slot is under way outside the lock.
     claiming: bool,
     /// The key under which the slot sits in `ready`, if it does.
     ready_key: Option<u64>,
+}
+
+impl Scheduler {
+    /// Claims a slot may hold per attempt its window allows (see [`State`]).
+    pub(crate) fn claims_per_attempt(&self) -> u32 {
+        self.lock().claims_per_attempt as u32
+    }
 }
 
 impl Slot {
@@ -142,6 +152,7 @@ impl Scheduler {
             in_flight: 0,
             runners: 0,
             window: Window::new(self.endpoint_limit),
+            lease: None,
             enabled: true,
             claiming: false,
             ready_key: None,
@@ -158,11 +169,18 @@ impl Scheduler {
         }
     }
 
-    /// Enables or disables an endpoint's scheduling.
-    pub(crate) fn set_enabled(&self, endpoint: EndpointId, enabled: bool, head: Option<u64>) {
+    /// Enables or disables an endpoint's scheduling, with how long its claims last.
+    pub(crate) fn set_endpoint(
+        &self,
+        endpoint: EndpointId,
+        enabled: bool,
+        lease: Duration,
+        head: Option<u64>,
+    ) {
         let mut state = self.lock();
         let slot = self.slot(&mut state, endpoint);
         slot.enabled = enabled;
+        slot.lease = Some(lease);
         if let Some(head) = head {
             slot.head = Some(slot.head.map_or(head, |h| h.min(head)));
         }
@@ -265,6 +283,7 @@ impl Scheduler {
 struct ClaimPlan {
     endpoint: EndpointId,
     count: usize,
+    lease: Option<Duration>,
 }
 
 /// What one pass of the loop does next.
@@ -319,7 +338,11 @@ fn plan_pass(scheduler: &Scheduler, now: u64) -> Pass {
             let count = slot.wants(per_attempt).min(share).min(left);
             slot.outstanding += count;
             left -= count;
-            plans.push(ClaimPlan { endpoint, count });
+            plans.push(ClaimPlan {
+                endpoint,
+                count,
+                lease: slot.lease,
+            });
         }
         state.outstanding += room - left;
     }
@@ -368,7 +391,7 @@ async fn claim(engine: &Arc<Engine>, plans: Vec<ClaimPlan>, now: u64) {
                     plan.endpoint,
                     now,
                     plan.count,
-                    engine.lease_for,
+                    plan.lease.unwrap_or(engine.lease_for),
                     engine.max_leased,
                 )
                 .await?;

@@ -372,10 +372,11 @@ pub trait Store: Send + Sync + 'static {
 
     // --- the queue ---
 
-    /// The earliest due time of every endpoint's deliveries that are not leased at `now_ms`
-    /// (leases that expired count as not leased); read at start-up.
+    /// [`Store::due_head`] of every endpoint that has pending deliveries (start-up, resync).
     async fn due_heads(&self, now_ms: u64) -> StoreResult<Vec<(EndpointId, u64)>>;
-    /// The earliest due time of one endpoint's deliveries that are not leased at `now_ms`.
+    /// The earliest time one of the endpoint's pending deliveries may be claimed, as seen at
+    /// `now_ms`: its due time, or, while it is leased, when the lease expires (so that a
+    /// claimer that died is taken over when its lease runs out, not at the next resync).
     async fn due_head(&self, endpoint: EndpointId, now_ms: u64) -> StoreResult<Option<u64>>;
     /// Leases up to `limit` of an endpoint's deliveries due at or before `now_ms` that are
     /// not leased (or whose lease expired), each until `now_ms + lease_for`, and returns them

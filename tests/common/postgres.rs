@@ -182,3 +182,125 @@ async fn sqlx_create(admin: &str, name: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     Ok(())
 }
+
+/// A server of one test's own, which the test may stop and start again (a database restart);
+/// it is stopped when dropped.
+pub struct OwnServer {
+    pub port: u16,
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    user: Option<(u32, u32)>,
+    child: Option<Child>,
+}
+
+impl OwnServer {
+    /// A fresh server, or `None` (the test skips) where PostgreSQL is not installed outside CI.
+    pub fn start() -> Option<OwnServer> {
+        match Self::try_start() {
+            Ok(server) => Some(server),
+            Err(reason) if std::env::var("CI").as_deref() != Ok("true") => {
+                eprintln!("skipped: {reason}; CI installs PostgreSQL and runs this test");
+                None
+            }
+            Err(reason) => panic!("CI needs PostgreSQL: {reason}"),
+        }
+    }
+
+    fn try_start() -> Result<OwnServer, String> {
+        let bin = bin_dir().ok_or("PostgreSQL is not installed (no initdb found)")?;
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let user = server_user();
+        if let Some((uid, gid)) = user {
+            rustix::fs::chown(
+                dir.path(),
+                Some(rustix::process::Uid::from_raw(uid)),
+                Some(rustix::process::Gid::from_raw(gid)),
+            )
+            .map_err(|e| format!("chown: {e}"))?;
+        }
+        let mut initdb = Command::new(bin.join("initdb"));
+        initdb
+            .arg("-D")
+            .arg(dir.path().join("data"))
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
+            .arg("--no-instructions")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some((uid, gid)) = user {
+            initdb.uid(uid).gid(gid);
+        }
+        if !initdb.status().map_err(|e| e.to_string())?.success() {
+            return Err("initdb failed".into());
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        let mut server = OwnServer {
+            port,
+            bin,
+            dir,
+            user,
+            child: None,
+        };
+        server.start_again();
+        Ok(server)
+    }
+
+    /// Starts the server (again) on the same data and port; returns once it takes connections.
+    pub fn start_again(&mut self) {
+        let mut command = Command::new(self.bin.join("postgres"));
+        command
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-p", &self.port.to_string(), "-k"])
+            .arg(self.dir.path())
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "max_connections=300",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some((uid, gid)) = self.user {
+            command.uid(uid).gid(gid);
+        }
+        let mut child = command.spawn().expect("postgres");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("ready to accept connections") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("postgres did not start within 30 s");
+        self.child = Some(child);
+    }
+
+    /// Stops the server (a fast shutdown: sessions are cut, as in a restart or failover).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    /// A fresh database on this server; its URL.
+    pub async fn database(&self, name: &str) -> String {
+        let admin = format!("postgres://postgres@127.0.0.1:{}/postgres", self.port);
+        sqlx_create(&admin, name).await.expect("create database");
+        format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

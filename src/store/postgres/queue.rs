@@ -167,30 +167,35 @@ impl PgStore {
         Ok(())
     }
 
+    /// The earliest claimable time of the given endpoint's (or every endpoint's) pending
+    /// deliveries: two index lookups per endpoint — the first unleased due time, and the
+    /// first lease to expire — never a scan of the queue.
     pub(super) async fn due_head_now(
         &self,
         endpoint: Option<EndpointId>,
         now_ms: u64,
     ) -> StoreResult<Vec<(EndpointId, u64)>> {
         let found = sqlx::query(
-            "SELECT endpoint_id, min(next_attempt_at) AS head FROM deliveries \
-             WHERE status = 0 AND ($1::uuid IS NULL OR endpoint_id = $1) \
-             AND (lease_expires IS NULL OR lease_expires <= $2) GROUP BY endpoint_id",
+            "SELECT e.id, LEAST( \
+                 (SELECT d.next_attempt_at FROM deliveries d \
+                  WHERE d.endpoint_id = e.id AND d.status = 0 \
+                  AND (d.lease_expires IS NULL OR d.lease_expires <= $2) \
+                  ORDER BY d.next_attempt_at LIMIT 1), \
+                 (SELECT min(d.lease_expires) FROM deliveries d \
+                  WHERE d.endpoint_id = e.id AND d.status = 0 AND d.lease_expires > $2) \
+             ) AS head FROM endpoints e WHERE ($1::uuid IS NULL OR e.id = $1)",
         )
         .bind(endpoint.map(|e| e.0))
         .bind(ms(now_ms))
         .fetch_all(&self.pool)
         .await?;
-        found
-            .iter()
-            .map(|row| {
-                let head: Option<i64> = row.try_get("head")?;
-                Ok((
-                    EndpointId(row.try_get("endpoint_id")?),
-                    unms(head.unwrap_or(0)),
-                ))
-            })
-            .collect()
+        let mut heads = Vec::with_capacity(found.len());
+        for row in &found {
+            if let Some(head) = row.try_get::<Option<i64>, _>("head")? {
+                heads.push((EndpointId(row.try_get("id")?), unms(head)));
+            }
+        }
+        Ok(heads)
     }
 
     pub(super) async fn claim_now(

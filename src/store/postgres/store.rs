@@ -236,8 +236,8 @@ impl Store for PgStore {
 
     async fn deliveries(&self, filter: &DeliveryFilter) -> StoreResult<Vec<Delivery>> {
         // UUIDv7 ids sort by creation time: the time bounds and the cursor are id bounds.
-        let since = filter.since_ms.map(|ms| first_id_at(ms));
-        let until = filter.until_ms.map(|ms| first_id_at(ms));
+        let since = filter.since_ms.map(first_id_at);
+        let until = filter.until_ms.map(first_id_at);
         let (cursor_op, order) = if filter.newest_first {
             ("<", "DESC")
         } else {

@@ -144,18 +144,20 @@ impl SledStore {
         now_ms: u64,
     ) -> StoreResult<Option<u64>> {
         let state = self.lock();
+        let mut lease_ends: Option<u64> = None;
+        // Leased entries come first (they were due first): at most the endpoint's claims.
         for key in self.tree()?.scan_prefix(keys::due_prefix(endpoint)).keys() {
             if let Some((_, due_ms, delivery_id)) = keys::parse_due(&key?) {
-                let live = state
-                    .leases
-                    .get(&delivery_id)
-                    .is_some_and(|h| h.lease.expires_at_ms > now_ms);
-                if !live {
-                    return Ok(Some(due_ms));
+                match state.leases.get(&delivery_id) {
+                    Some(held) if held.lease.expires_at_ms > now_ms => {
+                        let ends = held.lease.expires_at_ms;
+                        lease_ends = Some(lease_ends.map_or(ends, |e| e.min(ends)));
+                    }
+                    _ => return Ok(Some(lease_ends.map_or(due_ms, |e| e.min(due_ms)))),
                 }
             }
         }
-        Ok(None)
+        Ok(lease_ends)
     }
 
     pub(super) fn claim_now(
