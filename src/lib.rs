@@ -14,6 +14,12 @@
 //! * [`transport`] — HTTP: encodings, signatures, URL rules, the pooled client.
 //! * [`server`] — the sidecar daemon's HTTP API over this library.
 //!
+//! Every rule about a delivery lives in the engine's pure decision code; a store persists the
+//! decided records atomically and keeps its own indexes. A new backend is therefore one module
+//! implementing [`store::Store`] plus a line in the builder, and it is done when the shared
+//! conformance suite (`tests/store_conformance.rs`, one `suite!(backend)` line and a harness
+//! that opens it) passes.
+//!
 //! # Embedding
 //!
 //! ```no_run
