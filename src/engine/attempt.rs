@@ -1,10 +1,14 @@
-//! One attempt: gather what it needs, send, ask [`decide`] what came of it, record that,
-//! publish.
+//! One attempt, in two halves: [`send`] gathers what it needs, sends, and asks [`decide`] what
+//! came of it; [`settle`] records that and publishes. The endpoint's concurrency limit counts
+//! the first half only — requests on the wire, which is what it protects the receiver from —
+//! while the claim lasts until the second is done, so the next request to a receiver does not
+//! wait for the previous one's record.
 //!
 //! Every rule lives in [`decide`]; this module only gathers inputs and carries out the answer.
 //! The outcome is recorded without waiting for an fsync: losing it in a crash only repeats the
 //! attempt once its lease is gone, which at-least-once delivery allows.
 
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::Instrument;
@@ -20,9 +24,26 @@ use crate::policy::Policy;
 use crate::store::{Claim, Outcome, Recorded};
 use crate::transport::{Request, SignInput, encode, sign};
 
-/// Attempts a leased delivery. Returns the next due time if the delivery was rescheduled, and
-/// what the attempt said about the receiver's capacity (if one was made).
-pub(crate) async fn run(engine: &Engine, claim: Claim) -> (Option<u64>, Option<Pace>) {
+/// An attempt that went on the wire and was decided, waiting to be recorded.
+pub(crate) struct Exchanged {
+    lease: crate::store::Lease,
+    endpoint: Endpoint,
+    policy: Option<Arc<Policy>>,
+    decision: Decision,
+    span: tracing::Span,
+}
+
+impl Exchanged {
+    /// What the attempt said about the receiver's capacity.
+    pub(crate) fn pace(&self) -> Pace {
+        window::pace(&self.decision.attempt)
+    }
+}
+
+/// The wire half of an attempt: gathers what it needs, sends, and decides. `None` when there
+/// was nothing to attempt (the claim was given back). The endpoint's concurrency counts this
+/// half only: recording ([`settle`]) does not keep a receiver's slot.
+pub(crate) async fn send(engine: &Engine, claim: Claim) -> Option<Exchanged> {
     let lease = claim.lease;
     let span = tracing::info_span!(
         "attempt",
@@ -30,20 +51,46 @@ pub(crate) async fn run(engine: &Engine, claim: Claim) -> (Option<u64>, Option<P
         endpoint = %lease.endpoint_id,
         message_id = tracing::field::Empty,
     );
-    match attempt(engine, claim).instrument(span).await {
-        Ok(next) => next,
+    match exchange_and_decide(engine, claim, span.clone())
+        .instrument(span)
+        .await
+    {
+        Ok(exchanged) => exchanged,
         Err(e) => {
-            // Given back: the delivery is due again as it was (the attempt is repeated).
-            tracing::error!(delivery = %lease.delivery_id, error = %e, "attempt could not be recorded");
-            if let Err(e) = engine.store.release(&[lease]).await {
-                tracing::warn!(error = %e, "lease not given back; it runs out by itself");
-            }
-            (None, None)
+            tracing::error!(delivery = %lease.delivery_id, error = %e, "attempt not made");
+            give_back(engine, lease).await;
+            None
         }
     }
 }
 
-async fn attempt(engine: &Engine, claim: Claim) -> Result<(Option<u64>, Option<Pace>)> {
+/// The recording half: records the decided attempt, disables the endpoint if the decision says
+/// so, publishes. Returns the next due time if the delivery was rescheduled.
+pub(crate) async fn settle(engine: &Engine, exchanged: Exchanged) -> Option<u64> {
+    let lease = exchanged.lease;
+    let span = exchanged.span.clone();
+    match record(engine, exchanged).instrument(span).await {
+        Ok(next) => next,
+        Err(e) => {
+            // Given back: the delivery is due again as it was (the attempt is repeated).
+            tracing::error!(delivery = %lease.delivery_id, error = %e, "attempt could not be recorded");
+            give_back(engine, lease).await;
+            None
+        }
+    }
+}
+
+async fn give_back(engine: &Engine, lease: crate::store::Lease) {
+    if let Err(e) = engine.store.release(&[lease]).await {
+        tracing::warn!(error = %e, "lease not given back; it runs out by itself");
+    }
+}
+
+async fn exchange_and_decide(
+    engine: &Engine,
+    claim: Claim,
+    span: tracing::Span,
+) -> Result<Option<Exchanged>> {
     let store = &engine.store;
     let Claim {
         lease,
@@ -54,9 +101,9 @@ async fn attempt(engine: &Engine, claim: Claim) -> Result<(Option<u64>, Option<P
     let Some(endpoint) = endpoint.filter(|_| delivery.status == DeliveryStatus::Pending) else {
         // Deleted meanwhile: nothing to attempt.
         store.release(&[lease]).await?;
-        return Ok((None, None));
+        return Ok(None);
     };
-    tracing::Span::current().record("message_id", tracing::field::display(delivery.message_id));
+    span.record("message_id", tracing::field::display(delivery.message_id));
     let policy = engine.policies.get(&endpoint.policy).cloned();
     let started_at = now_ms();
     let clock = Instant::now();
@@ -88,6 +135,23 @@ async fn attempt(engine: &Engine, claim: Claim) -> Result<(Option<u64>, Option<P
             .and_then(|m| Some((m.dedup_key.clone()?, digest(m.payload.get())))),
         random: rand::random_range(-1.0..=1.0),
     });
+    Ok(Some(Exchanged {
+        lease,
+        endpoint,
+        policy,
+        decision,
+        span,
+    }))
+}
+
+async fn record(engine: &Engine, exchanged: Exchanged) -> Result<Option<u64>> {
+    let Exchanged {
+        lease,
+        endpoint,
+        policy,
+        decision,
+        ..
+    } = exchanged;
     let recorded = engine
         .recorder
         .record(Outcome {
@@ -113,11 +177,10 @@ async fn attempt(engine: &Engine, claim: Claim) -> Result<(Option<u64>, Option<P
             .await?;
     }
     publish(engine, &endpoint, policy.as_deref(), &decision, recorded);
-    let next_due = match decision.delivery.next_attempt_at {
+    Ok(match decision.delivery.next_attempt_at {
         Some(due) if !recorded.stale => Some(due),
         _ => None,
-    };
-    Ok((next_due, Some(window::pace(&decision.attempt))))
+    })
 }
 
 /// Metrics, a log line and the outcome event of one recorded attempt.

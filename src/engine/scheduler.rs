@@ -204,22 +204,15 @@ impl Scheduler {
         dropped
     }
 
-    /// One claimed delivery of `endpoint` is done; `next_due` when it was rescheduled, and
-    /// what the attempt said about the receiver's capacity. Returns how many more runners the
-    /// endpoint may have now that its window moved.
-    fn finished(&self, endpoint: EndpointId, next_due: Option<u64>, pace: Option<Pace>) -> usize {
+    /// An attempt of `endpoint` left the wire (its answer came, or it failed); `pace` says
+    /// what it showed of the receiver's capacity. Returns how many more runners the endpoint
+    /// may have now that its window moved.
+    fn off_wire(&self, endpoint: EndpointId, pace: Option<Pace>) -> usize {
         let mut state = self.lock();
-        let was_full = state.outstanding >= self.max_in_flight;
-        state.outstanding -= 1;
-        metrics::gauge!("herald_in_flight").set(state.outstanding as f64);
         let slot = self.slot(&mut state, endpoint);
-        slot.outstanding -= 1;
         slot.in_flight -= 1;
         if let Some(pace) = pace {
             slot.window.record(pace);
-        }
-        if let Some(due) = next_due {
-            slot.head = Some(slot.head.map_or(due, |h| h.min(due)));
         }
         let more = slot
             .window
@@ -227,13 +220,27 @@ impl Scheduler {
             .saturating_sub(slot.runners)
             .min(slot.queue.len());
         slot.runners += more;
+        more
+    }
+
+    /// One claimed delivery of `endpoint` is done (recorded, or given back); `next_due` when it
+    /// was rescheduled.
+    fn finished(&self, endpoint: EndpointId, next_due: Option<u64>) {
+        let mut state = self.lock();
+        let was_full = state.outstanding >= self.max_in_flight;
+        state.outstanding -= 1;
+        metrics::gauge!("herald_in_flight").set(state.outstanding as f64);
+        let slot = self.slot(&mut state, endpoint);
+        slot.outstanding -= 1;
+        if let Some(due) = next_due {
+            slot.head = Some(slot.head.map_or(due, |h| h.min(due)));
+        }
         if state.refresh(endpoint) || was_full {
             self.wake.notify_one();
         }
         if state.outstanding == 0 {
             self.idle.notify_waiters();
         }
-        more
     }
 
     /// True once shutdown has begun.
@@ -483,9 +490,21 @@ async fn runner(engine: Arc<Engine>, endpoint: EndpointId) {
                 return;
             }
         };
-        let (next_due, pace) = super::attempt::run(&engine, claim).await;
-        for _ in 0..scheduler.finished(endpoint, next_due, pace) {
+        let exchanged = super::attempt::send(&engine, claim).await;
+        let pace = exchanged.as_ref().map(|e| e.pace());
+        for _ in 0..scheduler.off_wire(endpoint, pace) {
             spawn_runner(engine.clone(), endpoint);
+        }
+        match exchanged {
+            // Recorded beside the next request: the claim lasts until then, the slot does not.
+            Some(exchanged) => {
+                let engine = engine.clone();
+                tokio::spawn(async move {
+                    let next_due = super::attempt::settle(&engine, exchanged).await;
+                    engine.scheduler.finished(endpoint, next_due);
+                });
+            }
+            None => scheduler.finished(endpoint, None),
         }
     }
 }
