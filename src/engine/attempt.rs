@@ -20,30 +20,44 @@ use crate::policy::Policy;
 use crate::store::{Claim, Outcome, Recorded};
 use crate::transport::{Request, SignInput, encode, sign};
 
-/// Attempts a leased delivery. Returns the next due time if the delivery was rescheduled, and
-/// what the attempt said about the receiver's capacity (if one was made).
-pub(crate) async fn run(engine: &Engine, claim: Claim) -> (Option<u64>, Option<Pace>) {
+/// What an attempt came to, for the scheduler.
+#[derive(Debug, Default)]
+pub(crate) struct Ran {
+    /// When the delivery is due again, if it was rescheduled.
+    pub(crate) next_due: Option<u64>,
+    /// When the next delivery of its ordering key's line became due, if it left the line.
+    pub(crate) released_due: Option<u64>,
+    /// What the attempt said about the receiver's capacity (if one was made).
+    pub(crate) pace: Option<Pace>,
+}
+
+/// Attempts a leased delivery.
+pub(crate) async fn run(engine: &Engine, claim: Claim) -> Ran {
     let lease = claim.lease;
     let span = tracing::info_span!(
         "attempt",
-        delivery = %lease.delivery_id,
-        endpoint = %lease.endpoint_id,
-        message_id = tracing::field::Empty,
+        message_id = %claim.delivery.message_id,
+        delivery_id = %lease.delivery_id,
+        endpoint_id = %lease.endpoint_id,
+        attempt = claim.delivery.total_attempts + 1,
     );
+    // The span joins the trace of the span that accepted the message.
+    let traceparent = claim.message.as_ref().and_then(|m| m.traceparent.as_deref());
+    crate::otel::parent(&span, traceparent);
     match attempt(engine, claim).instrument(span).await {
-        Ok(next) => next,
+        Ok(ran) => ran,
         Err(e) => {
             // Given back: the delivery is due again as it was (the attempt is repeated).
             tracing::error!(delivery = %lease.delivery_id, error = %e, "attempt could not be recorded");
             if let Err(e) = engine.store.release(&[lease]).await {
                 tracing::warn!(error = %e, "lease not given back; it runs out by itself");
             }
-            (None, None)
+            Ran::default()
         }
     }
 }
 
-async fn attempt(engine: &Engine, claim: Claim) -> Result<(Option<u64>, Option<Pace>)> {
+async fn attempt(engine: &Engine, claim: Claim) -> Result<Ran> {
     let store = &engine.store;
     let Claim {
         lease,
@@ -54,9 +68,8 @@ async fn attempt(engine: &Engine, claim: Claim) -> Result<(Option<u64>, Option<P
     let Some(endpoint) = endpoint.filter(|_| delivery.status == DeliveryStatus::Pending) else {
         // Deleted meanwhile: nothing to attempt.
         store.release(&[lease]).await?;
-        return Ok((None, None));
+        return Ok(Ran::default());
     };
-    tracing::Span::current().record("message_id", tracing::field::display(delivery.message_id));
     let policy = engine.policies.get(&endpoint.policy).cloned();
     let started_at = now_ms();
     let clock = Instant::now();
@@ -86,6 +99,7 @@ async fn attempt(engine: &Engine, claim: Claim) -> Result<(Option<u64>, Option<P
         dedup: message
             .as_ref()
             .and_then(|m| Some((m.dedup_key.clone()?, digest(m.payload.get())))),
+        ordering_key: message.as_ref().and_then(|m| m.ordering_key.as_deref()),
         random: rand::random_range(-1.0..=1.0),
     });
     let recorded = engine
@@ -96,6 +110,7 @@ async fn attempt(engine: &Engine, claim: Claim) -> Result<(Option<u64>, Option<P
             delivery: decision.delivery.clone(),
             health: decision.health,
             dedup: decision.dedup.clone(),
+            release: decision.release.clone(),
         })
         .await?;
     if let Some(policy) = &policy
@@ -117,7 +132,11 @@ async fn attempt(engine: &Engine, claim: Claim) -> Result<(Option<u64>, Option<P
         Some(due) if !recorded.stale => Some(due),
         _ => None,
     };
-    Ok((next_due, Some(window::pace(&decision.attempt))))
+    Ok(Ran {
+        next_due,
+        released_due: recorded.released_due,
+        pace: Some(window::pace(&decision.attempt)),
+    })
 }
 
 /// Metrics, a log line and the outcome event of one recorded attempt.
@@ -203,7 +222,7 @@ pub(crate) async fn exchange(
         Ok(signature) => signature,
         Err(e) => return decide::refused(&e.to_string()),
     };
-    let mut headers = Vec::with_capacity(4 + signature.len() + endpoint.headers.len());
+    let mut headers = Vec::with_capacity(6 + signature.len() + endpoint.headers.len());
     headers.push(("herald-message-id".to_string(), outgoing.message_id.clone()));
     headers.push((
         "herald-delivery-id".to_string(),
@@ -216,6 +235,8 @@ pub(crate) async fn exchange(
     ));
     headers.extend(endpoint.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
     headers.extend(signature);
+    // The attempt span's trace context, when spans are exported: the receiver joins the trace.
+    headers.extend(crate::otel::context_headers(&tracing::Span::current()));
     let exchange = engine
         .client
         .send(Request {
