@@ -42,7 +42,10 @@ pub(crate) async fn run(engine: &Engine, claim: Claim) -> Ran {
         attempt = claim.delivery.total_attempts + 1,
     );
     // The span joins the trace of the span that accepted the message.
-    let traceparent = claim.message.as_ref().and_then(|m| m.traceparent.as_deref());
+    let traceparent = claim
+        .message
+        .as_ref()
+        .and_then(|m| m.traceparent.as_deref());
     crate::otel::parent(&span, traceparent);
     match attempt(engine, claim).instrument(span).await {
         Ok(ran) => ran,

@@ -21,7 +21,7 @@ pub(super) fn spawn(engine: Arc<Engine>, endpoint: EndpointId) {
 
 /// What a runner does next.
 enum Step {
-    Attempt(Claim),
+    Attempt(Box<Claim>),
     /// The endpoint's next start is due at this time (µs): sleep until then.
     Wait(u64),
     /// Nothing for this runner: it stops, handing back these claims (a disabled endpoint's).
@@ -54,7 +54,7 @@ async fn runner(engine: Arc<Engine>, endpoint: EndpointId) {
         };
         drop(my_turn);
         let claim = match step {
-            Step::Attempt(claim) => claim,
+            Step::Attempt(claim) => *claim,
             Step::Wait(_) => unreachable!("waited for above"),
             Step::Stop(returned) => {
                 if !returned.is_empty()
@@ -103,5 +103,5 @@ fn next_step(scheduler: &Scheduler, endpoint: EndpointId) -> Step {
     if slot.pacer.is_some() {
         state.refresh(endpoint); // its next start moved
     }
-    Step::Attempt(claim)
+    Step::Attempt(Box::new(claim))
 }
