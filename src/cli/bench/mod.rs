@@ -30,7 +30,7 @@ pub enum Scenario {
         #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
         senders: Vec<usize>,
         /// Also write the rows as JSON here.
-        #[arg(long = "json-file", value_name = "FILE")]
+        #[arg(long = "json-file", id = "json_file", value_name = "FILE")]
         json: Option<PathBuf>,
     },
     /// End-to-end deliveries per second to a local receiver, and the receiver's own ceiling.
@@ -38,7 +38,7 @@ pub enum Scenario {
         #[command(flatten)]
         load: Load,
         /// Also write the rows as JSON here.
-        #[arg(long = "json-file", value_name = "FILE")]
+        #[arg(long = "json-file", id = "json_file", value_name = "FILE")]
         json: Option<PathBuf>,
     },
     /// Like `deliver`, with the messages posted to the daemon's `POST /v1/messages`.
@@ -46,7 +46,7 @@ pub enum Scenario {
         #[command(flatten)]
         load: Load,
         /// Also write the rows as JSON here.
-        #[arg(long = "json-file", value_name = "FILE")]
+        #[arg(long = "json-file", id = "json_file", value_name = "FILE")]
         json: Option<PathBuf>,
     },
     /// A large pending backlog: enqueue time, disk, memory, restart to first delivery, idle CPU.
@@ -62,7 +62,7 @@ pub enum Scenario {
         #[arg(long, value_parser = humantime::parse_duration)]
         delay: Option<Duration>,
         /// Also write the rows as JSON here.
-        #[arg(long = "json-file", value_name = "FILE")]
+        #[arg(long = "json-file", id = "json_file", value_name = "FILE")]
         json: Option<PathBuf>,
     },
     /// The restarted side of `backlog`, run by it as a separate process (not for direct use).
@@ -91,7 +91,7 @@ pub enum Scenario {
         #[arg(long, value_delimiter = ',', default_value = "1,100")]
         hung: Vec<usize>,
         /// Also write the rows as JSON here.
-        #[arg(long = "json-file", value_name = "FILE")]
+        #[arg(long = "json-file", id = "json_file", value_name = "FILE")]
         json: Option<PathBuf>,
     },
 }
