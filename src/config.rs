@@ -688,7 +688,13 @@ mod tests {
             .collect();
         assert_eq!(
             secrets,
-            ["store", "admin_token", "producer_token", "proxy", "secret_key"],
+            [
+                "store",
+                "admin_token",
+                "producer_token",
+                "proxy",
+                "secret_key"
+            ],
             "a database URL may carry a password"
         );
     }
