@@ -29,6 +29,20 @@ pub struct NewMessage {
     /// Delta mode: skip the send when this key's last delivered payload was the same.
     #[serde(default)]
     pub dedup_key: Option<String>,
+    /// Per endpoint, messages with the same ordering key (at most 256 bytes) are attempted one
+    /// at a time, in the order they were accepted: e.g. a job id, so that its status changes
+    /// arrive in the order they happened.
+    #[serde(default)]
+    pub ordering_key: Option<String>,
+    /// The first attempt is not made before this time (RFC 3339, e.g.
+    /// `2026-11-24T09:00:00+01:00`; a past time means now); at most 365 days ahead. Not
+    /// together with `delay`.
+    #[serde(default)]
+    pub deliver_at: Option<String>,
+    /// The first attempt waits this long (a duration such as `10m` or `1h 30m`); at most 365
+    /// days. Not together with `deliver_at`.
+    #[serde(default)]
+    pub delay: Option<String>,
 }
 
 impl NewMessage {
@@ -45,6 +59,9 @@ impl NewMessage {
             callback_url: None,
             idempotency_key: None,
             dedup_key: None,
+            ordering_key: None,
+            deliver_at: None,
+            delay: None,
         })
     }
 
@@ -63,6 +80,25 @@ impl NewMessage {
     /// Sets the delta-mode key.
     pub fn dedup_key(mut self, key: impl Into<String>) -> Self {
         self.dedup_key = Some(key.into());
+        self
+    }
+
+    /// Sets the ordering key: per endpoint, messages sharing it are attempted one at a time,
+    /// in acceptance order.
+    pub fn ordering_key(mut self, key: impl Into<String>) -> Self {
+        self.ordering_key = Some(key.into());
+        self
+    }
+
+    /// Makes the first attempt wait until `at` (a past time means now).
+    pub fn deliver_at(mut self, at: std::time::SystemTime) -> Self {
+        self.deliver_at = Some(humantime::format_rfc3339_millis(at).to_string());
+        self
+    }
+
+    /// Makes the first attempt wait for `delay` after acceptance.
+    pub fn delay(mut self, delay: std::time::Duration) -> Self {
+        self.delay = Some(humantime::format_duration(delay).to_string());
         self
     }
 }
@@ -93,6 +129,10 @@ pub struct DeliveryReceipt {
     pub url: String,
     /// Status at acceptance: `pending`, `skipped` or `held`.
     pub status: DeliveryStatus,
+    /// When the first attempt is due (RFC 3339), while pending: later than now for a
+    /// scheduled send.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
 }
 
 /// A new endpoint.
@@ -120,6 +160,10 @@ pub struct NewEndpoint {
     /// The tenant's default endpoint (only one per tenant; setting it moves the flag).
     #[serde(default)]
     pub default: bool,
+    /// Attempts per second, at most (attempts start at least `1 / rate_limit` s apart);
+    /// absent: the policy's default, if any, else unlimited.
+    #[serde(default)]
+    pub rate_limit: Option<f64>,
 }
 
 /// Changes to an endpoint; `None` leaves a field as it is.
@@ -147,6 +191,19 @@ pub struct EndpointUpdate {
     /// Default flag.
     #[serde(default)]
     pub default: Option<bool>,
+    /// New rate limit (attempts per second); `null` removes the endpoint's own limit.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<f64>, nullable)]
+    pub rate_limit: Option<Option<f64>>,
+}
+
+/// A field that may be absent (`None`: leave it), `null` (`Some(None)`: remove it) or a value.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 /// An endpoint as shown to operators: secrets and tokens are never included.
@@ -180,8 +237,26 @@ pub struct EndpointView {
     pub has_token: bool,
     /// Header names (values may be credentials).
     pub header_names: Vec<String>,
+    /// The endpoint's own rate limit (attempts per second); `null`: the policy's default
+    /// applies, if it has one.
+    pub rate_limit: Option<f64>,
+    /// The rate limit that applies now and the current wait for it (`GET
+    /// /admin/endpoints/{id}` only; absent when the endpoint is not rate-limited).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pacing: Option<Pacing>,
     /// RFC 3339.
     pub created_at: String,
+}
+
+/// An endpoint's rate limit as it applies now.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Pacing {
+    /// Attempts per second, at most: attempts start at least `1 / rate_limit` s apart.
+    pub rate_limit: f64,
+    /// Whether the limit is the endpoint's own or its policy's default.
+    pub source: crate::engine::LimitSource,
+    /// How long the next attempt must wait for the limit, now (ms).
+    pub wait_ms: u64,
 }
 
 impl From<&Endpoint> for EndpointView {
@@ -200,6 +275,8 @@ impl From<&Endpoint> for EndpointView {
             has_secret: e.secret.is_some(),
             has_token: e.token.is_some(),
             header_names: e.headers.keys().cloned().collect(),
+            rate_limit: e.rate_limit,
+            pacing: None,
             created_at: rfc3339(e.created_at),
         }
     }

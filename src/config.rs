@@ -182,6 +182,9 @@ settings! {
     /// reason, `herald_messages_unrouted_total` counts it, a warning is logged once per tenant)
     /// or `reject` (422 `unrouted`, nothing stored).
     unrouted: crate::Unrouted = crate::Unrouted::Accept,
+    /// OTLP/HTTP collector that spans are exported to (`{otlp_endpoint}/v1/traces`), e.g.
+    /// `http://collector:4318`; unset: no exporter runs.
+    otlp_endpoint: Option<String> = None,
     /// A request's head (request line and headers) must arrive within this, counted from
     /// accept or from the request's first byte on a kept-alive connection; otherwise the
     /// connection is closed.

@@ -13,6 +13,7 @@
 //!   messages (group commit), scheduling per endpoint, running attempts.
 //! * [`transport`] — HTTP: encodings, signatures, URL rules, the pooled client.
 //! * [`server`] — the sidecar daemon's HTTP API over this library.
+//! * [`otel`] — OpenTelemetry: span export over OTLP/HTTP, W3C trace context in and out.
 //!
 //! Every rule about a delivery lives in the engine's pure decision code; a store persists the
 //! decided records atomically and keeps its own indexes. A new backend is therefore one module
@@ -61,6 +62,7 @@ pub mod config;
 mod engine;
 pub mod error;
 pub mod model;
+pub mod otel;
 pub mod policy;
 pub mod server;
 pub mod store;
@@ -79,9 +81,9 @@ use tokio::sync::broadcast;
 
 pub use api::{
     AttemptEvent, DayStats, DeliveryReceipt, EndpointUpdate, EndpointView, NewEndpoint, NewMessage,
-    SendReceipt, TestSendResult,
+    Pacing, SendReceipt, TestSendResult,
 };
-pub use engine::{CommitStats, EngineConfig, PurgeReport, ReplayRequest, Unrouted};
+pub use engine::{CommitStats, EngineConfig, LimitSource, PurgeReport, ReplayRequest, Unrouted};
 pub use error::{Error, Result};
 pub use model::{
     Attempt, Delivery, DeliveryId, DeliveryStatus, Endpoint, EndpointId, ErrorKind, Message,
@@ -280,6 +282,20 @@ impl Herald {
     /// One endpoint.
     pub async fn endpoint(&self, id: EndpointId) -> Result<Endpoint> {
         self.engine.endpoint(id).await
+    }
+
+    /// An endpoint's rate limit as it applies now (its own or its policy's default) and how
+    /// long its next attempt must wait for it; `None` when it is not rate-limited.
+    pub async fn endpoint_pacing(&self, id: EndpointId) -> Result<Option<Pacing>> {
+        let endpoint = self.endpoint(id).await?;
+        Ok(self
+            .engine
+            .pacing(&endpoint)
+            .map(|(rate_limit, source, wait)| Pacing {
+                rate_limit,
+                source,
+                wait_ms: wait.as_millis() as u64,
+            }))
     }
 
     /// All endpoints, or one tenant's.

@@ -136,6 +136,25 @@ pub struct Endpoint {
     pub created_at: u64,
     /// Last change (ms).
     pub updated_at: u64,
+    /// Attempts per second to this endpoint, at most (the customer's "at most 20 calls a
+    /// second"); `None`: the policy's default, if it has one.
+    #[serde(default)]
+    pub rate_limit: Option<f64>,
+}
+
+/// The fastest rate limit that means anything: one attempt a microsecond.
+pub const MAX_RATE_LIMIT: f64 = 1_000_000.0;
+
+/// Checks a rate limit (attempts per second): a positive, finite number.
+pub fn check_rate_limit(rate: f64) -> Result<(), String> {
+    if rate.is_finite() && rate > 0.0 && rate <= MAX_RATE_LIMIT {
+        Ok(())
+    } else {
+        Err(format!(
+            "rate_limit must be a number of attempts per second above 0 and at most \
+             {MAX_RATE_LIMIT}, not {rate}"
+        ))
+    }
 }
 
 /// A signing secret in its grace period after rotation.
@@ -237,6 +256,9 @@ pub struct Message {
     pub dedup_key: Option<String>,
     /// Per endpoint, messages sharing this key are attempted one at a time, in order.
     pub ordering_key: Option<String>,
+    /// The W3C `traceparent` of the span that accepted it, when spans are exported: its
+    /// attempts join that trace, after a restart too.
+    pub traceparent: Option<String>,
     /// When it was accepted (ms).
     pub created_at: u64,
 }

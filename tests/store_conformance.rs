@@ -5,6 +5,8 @@
 //! data, a new handle) to check what survives.
 
 mod common;
+#[path = "store_conformance/controls.rs"]
+mod controls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +14,13 @@ use std::time::Duration;
 use common::fixtures::{
     DUE, LEASE, delivery_record, message_record, outcome, put_endpoint, put_message,
     put_message_due, record_attempt,
+};
+use controls::{
+    a_replay_is_not_held_by_its_ordering_key,
+    a_waiting_delivery_can_be_cancelled_or_retried_in_its_place,
+    an_ordering_line_lets_one_delivery_through_at_a_time,
+    deleting_an_endpoint_closes_deliveries_waiting_in_line,
+    rate_limits_ordering_keys_and_trace_context_are_kept,
 };
 use herald::DeliveryStatus;
 use herald::model::now_ms;
@@ -84,7 +93,10 @@ fn leases(claims: Vec<herald::store::Claim>) -> Vec<herald::store::Lease> {
 /// Runs every test of the suite against one backend.
 macro_rules! conformance {
     ($backend:ident: $($test:ident),* $(,)?) => {
-        mod $backend {
+        conformance!($backend as $backend: $($test),*);
+    };
+    ($backend:ident as $module:ident: $($test:ident),* $(,)?) => {
+        mod $module {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
@@ -122,6 +134,16 @@ macro_rules! suite {
 
 suite!(sled);
 suite!(postgres);
+
+// Ordering-key lines, and the fields kept for rate limits and tracing. The PostgreSQL backend
+// refuses ordering keys until it keeps lines; then it joins these.
+conformance!(sled as sled_controls:
+    an_ordering_line_lets_one_delivery_through_at_a_time,
+    a_waiting_delivery_can_be_cancelled_or_retried_in_its_place,
+    a_replay_is_not_held_by_its_ordering_key,
+    deleting_an_endpoint_closes_deliveries_waiting_in_line,
+    rate_limits_ordering_keys_and_trace_context_are_kept,
+);
 
 async fn leases_are_exclusive_until_given_back_or_expired(harness: &Harness) {
     let store = harness.open().await;
@@ -539,6 +561,7 @@ async fn the_pending_count_is_exact_across_transitions_and_reopen(harness: &Harn
             &[Transition {
                 expected: cancel,
                 delivery: cancelled,
+                release: None,
             }],
             None,
         )
@@ -591,6 +614,7 @@ async fn a_replay_transition_keeps_the_history(harness: &Harness) {
             &[Transition {
                 expected: failed,
                 delivery: replayed.clone(),
+                release: None,
             }],
             None,
         )
@@ -633,6 +657,7 @@ async fn transitions_are_all_or_nothing_and_conflict_on_change(harness: &Harness
         Transition {
             expected: d.clone(),
             delivery: next,
+            release: None,
         }
     };
     let job = bulk_job();
@@ -663,6 +688,7 @@ async fn a_retry_of_a_delivery_in_flight_is_refused(harness: &Harness) {
     let retry = Transition {
         expected: before.clone(),
         delivery: sooner,
+        release: None,
     };
     let result = store.apply_transitions(&[retry], None).await;
     assert!(matches!(result, Err(StoreError::Conflict(_))), "{result:?}");
@@ -676,6 +702,7 @@ async fn a_retry_of_a_delivery_in_flight_is_refused(harness: &Harness) {
             &[Transition {
                 expected: before.clone(),
                 delivery: cancelled,
+                release: None,
             }],
             None,
         )
@@ -907,6 +934,7 @@ async fn bulk_replay_progress_is_stored_with_its_batch(harness: &Harness) {
             &[Transition {
                 expected: failed,
                 delivery: replayed,
+                release: None,
             }],
             Some(&job),
         )

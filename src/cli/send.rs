@@ -27,6 +27,15 @@ pub struct SendArgs {
     /// Delta mode: skip the send when this key's last delivered payload was the same.
     #[arg(long)]
     dedup_key: Option<String>,
+    /// Per endpoint, messages sharing this key are attempted one at a time, in order.
+    #[arg(long)]
+    ordering_key: Option<String>,
+    /// The first attempt not before this time (RFC 3339).
+    #[arg(long, value_name = "TIME", conflicts_with = "delay")]
+    deliver_at: Option<String>,
+    /// The first attempt after this delay (e.g. 10m).
+    #[arg(long, value_name = "DURATION")]
+    delay: Option<String>,
 }
 
 /// Sends the message and prints where it is going.
@@ -37,7 +46,8 @@ pub async fn run(remote: &Remote, args: SendArgs) -> Result<(), String> {
     let body = json!({
         "tenant": args.tenant, "event_type": args.event_type, "payload": payload,
         "callback_url": args.callback_url, "idempotency_key": args.idempotency_key,
-        "dedup_key": args.dedup_key,
+        "dedup_key": args.dedup_key, "ordering_key": args.ordering_key,
+        "deliver_at": args.deliver_at, "delay": args.delay,
     });
     let (status, receipt) = remote
         .call_with_status(reqwest::Method::POST, "/v1/messages", Some(body))

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 use herald::config::{Config, SETTINGS, Setting};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::{EnvFilter, fmt};
 
 /// The arguments of `herald serve`: a configuration file and any setting as a flag.
 pub struct ServeArgs {
@@ -24,12 +25,21 @@ impl ServeArgs {
         let filter = EnvFilter::try_new(&config.log).map_err(|e| format!("log filter: {e}"))?;
         // Colours only for a person at a terminal: files and journald get plain text.
         let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_ansi(ansi)
-            .with_writer(std::io::stderr)
+        // Spans also go to an OTLP collector when one is configured.
+        let (otel, export) = match &config.otlp_endpoint {
+            Some(endpoint) => herald::otel::layer(endpoint).map(|(l, e)| (Some(l), Some(e)))?,
+            None => (None, None),
+        };
+        let log = fmt::layer().with_ansi(ansi).with_writer(std::io::stderr);
+        tracing_subscriber::registry()
+            .with(otel)
+            .with(log.with_filter(filter))
             .init();
-        herald::server::serve(config).await
+        let served = herald::server::serve(config).await;
+        if let Some(export) = export {
+            export.shutdown().await;
+        }
+        served
     }
 }
 

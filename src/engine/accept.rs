@@ -3,6 +3,7 @@
 //! before it is durable.
 
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 
 use super::{Engine, Unrouted};
 use crate::api::{DeliveryReceipt, NewMessage, SendReceipt};
@@ -83,8 +84,34 @@ pub(crate) fn digest(payload: &str) -> [u8; 32] {
 }
 
 impl Engine {
-    /// Accepts a message: returns once it and its deliveries are durable.
+    /// Accepts a message: returns once it and its deliveries are durable. Its `accept` span
+    /// carries the message, delivery and endpoint ids; when spans are exported, the message
+    /// keeps the span's trace context so that its attempts join the same trace.
     pub(crate) async fn send(&self, new: NewMessage) -> Result<SendReceipt> {
+        let span = tracing::info_span!(
+            "accept",
+            tenant = %new.tenant,
+            event_type = %new.event_type,
+            message_id = tracing::field::Empty,
+            delivery_id = tracing::field::Empty,
+            endpoint_id = tracing::field::Empty,
+        );
+        let receipt = self.accept(new, &span).instrument(span.clone()).await?;
+        let ids = |id: &dyn Fn(&DeliveryReceipt) -> String| {
+            receipt
+                .deliveries
+                .iter()
+                .map(id)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        span.record("message_id", tracing::field::display(receipt.id));
+        span.record("delivery_id", ids(&|d| d.id.to_string()));
+        span.record("endpoint_id", ids(&|d| d.endpoint_id.to_string()));
+        Ok(receipt)
+    }
+
+    async fn accept(&self, new: NewMessage, span: &tracing::Span) -> Result<SendReceipt> {
         check_name("tenant", &new.tenant, MAX_NAME_LEN)?;
         let system = new.tenant == super::SYSTEM_TENANT && new.event_type.starts_with("endpoint.");
         if new.tenant.starts_with(super::SYSTEM_TENANT) && !system {
@@ -102,6 +129,13 @@ impl Engine {
                 check_name(field, key, MAX_KEY_LEN)?;
             }
         }
+        if let Some(key) = &new.ordering_key {
+            check_name("ordering_key", key, super::decide::MAX_ORDERING_KEY_LEN)?;
+        }
+        let now = now_ms();
+        let due =
+            super::decide::first_attempt_at(now, new.deliver_at.as_deref(), new.delay.as_deref())
+                .map_err(Error::InvalidRequest)?;
         let payload_len = new.payload.get().len();
         let ceiling = self.store.max_payload_bytes();
         if payload_len > ceiling {
@@ -113,7 +147,6 @@ impl Engine {
         check_depth(new.payload.get())?;
 
         let targets = self.targets(&new).await?;
-        let now = now_ms();
         let message = Message {
             id: MessageId::new(),
             tenant: new.tenant,
@@ -122,7 +155,8 @@ impl Engine {
             callback_url: new.callback_url,
             idempotency_key: new.idempotency_key,
             dedup_key: new.dedup_key,
-            ordering_key: None,
+            ordering_key: new.ordering_key,
+            traceparent: crate::otel::traceparent(span),
             created_at: now,
         };
         let payload = message.payload.get();
@@ -151,7 +185,7 @@ impl Engine {
                 _ => false,
             };
             deliveries.push(super::decide::new_delivery(
-                &message, endpoint, unchanged, now,
+                &message, endpoint, unchanged, due,
             ));
         }
 
@@ -291,6 +325,10 @@ impl Engine {
             } else {
                 delivery.status
             },
+            next_attempt_at: delivery
+                .next_attempt_at
+                .filter(|_| !held)
+                .map(crate::model::rfc3339),
         })
     }
 }

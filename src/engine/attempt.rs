@@ -40,6 +40,15 @@ impl Exchanged {
     }
 }
 
+/// What a recorded attempt came to, for the scheduler.
+#[derive(Debug, Default)]
+pub(crate) struct Settled {
+    /// When the delivery is due again, if it was rescheduled.
+    pub(crate) next_due: Option<u64>,
+    /// When the next delivery of its ordering key's line became due, if it left the line.
+    pub(crate) released_due: Option<u64>,
+}
+
 /// The wire half of an attempt: gathers what it needs, sends, and decides. `None` when there
 /// was nothing to attempt (the claim was given back). The endpoint's concurrency counts this
 /// half only: recording ([`settle`]) does not keep a receiver's slot.
@@ -47,10 +56,17 @@ pub(crate) async fn send(engine: &Engine, claim: Claim) -> Option<Exchanged> {
     let lease = claim.lease;
     let span = tracing::info_span!(
         "attempt",
-        delivery = %lease.delivery_id,
-        endpoint = %lease.endpoint_id,
-        message_id = tracing::field::Empty,
+        message_id = %claim.delivery.message_id,
+        delivery_id = %lease.delivery_id,
+        endpoint_id = %lease.endpoint_id,
+        attempt = claim.delivery.total_attempts + 1,
     );
+    // The span joins the trace of the span that accepted the message.
+    let traceparent = claim
+        .message
+        .as_ref()
+        .and_then(|m| m.traceparent.as_deref());
+    crate::otel::parent(&span, traceparent);
     match exchange_and_decide(engine, claim, span.clone())
         .instrument(span)
         .await
@@ -65,17 +81,17 @@ pub(crate) async fn send(engine: &Engine, claim: Claim) -> Option<Exchanged> {
 }
 
 /// The recording half: records the decided attempt, disables the endpoint if the decision says
-/// so, publishes. Returns the next due time if the delivery was rescheduled.
-pub(crate) async fn settle(engine: &Engine, exchanged: Exchanged) -> Option<u64> {
+/// so, publishes.
+pub(crate) async fn settle(engine: &Engine, exchanged: Exchanged) -> Settled {
     let lease = exchanged.lease;
     let span = exchanged.span.clone();
     match record(engine, exchanged).instrument(span).await {
-        Ok(next) => next,
+        Ok(settled) => settled,
         Err(e) => {
             // Given back: the delivery is due again as it was (the attempt is repeated).
             tracing::error!(delivery = %lease.delivery_id, error = %e, "attempt could not be recorded");
             give_back(engine, lease).await;
-            None
+            Settled::default()
         }
     }
 }
@@ -103,7 +119,6 @@ async fn exchange_and_decide(
         store.release(&[lease]).await?;
         return Ok(None);
     };
-    span.record("message_id", tracing::field::display(delivery.message_id));
     let policy = engine.policies.get(&endpoint.policy).cloned();
     let started_at = now_ms();
     let clock = Instant::now();
@@ -133,6 +148,7 @@ async fn exchange_and_decide(
         dedup: message
             .as_ref()
             .and_then(|m| Some((m.dedup_key.clone()?, digest(m.payload.get())))),
+        ordering_key: message.as_ref().and_then(|m| m.ordering_key.as_deref()),
         random: rand::random_range(-1.0..=1.0),
     });
     Ok(Some(Exchanged {
@@ -144,7 +160,7 @@ async fn exchange_and_decide(
     }))
 }
 
-async fn record(engine: &Engine, exchanged: Exchanged) -> Result<Option<u64>> {
+async fn record(engine: &Engine, exchanged: Exchanged) -> Result<Settled> {
     let Exchanged {
         lease,
         endpoint,
@@ -160,6 +176,7 @@ async fn record(engine: &Engine, exchanged: Exchanged) -> Result<Option<u64>> {
             delivery: decision.delivery.clone(),
             health: decision.health,
             dedup: decision.dedup.clone(),
+            release: decision.release.clone(),
         })
         .await?;
     if let Some(policy) = &policy
@@ -177,9 +194,13 @@ async fn record(engine: &Engine, exchanged: Exchanged) -> Result<Option<u64>> {
             .await?;
     }
     publish(engine, &endpoint, policy.as_deref(), &decision, recorded);
-    Ok(match decision.delivery.next_attempt_at {
+    let next_due = match decision.delivery.next_attempt_at {
         Some(due) if !recorded.stale => Some(due),
         _ => None,
+    };
+    Ok(Settled {
+        next_due,
+        released_due: recorded.released_due,
     })
 }
 
@@ -266,7 +287,7 @@ pub(crate) async fn exchange(
         Ok(signature) => signature,
         Err(e) => return decide::refused(&e.to_string()),
     };
-    let mut headers = Vec::with_capacity(4 + signature.len() + endpoint.headers.len());
+    let mut headers = Vec::with_capacity(6 + signature.len() + endpoint.headers.len());
     headers.push(("herald-message-id".to_string(), outgoing.message_id.clone()));
     headers.push((
         "herald-delivery-id".to_string(),
@@ -279,6 +300,8 @@ pub(crate) async fn exchange(
     ));
     headers.extend(endpoint.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
     headers.extend(signature);
+    // The attempt span's trace context, when spans are exported: the receiver joins the trace.
+    headers.extend(crate::otel::context_headers(&tracing::Span::current()));
     let exchange = engine
         .client
         .send(Request {

@@ -17,17 +17,18 @@ impl Engine {
         delivery: &Delivery,
         now: u64,
     ) -> Result<Transition> {
+        let message = self.store.message(delivery.message_id).await?;
         let facts = CommandFacts {
-            message_kept: match command {
-                Command::Replay => self.store.message(delivery.message_id).await?.is_some(),
-                Command::RetryNow | Command::Cancel => true,
-            },
+            message_kept: message.is_some(),
             endpoint_exists: self.store.endpoint(delivery.endpoint_id).await?.is_some(),
         };
-        let next = decide::command(command, delivery, &facts, now).map_err(Error::Conflict)?;
+        let ordering_key = message.as_ref().and_then(|m| m.ordering_key.as_deref());
+        let next = decide::command(command, delivery, &facts, ordering_key, now)
+            .map_err(Error::Conflict)?;
         Ok(Transition {
             expected: delivery.clone(),
-            delivery: next,
+            delivery: next.delivery,
+            release: next.release,
         })
     }
 
@@ -49,6 +50,13 @@ impl Engine {
         let delivery = transition.delivery;
         if let Some(due) = delivery.next_attempt_at {
             self.scheduler.note_due(delivery.endpoint_id, due);
+        }
+        if transition.release.is_some() {
+            // The next delivery of its ordering key's line may be due now.
+            let endpoint = delivery.endpoint_id;
+            if let Some(due) = self.store.due_head(endpoint, now_ms()).await? {
+                self.scheduler.note_due(endpoint, due);
+            }
         }
         let action = match command {
             Command::Replay => "replay",

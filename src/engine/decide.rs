@@ -87,6 +87,8 @@ pub(crate) struct AttemptFacts<'a> {
     pub(crate) duration_ms: u64,
     /// Delta mode: the message's dedup key and payload digest.
     pub(crate) dedup: Option<(String, [u8; 32])>,
+    /// The message's ordering key.
+    pub(crate) ordering_key: Option<&'a str>,
     /// A sample from `[-1, 1]` scaling the schedule's jitter.
     pub(crate) random: f64,
 }
@@ -98,6 +100,8 @@ pub(crate) struct Decision {
     pub(crate) delivery: Delivery,
     pub(crate) health: HealthChange,
     pub(crate) dedup: Option<(String, [u8; 32])>,
+    /// The ordering key whose line the delivery leaves: the next one in line becomes due.
+    pub(crate) release: Option<String>,
 }
 
 /// Decides what an attempt means for its delivery and its endpoint.
@@ -111,6 +115,7 @@ pub(crate) fn decide(facts: AttemptFacts<'_>) -> Decision {
         started_at,
         duration_ms,
         dedup,
+        ordering_key,
         random,
     } = facts;
     let finished_at = started_at + duration_ms;
@@ -127,6 +132,11 @@ pub(crate) fn decide(facts: AttemptFacts<'_>) -> Decision {
         .released_at
         .is_some_and(|released| due_ms < released)
     {
+        next.anchor_ms += started_at.saturating_sub(due_ms);
+    }
+    // So does waiting for the delivery before it in its ordering key's line: the cycle
+    // starts when the delivery's turn comes, not when it was accepted.
+    if in_line(ordering_key, delivery) && delivery.cycle_attempts == 0 {
         next.anchor_ms += started_at.saturating_sub(due_ms);
     }
     let retry = match (policy, success, judged.retryable) {
@@ -162,6 +172,7 @@ pub(crate) fn decide(facts: AttemptFacts<'_>) -> Decision {
         None => (None, None),
     };
     Decision {
+        release: leaves_line(ordering_key, delivery, &next),
         attempt: Attempt {
             attempt: next.total_attempts,
             cycle: next.cycle,
@@ -177,6 +188,75 @@ pub(crate) fn decide(facts: AttemptFacts<'_>) -> Decision {
         health,
         dedup: dedup.filter(|_| success),
     }
+}
+
+/// Whether a delivery takes its place in its ordering key's line: deliveries of a keyed
+/// message in their first cycle do; a replay (a later cycle) is not held by its key.
+fn in_line(ordering_key: Option<&str>, delivery: &Delivery) -> bool {
+    ordering_key.is_some() && delivery.cycle == 1
+}
+
+/// The ordering key whose line a change of a delivery gives up, if any: a delivery in line
+/// that finishes (succeeded, failed — by its attempts or an operator's cancel — or skipped)
+/// leaves it, and the next delivery in line may be attempted.
+pub(crate) fn leaves_line(
+    ordering_key: Option<&str>,
+    before: &Delivery,
+    after: &Delivery,
+) -> Option<String> {
+    let finishes = before.status == DeliveryStatus::Pending && after.status.is_final();
+    (in_line(ordering_key, before) && finishes).then(|| ordering_key.unwrap_or_default().into())
+}
+
+/// Longest ordering key, in bytes.
+pub(crate) const MAX_ORDERING_KEY_LEN: usize = 256;
+
+/// How far ahead a send may be scheduled.
+pub(crate) const MAX_SCHEDULE_AHEAD: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// When a new message's first attempt is due: at `deliver_at` (RFC 3339) or `delay` after
+/// `now_ms`, never before now, at most [`MAX_SCHEDULE_AHEAD`] ahead; now when neither is given.
+pub(crate) fn first_attempt_at(
+    now_ms: u64,
+    deliver_at: Option<&str>,
+    delay: Option<&str>,
+) -> Result<u64, String> {
+    let due = match (deliver_at, delay) {
+        (Some(_), Some(_)) => {
+            return Err("give `deliver_at` or `delay`, not both".into());
+        }
+        (None, None) => return Ok(now_ms),
+        (Some(at), None) => {
+            let at = chrono::DateTime::parse_from_rfc3339(at.trim()).map_err(|e| {
+                format!(
+                    "`deliver_at` {at:?} is not an RFC 3339 time such as \
+                     2026-11-24T09:00:00Z ({e})"
+                )
+            })?;
+            u64::try_from(at.timestamp_millis())
+                .unwrap_or(0)
+                .max(now_ms)
+        }
+        (None, Some(delay)) => {
+            let delay = humantime::parse_duration(delay.trim()).map_err(|e| {
+                format!("`delay` {delay:?} is not a duration such as 10m or 2h 30m ({e})")
+            })?;
+            if delay > MAX_SCHEDULE_AHEAD {
+                return Err(format!(
+                    "`delay` {} is more than 365 days",
+                    humantime::format_duration(delay)
+                ));
+            }
+            now_ms.saturating_add(delay.as_millis() as u64)
+        }
+    };
+    if due > now_ms.saturating_add(MAX_SCHEDULE_AHEAD.as_millis() as u64) {
+        return Err(format!(
+            "`deliver_at` {} is more than 365 days ahead",
+            crate::model::rfc3339(due)
+        ));
+    }
+    Ok(due)
 }
 
 fn finish(delivery: &mut Delivery, status: DeliveryStatus) {
@@ -262,13 +342,21 @@ pub(crate) struct CommandFacts {
     pub(crate) endpoint_exists: bool,
 }
 
+/// A command's answer: the delivery after it, and the ordering key whose line it leaves.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Commanded {
+    pub(crate) delivery: Delivery,
+    pub(crate) release: Option<String>,
+}
+
 /// The delivery after an operator's command, or why the command does not apply.
 pub(crate) fn command(
     command: &Command,
     delivery: &Delivery,
     facts: &CommandFacts,
+    ordering_key: Option<&str>,
     now_ms: u64,
-) -> Result<Delivery, String> {
+) -> Result<Commanded, String> {
     let id = delivery.id;
     let status = delivery.status.as_str();
     let mut next = delivery.clone();
@@ -315,7 +403,10 @@ pub(crate) fn command(
             next.last_error = Some("cancelled by an operator".into());
         }
     }
-    Ok(next)
+    Ok(Commanded {
+        release: leaves_line(ordering_key, delivery, &next),
+        delivery: next,
+    })
 }
 
 /// What deleting an endpoint does to its pending deliveries.
@@ -338,3 +429,7 @@ pub(crate) fn held_reason(endpoint: &Endpoint) -> Option<String> {
 #[cfg(test)]
 #[path = "decide_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "decide_controls_tests.rs"]
+mod controls_tests;

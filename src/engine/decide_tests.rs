@@ -6,10 +6,10 @@ use std::time::Duration;
 use super::*;
 use crate::model::{DeliveryId, EndpointId, MessageId};
 
-const T0: u64 = 1_000_000;
+pub(super) const T0: u64 = 1_000_000;
 
 /// Three attempts, 60 s apart; 410 disables; 3 consecutive failures disable.
-fn policy() -> Policy {
+pub(super) fn policy() -> Policy {
     Policy::from_toml(
         "test",
         r#"
@@ -28,7 +28,7 @@ disable_on_gone = true
     .expect("test policy")
 }
 
-fn endpoint() -> Endpoint {
+pub(super) fn endpoint() -> Endpoint {
     Endpoint {
         id: EndpointId::new(),
         tenant: "acme".into(),
@@ -47,11 +47,12 @@ fn endpoint() -> Endpoint {
         released_at: None,
         created_at: 0,
         updated_at: 0,
+        rate_limit: None,
     }
 }
 
 /// A pending delivery whose cycle began at `T0`, with `made` attempts behind it.
-fn delivery(made: u32) -> Delivery {
+pub(super) fn delivery(made: u32) -> Delivery {
     Delivery {
         id: DeliveryId::new(),
         message_id: MessageId::new(),
@@ -70,7 +71,7 @@ fn delivery(made: u32) -> Delivery {
     }
 }
 
-fn answered(status: u16) -> Judged {
+pub(super) fn answered(status: u16) -> Judged {
     let policy = policy();
     judge(
         &policy,
@@ -110,6 +111,7 @@ fn decide_at(
         started_at,
         duration_ms: 10,
         dedup: Some(("k".into(), [7; 32])),
+        ordering_key: None,
         random: 0.0,
     })
 }
@@ -242,6 +244,7 @@ fn a_missing_policy_fails_the_delivery_at_once() {
         started_at: T0,
         duration_ms: 0,
         dedup: None,
+        ordering_key: None,
         random: 0.0,
     });
     assert_eq!(decision.delivery.status, DeliveryStatus::Failed);
@@ -328,7 +331,9 @@ fn commands_table() {
     let pending = delivery(1);
     let now = T0 + 999;
 
-    let replayed = command(&Command::Replay, &failed, &kept, now).expect("replay");
+    let replayed = command(&Command::Replay, &failed, &kept, None, now)
+        .expect("replay")
+        .delivery;
     assert_eq!(replayed.status, DeliveryStatus::Pending);
     assert_eq!(
         (
@@ -348,24 +353,28 @@ fn commands_table() {
         ("endpoint deleted", &failed, &orphan),
     ] {
         assert!(
-            command(&Command::Replay, delivery, facts, now).is_err(),
+            command(&Command::Replay, delivery, facts, None, now).is_err(),
             "replay when {name}"
         );
     }
 
-    let retried = command(&Command::RetryNow, &pending, &kept, now).expect("retry");
+    let retried = command(&Command::RetryNow, &pending, &kept, None, now)
+        .expect("retry")
+        .delivery;
     assert_eq!(retried.next_attempt_at, Some(now));
     assert_eq!(retried.anchor_ms, pending.anchor_ms);
-    assert!(command(&Command::RetryNow, &failed, &kept, now).is_err());
+    assert!(command(&Command::RetryNow, &failed, &kept, None, now).is_err());
 
-    let cancelled = command(&Command::Cancel, &pending, &kept, now).expect("cancel");
+    let cancelled = command(&Command::Cancel, &pending, &kept, None, now)
+        .expect("cancel")
+        .delivery;
     assert_eq!(cancelled.status, DeliveryStatus::Failed);
     assert_eq!(cancelled.next_attempt_at, None);
     assert_eq!(
         cancelled.last_error.as_deref(),
         Some("cancelled by an operator")
     );
-    assert!(command(&Command::Cancel, &failed, &kept, now).is_err());
+    assert!(command(&Command::Cancel, &failed, &kept, None, now).is_err());
 }
 
 #[test]

@@ -31,6 +31,8 @@ const RESERVED_HEADERS: &[&str] = &[
     "herald-delivery-id",
     "herald-attempt",
     "herald-event-type",
+    "traceparent",
+    "tracestate",
 ];
 /// Extra headers per endpoint, at most.
 const MAX_HEADERS: usize = 32;
@@ -119,6 +121,9 @@ impl Engine {
         for event_type in &endpoint.event_types {
             check_name("event_types[]", event_type, MAX_NAME_LEN)?;
         }
+        if let Some(rate) = endpoint.rate_limit {
+            crate::model::check_rate_limit(rate).map_err(Error::InvalidRequest)?;
+        }
         check_signing_material(endpoint, policy)
     }
 
@@ -168,11 +173,13 @@ impl Engine {
             released_at: None,
             created_at: now,
             updated_at: now,
+            rate_limit: new.rate_limit,
         };
         self.validate_endpoint(&endpoint)?;
         self.take_default_flag(&endpoint).await?;
         self.store.put_endpoint(&endpoint).await?;
         self.schedule_endpoint(&endpoint, None);
+        self.apply_rate_limit(&endpoint);
         Ok(endpoint)
     }
 
@@ -217,11 +224,15 @@ impl Engine {
         if let Some(default) = update.default {
             endpoint.default = default;
         }
+        if let Some(rate_limit) = update.rate_limit {
+            endpoint.rate_limit = rate_limit;
+        }
         endpoint.updated_at = now;
         self.validate_endpoint(&endpoint)?;
         self.take_default_flag(&endpoint).await?;
         self.store.put_endpoint(&endpoint).await?;
         self.schedule_endpoint(&endpoint, None);
+        self.apply_rate_limit(&endpoint);
         Ok(endpoint)
     }
 

@@ -17,10 +17,12 @@ mod commit;
 pub(crate) mod decide;
 mod endpoints;
 mod health;
+mod pacing;
 mod probe;
 mod record;
 mod replay;
 mod retention;
+mod runner;
 mod scheduler;
 mod window;
 
@@ -39,6 +41,7 @@ use crate::transport::{Client, ClientOptions};
 pub use commit::CommitStats;
 pub(crate) use commit::GroupCommit;
 pub use health::SYSTEM_TENANT;
+pub use pacing::LimitSource;
 pub use replay::ReplayRequest;
 pub use retention::PurgeReport;
 pub(crate) use scheduler::Scheduler;
@@ -165,6 +168,7 @@ impl Engine {
         let heads = self.store.due_heads(now_ms()).await?;
         for endpoint in &endpoints {
             self.schedule_endpoint(endpoint, None);
+            self.apply_rate_limit(endpoint);
         }
         for (endpoint, head) in heads {
             self.scheduler.note_due(endpoint, head);
@@ -227,6 +231,28 @@ impl Engine {
         let parsed = crate::transport::check_url(url, rules).map_err(invalid)?;
         crate::transport::check_literal(&self.config.client.targets, &parsed)
             .map_err(|refused| invalid(refused.to_string()))
+    }
+
+    /// Hands an endpoint's rate limit (its own, or its policy's default) to the scheduler.
+    pub(crate) fn apply_rate_limit(&self, endpoint: &crate::model::Endpoint) {
+        let policy = self.policies.get(&endpoint.policy).map(|p| p.as_ref());
+        let limit = pacing::limit_for(endpoint, policy).map(|(rate, _)| rate);
+        self.scheduler.set_rate_limit(endpoint.id, limit);
+    }
+
+    /// An endpoint's rate limit, where it comes from, and how long its next attempt must
+    /// wait for it now.
+    pub(crate) fn pacing(
+        &self,
+        endpoint: &crate::model::Endpoint,
+    ) -> Option<(f64, LimitSource, Duration)> {
+        let policy = self.policies.get(&endpoint.policy).map(|p| p.as_ref());
+        let (rate, source) = pacing::limit_for(endpoint, policy)?;
+        let wait = self
+            .scheduler
+            .pacing(endpoint.id)
+            .map_or(Duration::ZERO, |(_, wait)| wait);
+        Some((rate, source, wait))
     }
 
     /// Group-commit counters.

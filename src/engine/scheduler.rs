@@ -23,6 +23,12 @@
 //!   more than an equal share of what is left. So a hundred hung endpoints hold about two
 //!   hundred claims, not the whole budget, and a healthy endpoint's next delivery is claimed at
 //!   once.
+//! * Rate limits: a limited endpoint's attempts start at least `1 / rate` apart ([`Pacer`]).
+//!   Its slot is ready no sooner than its next start, it claims no more than a second's worth
+//!   of starts at a time (so claims never wait long enough for their leases to run out), and
+//!   its runners take turns, one sleeping until the next start is due while the others'
+//!   attempts run. Waiting deliveries stay claimed or due: never failed, never counted as
+//!   attempts; other endpoints' slots are not affected.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -31,34 +37,52 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use super::Engine;
+use super::attempt::Settled;
+use super::pacing::{Pacer, now_us};
 use super::window::{Pace, Window};
 use crate::model::{EndpointId, now_ms};
 use crate::store::{Claim, Lease};
 
 /// One endpoint's scheduling state.
 #[derive(Debug)]
-struct Slot {
+pub(super) struct Slot {
     /// Earliest due entry in the store (a lower bound: it may already have been claimed).
     head: Option<u64>,
     /// Claimed deliveries waiting for a runner.
-    queue: VecDeque<Claim>,
+    pub(super) queue: VecDeque<Claim>,
     /// Claims not yet finished: queued plus being attempted.
-    outstanding: usize,
+    pub(super) outstanding: usize,
     /// Claims being attempted now.
-    in_flight: usize,
+    pub(super) in_flight: usize,
     /// Runner tasks alive (each attempts one delivery at a time).
-    runners: usize,
+    pub(super) runners: usize,
     /// How many attempts may be in flight now.
-    window: Window,
+    pub(super) window: Window,
     /// How long its claims last: its policy's timeout for each attempt a claim may wait for,
     /// plus a margin (`None`: not known yet, the engine's longest).
     lease: Option<Duration>,
     /// Disabled endpoints are not scheduled; their deliveries wait (held).
-    enabled: bool,
+    pub(super) enabled: bool,
     /// A claim for this slot is under way outside the lock.
     claiming: bool,
     /// The key under which the slot sits in `ready`, if it does.
     ready_key: Option<u64>,
+    /// The endpoint's rate limit, if it has one.
+    pub(super) pacer: Option<Pacer>,
+    /// Runners of a rate-limited endpoint take turns here to wait for the next start.
+    pub(super) turn: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Slot {
+    /// When the slot may claim: its head, and for a rate-limited endpoint not before its next
+    /// start is due.
+    fn ready_at(&self) -> Option<u64> {
+        let head = self.head?;
+        Some(match &self.pacer {
+            Some(pacer) => head.max(pacer.next_start_us().div_ceil(1000)),
+            None => head,
+        })
+    }
 }
 
 impl Scheduler {
@@ -69,22 +93,27 @@ impl Scheduler {
 }
 
 impl Slot {
-    /// Claims the slot could take now.
+    /// Claims the slot could take now: for a rate-limited endpoint, at most a second's worth
+    /// of starts.
     fn wants(&self, claims_per_attempt: usize) -> usize {
-        (claims_per_attempt * self.window.limit()).saturating_sub(self.outstanding)
+        let want = (claims_per_attempt * self.window.limit()).saturating_sub(self.outstanding);
+        match &self.pacer {
+            Some(pacer) => want.min((pacer.rate().ceil() as usize).max(1)),
+            None => want,
+        }
     }
 }
 
 /// All slots and the ordered set of those that may claim.
 #[derive(Debug, Default)]
-struct State {
+pub(super) struct State {
     /// Claims a slot may hold per attempt its window allows: 2 (one attempting, one queued,
     /// so runners find the next delivery in memory) with a store of its own, 1 in a cluster,
     /// where every claim counts against the endpoint's concurrency on every node.
     claims_per_attempt: usize,
     slots: HashMap<EndpointId, Slot>,
     ready: BTreeSet<(u64, EndpointId)>,
-    outstanding: usize,
+    pub(super) outstanding: usize,
     /// When the loop will next wake on its own; an earlier entry must notify it.
     wake_at: u64,
     stopping: bool,
@@ -94,7 +123,7 @@ struct State {
 pub(crate) struct Scheduler {
     state: Mutex<State>,
     wake: Notify,
-    idle: Notify,
+    pub(super) idle: Notify,
     max_in_flight: usize,
     endpoint_limit: usize,
 }
@@ -102,18 +131,19 @@ pub(crate) struct Scheduler {
 impl State {
     /// Puts the slot in `ready` (keyed by its head) iff it may claim; says whether the loop
     /// must be woken to see it.
-    fn refresh(&mut self, endpoint: EndpointId) -> bool {
+    pub(super) fn refresh(&mut self, endpoint: EndpointId) -> bool {
         let Some(slot) = self.slots.get_mut(&endpoint) else {
             return false;
         };
         if let Some(old) = slot.ready_key.take() {
             self.ready.remove(&(old, endpoint));
         }
-        let wants = slot.wants(self.claims_per_attempt);
+        // The rate limit caps how many claims the slot takes, not whether it may take them.
+        let room = (self.claims_per_attempt * slot.window.limit()).saturating_sub(slot.outstanding);
         let eligible = slot.enabled
             && !slot.claiming
-            && wants >= (slot.window.limit() * (self.claims_per_attempt - 1)).max(1);
-        match slot.head.filter(|_| eligible) {
+            && room >= (slot.window.limit() * (self.claims_per_attempt - 1)).max(1);
+        match slot.ready_at().filter(|_| eligible) {
             Some(head) => {
                 slot.ready_key = Some(head);
                 self.ready.insert((head, endpoint));
@@ -140,11 +170,11 @@ impl Scheduler {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn slot<'a>(&self, state: &'a mut State, endpoint: EndpointId) -> &'a mut Slot {
+    pub(super) fn slot<'a>(&self, state: &'a mut State, endpoint: EndpointId) -> &'a mut Slot {
         state.slots.entry(endpoint).or_insert_with(|| Slot {
             head: None,
             queue: VecDeque::new(),
@@ -156,7 +186,31 @@ impl Scheduler {
             enabled: true,
             claiming: false,
             ready_key: None,
+            pacer: None,
+            turn: Arc::default(),
         })
+    }
+
+    /// Sets or removes an endpoint's rate limit (attempts per second).
+    pub(crate) fn set_rate_limit(&self, endpoint: EndpointId, rate: Option<f64>) {
+        let mut state = self.lock();
+        let slot = self.slot(&mut state, endpoint);
+        match (rate, &mut slot.pacer) {
+            (None, _) => slot.pacer = None,
+            (Some(rate), Some(pacer)) => pacer.set_rate(rate),
+            (Some(rate), None) => slot.pacer = Some(Pacer::new(rate)),
+        }
+        if state.refresh(endpoint) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// An endpoint's rate limit and how long its next attempt must wait for it, if limited.
+    pub(crate) fn pacing(&self, endpoint: EndpointId) -> Option<(f64, Duration)> {
+        let state = self.lock();
+        let pacer = state.slots.get(&endpoint)?.pacer?;
+        let wait = pacer.next_start_us().saturating_sub(now_us());
+        Some((pacer.rate(), Duration::from_micros(wait)))
     }
 
     /// A delivery of `endpoint` is due at `due_ms` (new message, retry, replay, restart).
@@ -207,7 +261,7 @@ impl Scheduler {
     /// An attempt of `endpoint` left the wire (its answer came, or it failed); `pace` says
     /// what it showed of the receiver's capacity. Returns how many more runners the endpoint
     /// may have now that its window moved.
-    fn off_wire(&self, endpoint: EndpointId, pace: Option<Pace>) -> usize {
+    pub(super) fn off_wire(&self, endpoint: EndpointId, pace: Option<Pace>) -> usize {
         let mut state = self.lock();
         let slot = self.slot(&mut state, endpoint);
         slot.in_flight -= 1;
@@ -223,16 +277,19 @@ impl Scheduler {
         more
     }
 
-    /// One claimed delivery of `endpoint` is done (recorded, or given back); `next_due` when it
-    /// was rescheduled.
-    fn finished(&self, endpoint: EndpointId, next_due: Option<u64>) {
+    /// One claimed delivery of `endpoint` is done (recorded, or given back): rescheduled, or
+    /// making the next of its ordering line due.
+    pub(super) fn finished(&self, endpoint: EndpointId, settled: Settled) {
         let mut state = self.lock();
         let was_full = state.outstanding >= self.max_in_flight;
         state.outstanding -= 1;
         metrics::gauge!("herald_in_flight").set(state.outstanding as f64);
         let slot = self.slot(&mut state, endpoint);
         slot.outstanding -= 1;
-        if let Some(due) = next_due {
+        for due in [settled.next_due, settled.released_due]
+            .into_iter()
+            .flatten()
+        {
             slot.head = Some(slot.head.map_or(due, |h| h.min(due)));
         }
         if state.refresh(endpoint) || was_full {
@@ -318,8 +375,7 @@ fn plan_pass(scheduler: &Scheduler, now: u64) -> Pass {
         .range(..(now.saturating_add(1), EndpointId(uuid::Uuid::nil())))
     {
         let slot = &state.slots[&endpoint];
-        let want = slot.wants(state.claims_per_attempt);
-        wanted += want;
+        wanted += slot.wants(state.claims_per_attempt);
         due.push((slot.outstanding, head, endpoint));
     }
     let room = scheduler.max_in_flight.saturating_sub(state.outstanding);
@@ -439,72 +495,6 @@ fn queue_claims(engine: &Arc<Engine>, plan: ClaimPlan, claims: Vec<Claim>, head:
     state.refresh(endpoint);
     drop(state);
     for _ in 0..start {
-        spawn_runner(engine.clone(), endpoint);
-    }
-}
-
-/// Starts a runner. (A named future type: runners start runners when a window grows.)
-fn spawn_runner(engine: Arc<Engine>, endpoint: EndpointId) {
-    let task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
-        Box::pin(runner(engine, endpoint));
-    tokio::spawn(task);
-}
-
-/// Attempts one endpoint's queued claims, one at a time, until the queue is empty. When the
-/// endpoint is disabled meanwhile, the rest of its queue goes back to the store, due now: held
-/// there until the endpoint is enabled.
-async fn runner(engine: Arc<Engine>, endpoint: EndpointId) {
-    let scheduler = &engine.scheduler;
-    loop {
-        let next = {
-            let mut state = scheduler.lock();
-            let slot = scheduler.slot(&mut state, endpoint);
-            if slot.enabled {
-                // The window may have shrunk: a runner beyond it stops.
-                let next = (slot.in_flight < slot.window.limit())
-                    .then(|| slot.queue.pop_front())
-                    .flatten();
-                slot.in_flight += usize::from(next.is_some());
-                next.ok_or_else(Vec::new)
-            } else {
-                let returned: Vec<Lease> = slot.queue.drain(..).map(|c| c.lease).collect();
-                slot.outstanding -= returned.len();
-                state.outstanding -= returned.len();
-                Err(returned)
-            }
-        };
-        let claim = match next {
-            Ok(claim) => claim,
-            Err(returned) => {
-                if !returned.is_empty()
-                    && let Err(e) = engine.store.release(&returned).await
-                {
-                    // They are due again at the latest after a restart.
-                    tracing::error!(%endpoint, error = %e, "could not hand back queued claims");
-                }
-                let mut state = scheduler.lock();
-                scheduler.slot(&mut state, endpoint).runners -= 1;
-                if state.outstanding == 0 {
-                    scheduler.idle.notify_waiters();
-                }
-                return;
-            }
-        };
-        let exchanged = super::attempt::send(&engine, claim).await;
-        let pace = exchanged.as_ref().map(|e| e.pace());
-        for _ in 0..scheduler.off_wire(endpoint, pace) {
-            spawn_runner(engine.clone(), endpoint);
-        }
-        match exchanged {
-            // Recorded beside the next request: the claim lasts until then, the slot does not.
-            Some(exchanged) => {
-                let engine = engine.clone();
-                tokio::spawn(async move {
-                    let next_due = super::attempt::settle(&engine, exchanged).await;
-                    engine.scheduler.finished(endpoint, next_due);
-                });
-            }
-            None => scheduler.finished(endpoint, None),
-        }
+        super::runner::spawn(engine.clone(), endpoint);
     }
 }

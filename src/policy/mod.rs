@@ -204,7 +204,7 @@ pub struct UrlRules {
 }
 
 /// Endpoint health rules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointRules {
     /// Consecutive failed attempts before the endpoint is disabled; 0 = never (Phrase: 3000).
@@ -213,6 +213,10 @@ pub struct EndpointRules {
     /// An HTTP 410 disables the endpoint at once.
     #[serde(default)]
     pub disable_on_gone: bool,
+    /// Attempts per second to one endpoint, at most, for endpoints that set no `rate_limit` of
+    /// their own: a receiver that documents "at most 50 calls a second". Absent = unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<f64>,
 }
 
 impl Policy {
@@ -245,6 +249,9 @@ impl Policy {
         }
         if self.request.timeout.is_zero() {
             return Err("request.timeout must be greater than zero".into());
+        }
+        if let Some(rate) = self.endpoint.rate_limit {
+            crate::model::check_rate_limit(rate).map_err(|e| format!("endpoint.{e}"))?;
         }
         if self.request.max_body_bytes == 0 {
             return Err("request.max_body_bytes must be greater than zero".into());

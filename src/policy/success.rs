@@ -71,6 +71,7 @@ mod tests {
         p.endpoint = EndpointRules {
             deactivate_after: 0,
             disable_on_gone,
+            rate_limit: None,
         };
         p
     }

@@ -20,7 +20,14 @@
 //!   [`Store::record_outcomes`], which may return before (see there);
 //! * a due delivery is leased to one claimer at a time until the lease expires or is given
 //!   back; a lease that expired may be taken over, and the late holder's outcome is then kept
-//!   as an attempt without moving the delivery.
+//!   as an attempt without moving the delivery;
+//! * ordering keys: for each (endpoint, ordering key) the store keeps a **line** of the pending
+//!   deliveries of messages with that key, in acceptance order. Only the delivery at the front
+//!   is in the due index; the others wait outside it (counted as pending) until the one before
+//!   them leaves the line — which happens when a write carries a `release` of that key for
+//!   it (the engine decides when: see `engine::decide::leaves_line`). Then the next delivery in
+//!   line enters the due index at its own `next_attempt_at`, in the same atomic write. Finding
+//!   the next one costs O(1) (or O(log n)) per delivery, never a scan of the endpoint's queue.
 
 pub(crate) mod codec;
 pub mod postgres;
@@ -84,7 +91,9 @@ pub enum StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// A delivery to create with its message; pending deliveries enter the due index at their
-/// `next_attempt_at`.
+/// `next_attempt_at`. When the message has an `ordering_key`, each pending delivery joins the
+/// end of its endpoint's line for that key instead: it enters the due index only if the line
+/// was empty (it is then at the front), and otherwise waits for its turn.
 #[derive(Debug)]
 pub struct MessageWrite {
     /// The message.
@@ -188,6 +197,9 @@ pub struct Outcome {
     pub health: HealthChange,
     /// Delta mode: remember this payload digest for (endpoint, dedup key).
     pub dedup: Option<(String, [u8; 32])>,
+    /// The delivery finished and leaves its line for this ordering key; if it was at the
+    /// front, the next delivery in line enters the due index (see the module docs).
+    pub release: Option<String>,
 }
 
 /// What [`Store::record_outcomes`] did for one outcome.
@@ -199,6 +211,8 @@ pub struct Recorded {
     pub stale: bool,
     /// The endpoint's consecutive failures after this outcome.
     pub consecutive_failures: u32,
+    /// When the outcome's `release` made the next delivery in line due: its due time.
+    pub released_due: Option<u64>,
 }
 
 /// A decided change of one delivery outside an attempt (replay, retry now, cancel).
@@ -207,8 +221,12 @@ pub struct Transition {
     /// The delivery as read when the change was decided. If the stored one differs, nothing
     /// is written and the answer is [`StoreError::Conflict`].
     pub expected: Delivery,
-    /// The delivery after the change; pending ones enter the due index at `next_attempt_at`.
+    /// The delivery after the change; pending ones enter the due index at `next_attempt_at`,
+    /// except one that waits in an ordering key's line (not at its front): it stays out of
+    /// the due index until its turn comes, and is then due at its (new) `next_attempt_at`.
     pub delivery: Delivery,
+    /// The delivery finished and leaves its line for this ordering key (see [`Outcome`]).
+    pub release: Option<String>,
 }
 
 /// What deleting an endpoint does to its deliveries that are still pending.
@@ -338,8 +356,9 @@ pub trait Store: Send + Sync + 'static {
     /// Enables an endpoint: resets its failure count and, if it was disabled, notes
     /// `released_at = now_ms`. `None` when there is no such endpoint.
     async fn enable_endpoint(&self, id: EndpointId, now_ms: u64) -> StoreResult<Option<Endpoint>>;
-    /// Deletes an endpoint; its pending deliveries are finished as `closing` says, and
-    /// outstanding leases on them are revoked. False when there was no such endpoint.
+    /// Deletes an endpoint; its pending deliveries (those waiting in ordering-key lines too)
+    /// are finished as `closing` says, its lines are dropped, and outstanding leases on its
+    /// deliveries are revoked. False when there was no such endpoint.
     async fn delete_endpoint(&self, id: EndpointId, closing: &Closing) -> StoreResult<bool>;
 
     // --- messages and their records ---
@@ -444,7 +463,8 @@ pub trait Store: Send + Sync + 'static {
 
     // --- the store itself ---
 
-    /// Deliveries waiting for an attempt (pending or held), exact.
+    /// Deliveries waiting for an attempt (pending or held, in the due index or waiting in an
+    /// ordering key's line), exact.
     async fn pending_count(&self) -> StoreResult<u64>;
     /// Makes every write so far durable (recorded outcomes included).
     async fn sync(&self) -> StoreResult<()>;

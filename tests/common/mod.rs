@@ -285,6 +285,7 @@ pub mod fixtures {
             released_at: None,
             created_at: 0,
             updated_at: 0,
+            rate_limit: None,
         }
     }
 
@@ -306,6 +307,7 @@ pub mod fixtures {
             idempotency_key: idempotency_key.map(str::to_string),
             dedup_key: None,
             ordering_key: None,
+            traceparent: None,
             created_at: at_ms,
         }
     }
@@ -409,6 +411,7 @@ pub mod fixtures {
                 HealthChange::Increment
             },
             dedup: None,
+            release: None,
         }
     }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use herald::{EngineConfig, NewMessage};
 
 use super::sink::Sink;
-use super::{Row, Scratch, disabled_endpoint, enqueue, hooks, open, payload};
+use super::{Row, Scratch, Shape, disabled_endpoint, enqueue_shaped, hooks, open, payload};
 
 /// `(resident, peak resident)` of process `pid` in MiB, from `/proc/PID/status`.
 fn memory_mib(pid: u32) -> (f64, f64) {
@@ -42,16 +42,40 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-pub async fn backlog(deliveries: usize, endpoints: usize) -> Result<Vec<Row>, String> {
+/// With `delay`, the backlog is scheduled sends that far ahead on enabled endpoints: the
+/// scheduler then holds one sleeping slot per endpoint, due in `delay`.
+pub async fn backlog(
+    deliveries: usize,
+    endpoints: usize,
+    delay: Option<Duration>,
+) -> Result<Vec<Row>, String> {
     let sink = Sink::start().await?;
     let dir = Scratch::new("backlog");
     let herald = open(&dir, EngineConfig::default()).await?;
-    hooks(&herald, &sink, endpoints).await?;
+    let hooks = hooks(&herald, &sink, endpoints).await?;
+    if delay.is_some() {
+        for id in hooks {
+            herald
+                .set_endpoint_enabled(id, true)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
     let probe_url = format!("http://{}/probe", sink.addr);
     let probe = disabled_endpoint(&herald, "probe".into(), probe_url).await?;
 
     let started = Instant::now();
-    enqueue(&herald, deliveries, move |i| format!("t{}", i % endpoints)).await?;
+    let shape = Shape {
+        ordering_keys: 0,
+        delay,
+    };
+    enqueue_shaped(
+        &herald,
+        deliveries,
+        move |i| format!("t{}", i % endpoints),
+        shape,
+    )
+    .await?;
     let enqueue_seconds = started.elapsed().as_secs_f64();
     let message = NewMessage::new("probe", "e", &payload()).map_err(|e| e.to_string())?;
     herald.send(message).await.map_err(|e| e.to_string())?;
@@ -110,9 +134,13 @@ pub async fn backlog(deliveries: usize, endpoints: usize) -> Result<Vec<Row>, St
     let _ = child.wait();
     waited?;
 
+    let held = match delay {
+        Some(delay) => format!("scheduled {} ahead", humantime::format_duration(delay)),
+        None => "held".into(),
+    };
     let mut enqueue = Row::new(
         "backlog",
-        format!("enqueue, {endpoints} endpoints"),
+        format!("enqueue, {endpoints} endpoints, {held}"),
         deliveries,
         deliveries as f64 / enqueue_seconds,
     );

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use herald::{EndpointId, EngineConfig, Herald};
 
 use super::sink::{Sink, ceiling};
-use super::{Row, Scratch, disabled_endpoint, enqueue, hooks, open, payload, percentile};
+use super::{
+    Row, Scratch, Shape, disabled_endpoint, enqueue, enqueue_shaped, hooks, open, payload,
+    percentile,
+};
 
 /// The sink's ceiling for this load shape, as a row and as a rate.
 async fn ceiling_for(
@@ -70,13 +73,15 @@ pub async fn deliver(
     messages: usize,
     endpoints: usize,
     concurrency: usize,
+    shape: Shape,
 ) -> Result<Vec<Row>, String> {
     let sink = Sink::start().await?;
     let (ceiling_row, ceiling_rate) = ceiling_for(&sink, messages, endpoints, concurrency).await?;
     let dir = Scratch::new("deliver");
     let herald = open(&dir, engine(concurrency)).await?;
     let ids = hooks(&herald, &sink, endpoints).await?;
-    enqueue(&herald, messages, move |i| format!("t{}", i % endpoints)).await?;
+    let tenant = move |i| format!("t{}", i % endpoints);
+    enqueue_shaped(&herald, messages, tenant, shape).await?;
     let seconds = release(&herald, &sink, &ids, messages).await?;
     herald.shutdown().await.map_err(|e| e.to_string())?;
     let rate = messages as f64 / seconds;
@@ -87,7 +92,10 @@ pub async fn deliver(
             ratio_to_ceiling: Some(rate / ceiling_rate),
             ..Row::new(
                 "deliver",
-                format!("endpoints={endpoints} conc={concurrency}"),
+                match shape.ordering_keys {
+                    0 => format!("endpoints={endpoints} conc={concurrency}"),
+                    keys => format!("endpoints={endpoints} conc={concurrency} keys={keys}"),
+                },
                 messages,
                 rate,
             )

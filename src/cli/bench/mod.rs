@@ -30,7 +30,7 @@ pub enum Scenario {
         #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
         senders: Vec<usize>,
         /// Also write the rows as JSON here.
-        #[arg(long = "json-file", value_name = "FILE")]
+        #[arg(long = "json-file", id = "json_file", value_name = "FILE")]
         json: Option<PathBuf>,
     },
     /// End-to-end deliveries per second to a local receiver, and the receiver's own ceiling.
@@ -38,7 +38,7 @@ pub enum Scenario {
         #[command(flatten)]
         load: Load,
         /// Also write the rows as JSON here.
-        #[arg(long = "json-file", value_name = "FILE")]
+        #[arg(long = "json-file", id = "json_file", value_name = "FILE")]
         json: Option<PathBuf>,
     },
     /// Like `deliver`, with the messages posted to the daemon's `POST /v1/messages`.
@@ -46,7 +46,7 @@ pub enum Scenario {
         #[command(flatten)]
         load: Load,
         /// Also write the rows as JSON here.
-        #[arg(long = "json-file", value_name = "FILE")]
+        #[arg(long = "json-file", id = "json_file", value_name = "FILE")]
         json: Option<PathBuf>,
     },
     /// A large pending backlog: enqueue time, disk, memory, restart to first delivery, idle CPU.
@@ -57,8 +57,12 @@ pub enum Scenario {
         /// Endpoints they are spread over.
         #[arg(long, default_value_t = 100)]
         endpoints: usize,
+        /// Schedule every message this far ahead (e.g. `1h`) on enabled endpoints, instead of
+        /// holding the backlog behind disabled ones.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        delay: Option<Duration>,
         /// Also write the rows as JSON here.
-        #[arg(long = "json-file", value_name = "FILE")]
+        #[arg(long = "json-file", id = "json_file", value_name = "FILE")]
         json: Option<PathBuf>,
     },
     /// The restarted side of `backlog`, run by it as a separate process (not for direct use).
@@ -87,7 +91,7 @@ pub enum Scenario {
         #[arg(long, value_delimiter = ',', default_value = "1,100")]
         hung: Vec<usize>,
         /// Also write the rows as JSON here.
-        #[arg(long = "json-file", value_name = "FILE")]
+        #[arg(long = "json-file", id = "json_file", value_name = "FILE")]
         json: Option<PathBuf>,
     },
 }
@@ -104,6 +108,9 @@ pub struct Load {
     /// Attempts in flight per endpoint.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
+    /// Give every message one of this many ordering keys (`deliver` only; 0: none).
+    #[arg(long, default_value_t = 0)]
+    ordering_keys: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -161,8 +168,13 @@ pub async fn run(scenario: Scenario) -> Result<(), String> {
         }
         Scenario::Deliver { load, json } => {
             for e in &load.endpoints {
+                let shape = Shape {
+                    ordering_keys: load.ordering_keys,
+                    delay: None,
+                };
                 rows.extend(
-                    deliver::deliver(load.messages, *e.max(&1), load.concurrency.max(1)).await?,
+                    deliver::deliver(load.messages, *e.max(&1), load.concurrency.max(1), shape)
+                        .await?,
                 );
             }
             json
@@ -178,9 +190,10 @@ pub async fn run(scenario: Scenario) -> Result<(), String> {
         Scenario::Backlog {
             deliveries,
             endpoints,
+            delay,
             json,
         } => {
-            rows.extend(backlog::backlog(deliveries, endpoints.max(1)).await?);
+            rows.extend(backlog::backlog(deliveries, endpoints.max(1), delay).await?);
             json
         }
         Scenario::BacklogChild { dir, probe } => return backlog::child(&dir, &probe).await,
@@ -310,6 +323,25 @@ async fn enqueue(
     messages: usize,
     tenant: impl Fn(usize) -> String + Send + Sync + Clone + 'static,
 ) -> Result<(), String> {
+    enqueue_shaped(herald, messages, tenant, Shape::default()).await
+}
+
+/// What the messages of a scenario carry besides their payload.
+#[derive(Debug, Clone, Copy, Default)]
+struct Shape {
+    /// Message `i` gets ordering key `job-{i % ordering_keys}`; 0: no keys.
+    ordering_keys: usize,
+    /// Each message is scheduled this far ahead.
+    delay: Option<Duration>,
+}
+
+/// [`enqueue`] with messages of a given shape.
+async fn enqueue_shaped(
+    herald: &Herald,
+    messages: usize,
+    tenant: impl Fn(usize) -> String + Send + Sync + Clone + 'static,
+    shape: Shape,
+) -> Result<(), String> {
     let senders = 64;
     let done = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -319,8 +351,14 @@ async fn enqueue(
             let payload = payload();
             let mut i = s;
             while i < messages {
-                let message = NewMessage::new(tenant(i), "job.completed", &payload)
+                let mut message = NewMessage::new(tenant(i), "job.completed", &payload)
                     .map_err(|e| e.to_string())?;
+                if shape.ordering_keys > 0 {
+                    message = message.ordering_key(format!("job-{}", i % shape.ordering_keys));
+                }
+                if let Some(delay) = shape.delay {
+                    message = message.delay(delay);
+                }
                 herald.send(message).await.map_err(|e| e.to_string())?;
                 i += senders;
                 let sent = done.fetch_add(1, Ordering::Relaxed) + 1;

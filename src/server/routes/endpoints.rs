@@ -62,7 +62,8 @@ pub async fn list_endpoints(
     Ok(Json(EndpointList { endpoints }).into_response())
 }
 
-/// One endpoint.
+/// One endpoint, with its rate limit as it applies now (`pacing`: the limit, where it comes
+/// from, and how long the next attempt waits for it).
 #[utoipa::path(
     get, path = "/admin/endpoints/{id}", tag = ADMIN,
     params(("id" = String, Path, description = "endpoint id")),
@@ -77,7 +78,9 @@ pub async fn get_endpoint(
     ApiPath(raw): ApiPath<String>,
 ) -> ApiResult {
     let endpoint = herald.endpoint(id("endpoint", &raw)?).await?;
-    Ok(Json(EndpointView::from(&endpoint)).into_response())
+    let mut view = EndpointView::from(&endpoint);
+    view.pacing = herald.endpoint_pacing(endpoint.id).await?;
+    Ok(Json(view).into_response())
 }
 
 /// Changes the fields given; a new secret keeps the old one valid for the rotation grace.

@@ -2,10 +2,12 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use serde::Serialize;
 use serde_json::value::RawValue;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::{ApiResult, PRODUCER, id};
 use crate::Herald;
@@ -20,6 +22,7 @@ use crate::server::views::{DeliveryView, delivery_views};
 #[utoipa::path(
     post, path = "/v1/messages", tag = PRODUCER,
     request_body = NewMessage,
+    params(("traceparent" = Option<String>, Header, description = "W3C trace context: the message's spans (accept and every attempt) join this trace when spans are exported")),
     responses(
         (status = 202, description = "stored durably; deliveries scheduled", body = SendReceipt),
         (status = 200, description = "an earlier message with this idempotency key", body = SendReceipt),
@@ -30,9 +33,13 @@ use crate::server::views::{DeliveryView, delivery_views};
 )]
 pub async fn send(
     State(herald): State<Herald>,
+    headers: HeaderMap,
     ApiJson(message): ApiJson<NewMessage>,
 ) -> ApiResult {
-    let receipt = herald.send(message).await?;
+    // A producer's `traceparent` parents the request's span, and so the message's spans.
+    let span = tracing::info_span!("POST /v1/messages");
+    let _ = span.set_parent(crate::otel::remote_parent(&headers));
+    let receipt = herald.send(message).instrument(span).await?;
     let status = if receipt.created {
         StatusCode::ACCEPTED
     } else {
@@ -54,6 +61,7 @@ pub struct MessageView {
     callback_url: Option<String>,
     idempotency_key: Option<String>,
     dedup_key: Option<String>,
+    ordering_key: Option<String>,
     created_at: String,
     deliveries: Vec<DeliveryView>,
 }
@@ -86,6 +94,7 @@ pub async fn message(State(herald): State<Herald>, ApiPath(raw): ApiPath<String>
             .map(crate::transport::redact),
         idempotency_key: message.idempotency_key,
         dedup_key: message.dedup_key,
+        ordering_key: message.ordering_key,
         created_at: rfc3339(message.created_at),
         deliveries,
     })

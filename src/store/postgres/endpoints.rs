@@ -10,7 +10,7 @@ use crate::store::{Closing, Notice, StoreResult, codec};
 
 impl PgStore {
     pub(super) async fn put_endpoint_now(&self, endpoint: &Endpoint) -> StoreResult<()> {
-        let record = codec::seal(&self.sealer, endpoint)?;
+        let record = codec::seal_endpoint(&self.sealer, endpoint)?;
         let mut tx = self.pool.begin().await?;
         // Health columns change only through enable/disable and outcomes: a configuration
         // change read before a concurrent disable must not enable the endpoint again.

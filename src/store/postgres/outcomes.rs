@@ -83,9 +83,11 @@ impl PgStore {
                     "delivery {}",
                     outcome.lease.delivery_id
                 ))),
+                // No ordering lines in this store (keyed messages are refused): nothing to release.
                 Some(stale) => Ok(Recorded {
                     stale,
                     consecutive_failures: counts.next().unwrap_or(0),
+                    released_due: None,
                 }),
             })
             .collect())

@@ -91,7 +91,8 @@ fn open_url(sealer: &Sealer, sealed: Option<Vec<u8>>, what: &str) -> StoreResult
 pub(super) fn endpoint(sealer: &Sealer, row: &PgRow) -> StoreResult<Endpoint> {
     let id: Uuid = row.try_get("id")?;
     let record: Vec<u8> = row.try_get("record")?;
-    let mut endpoint: Endpoint = codec::open(sealer, format!("E:{id}").as_bytes(), &record)?;
+    let mut endpoint: Endpoint =
+        codec::open_endpoint(sealer, format!("E:{id}").as_bytes(), &record)?;
     endpoint.tenant = row.try_get("tenant")?;
     endpoint.enabled = row.try_get("enabled")?;
     endpoint.consecutive_failures = u32::try_from(row.try_get::<i32, _>("failures")?).unwrap_or(0);
@@ -121,6 +122,8 @@ pub(super) fn message(sealer: &Sealer, row: &PgRow) -> StoreResult<Message> {
         idempotency_key: row.try_get("idempotency_key")?,
         dedup_key: row.try_get("dedup_key")?,
         ordering_key: row.try_get("ordering_key")?,
+        // Not kept by this store yet: attempts start traces of their own.
+        traceparent: None,
         created_at: unms(row.try_get("created_at")?),
     })
 }

@@ -6,12 +6,16 @@ use serde_json::value::RawValue;
 
 use crate::model::{Message, MessageId};
 use crate::store::codec::encode_as;
-pub(super) use crate::store::codec::{corrupt, decode, encode, open, seal};
+pub(super) use crate::store::codec::{
+    corrupt, decode, encode, open, open_endpoint, seal, seal_endpoint,
+};
 use crate::store::seal::Sealer;
 use crate::store::{StoreError, StoreResult};
 
 /// A message header whose callback URL is sealed and which carries an ordering key.
 const MESSAGE_V2: u8 = 3;
+/// A message header that also carries the `traceparent` of the span that accepted it.
+const MESSAGE_V3: u8 = 4;
 
 /// A message as first stored: everything but the payload, the callback URL in clear.
 #[derive(Deserialize)]
@@ -25,8 +29,21 @@ struct MessageHeaderV1 {
     created_at: u64,
 }
 
-/// A message as stored now: the callback URL sealed (it may carry credentials or a token in
-/// its query), and the ordering key.
+/// A message as stored before trace contexts: the callback URL sealed (it may carry
+/// credentials or a token in its query), and the ordering key.
+#[derive(Deserialize)]
+struct MessageHeaderV2 {
+    id: MessageId,
+    tenant: String,
+    event_type: String,
+    callback_url: Option<Vec<u8>>,
+    idempotency_key: Option<String>,
+    dedup_key: Option<String>,
+    ordering_key: Option<String>,
+    created_at: u64,
+}
+
+/// A message as stored now: [`MessageHeaderV2`] and the accepting span's `traceparent`.
 #[derive(Serialize, Deserialize)]
 struct MessageHeader {
     id: MessageId,
@@ -36,6 +53,7 @@ struct MessageHeader {
     idempotency_key: Option<String>,
     dedup_key: Option<String>,
     ordering_key: Option<String>,
+    traceparent: Option<String>,
     created_at: u64,
 }
 
@@ -47,7 +65,7 @@ pub(super) fn encode_message(sealer: &Sealer, message: &Message) -> StoreResult<
         None => None,
     };
     let header = encode_as(
-        MESSAGE_V2,
+        MESSAGE_V3,
         &MessageHeader {
             id: message.id,
             tenant: message.tenant.clone(),
@@ -56,6 +74,7 @@ pub(super) fn encode_message(sealer: &Sealer, message: &Message) -> StoreResult<
             idempotency_key: message.idempotency_key.clone(),
             dedup_key: message.dedup_key.clone(),
             ordering_key: message.ordering_key.clone(),
+            traceparent: message.traceparent.clone(),
             created_at: message.created_at,
         },
     )?;
@@ -80,24 +99,42 @@ pub(super) fn decode_message(sealer: &Sealer, key: &[u8], bytes: &[u8]) -> Store
         std::str::from_utf8(&bytes[4 + len..]).map_err(|_| corrupt(key, "payload utf-8"))?;
     let payload =
         RawValue::from_string(payload.to_string()).map_err(|_| corrupt(key, "payload json"))?;
+    let open_url = |sealed: Option<Vec<u8>>| match sealed {
+        Some(sealed) => {
+            let plain = sealer
+                .open(&sealed)
+                .map_err(|reason| corrupt(key, reason))?;
+            String::from_utf8(plain)
+                .map(Some)
+                .map_err(|_| corrupt(key, "callback url"))
+        }
+        None => Ok(None),
+    };
     let header = match header.split_first() {
-        Some((&MESSAGE_V2, record)) => {
+        Some((&MESSAGE_V3, record)) => {
             let h: MessageHeader =
                 postcard::from_bytes(record).map_err(|e| corrupt(key, e.to_string()))?;
-            let callback_url = match h.callback_url {
-                Some(sealed) => {
-                    let plain = sealer
-                        .open(&sealed)
-                        .map_err(|reason| corrupt(key, reason))?;
-                    Some(String::from_utf8(plain).map_err(|_| corrupt(key, "callback url"))?)
-                }
-                None => None,
-            };
+            Message {
+                id: h.id,
+                tenant: h.tenant,
+                event_type: h.event_type,
+                payload: RawValue::NULL.to_owned(),
+                callback_url: open_url(h.callback_url)?,
+                idempotency_key: h.idempotency_key,
+                dedup_key: h.dedup_key,
+                ordering_key: h.ordering_key,
+                traceparent: h.traceparent,
+                created_at: h.created_at,
+            }
+        }
+        Some((&MESSAGE_V2, record)) => {
+            let h: MessageHeaderV2 =
+                postcard::from_bytes(record).map_err(|e| corrupt(key, e.to_string()))?;
             MessageHeaderV1 {
                 id: h.id,
                 tenant: h.tenant,
                 event_type: h.event_type,
-                callback_url,
+                callback_url: open_url(h.callback_url)?,
                 idempotency_key: h.idempotency_key,
                 dedup_key: h.dedup_key,
                 created_at: h.created_at,
@@ -121,6 +158,7 @@ impl MessageHeaderV1 {
             idempotency_key: self.idempotency_key,
             dedup_key: self.dedup_key,
             ordering_key,
+            traceparent: None,
             created_at: self.created_at,
         }
     }
@@ -166,6 +204,7 @@ mod tests {
             idempotency_key: Some("k".into()),
             dedup_key: None,
             ordering_key: Some("job-7".into()),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
             created_at: 42,
         };
         let bytes = encode_message(&sealer, &message).unwrap();
@@ -174,6 +213,7 @@ mod tests {
         assert_eq!(back.payload.get(), r#"{"job_id": 7}"#);
         assert_eq!(back.callback_url, message.callback_url);
         assert_eq!(back.ordering_key.as_deref(), Some("job-7"));
+        assert_eq!(back.traceparent, message.traceparent);
         assert_eq!(back.created_at, 42);
     }
 

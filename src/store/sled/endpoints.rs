@@ -5,7 +5,7 @@ use sled::{Batch, IVec};
 
 use super::codec::{self, Health, encode};
 use super::{SledStore, keys};
-use crate::model::{DeliveryStatus, Endpoint, EndpointId};
+use crate::model::{DeliveryId, DeliveryStatus, Endpoint, EndpointId};
 use crate::store::{Closing, StoreResult};
 
 /// Deliveries updated per batch when an endpoint is deleted.
@@ -38,7 +38,7 @@ impl SledStore {
         let Some(bytes) = self.tree()?.get(&key)? else {
             return Ok(None);
         };
-        let endpoint: Endpoint = codec::open(&self.sealer, &key, &bytes)?;
+        let endpoint: Endpoint = codec::open_endpoint(&self.sealer, &key, &bytes)?;
         self.cache_endpoint(id, Some(&endpoint));
         Ok(Some(endpoint))
     }
@@ -110,7 +110,7 @@ impl SledStore {
             None => {
                 for entry in self.tree()?.scan_prefix([keys::ENDPOINT]) {
                     let (key, value) = entry?;
-                    let endpoint: Endpoint = codec::open(&self.sealer, &key, &value)?;
+                    let endpoint: Endpoint = codec::open_endpoint(&self.sealer, &key, &value)?;
                     out.push(self.with_health(endpoint)?);
                 }
             }
@@ -129,7 +129,7 @@ impl SledStore {
         }
         batch.insert(
             keys::endpoint(endpoint.id),
-            codec::seal(&self.sealer, endpoint)?,
+            codec::seal_endpoint(&self.sealer, endpoint)?,
         );
         batch.insert(keys::tenant_endpoint(&endpoint.tenant, endpoint.id), &[]);
         self.cache_endpoint(endpoint.id, None);
@@ -156,7 +156,10 @@ impl SledStore {
         health.disabled_reason = Some(reason.to_string());
         health.disabled_at = Some(now_ms);
         let mut batch = Batch::default();
-        batch.insert(keys::endpoint(id), codec::seal(&self.sealer, &endpoint)?);
+        batch.insert(
+            keys::endpoint(id),
+            codec::seal_endpoint(&self.sealer, &endpoint)?,
+        );
         Self::put_health(&mut batch, id, &health)?;
         self.cache_endpoint(id, None);
         self.apply_durable(&mut state, batch, (0, 0), |_| {})?;
@@ -184,7 +187,10 @@ impl SledStore {
             ..Health::default()
         };
         let mut batch = Batch::default();
-        batch.insert(keys::endpoint(id), codec::seal(&self.sealer, &endpoint)?);
+        batch.insert(
+            keys::endpoint(id),
+            codec::seal_endpoint(&self.sealer, &endpoint)?,
+        );
         Self::put_health(&mut batch, id, &health)?;
         self.cache_endpoint(id, None);
         self.apply_durable(&mut state, batch, (0, 0), |_| {})?;
@@ -202,35 +208,52 @@ impl SledStore {
             return Ok(false);
         };
         self.cache_endpoint(id, None);
-        loop {
-            let due: Vec<IVec> = self
-                .tree()?
-                .scan_prefix(keys::due_prefix(id))
-                .keys()
-                .take(DELETE_BATCH)
-                .collect::<Result<_, _>>()?;
-            if due.is_empty() {
-                break;
-            }
-            let removed = due.len() as u64;
-            let mut batch = Batch::default();
-            for key in due {
-                if let Some((_, _, delivery_id)) = keys::parse_due(&key) {
-                    state.leases.remove(&delivery_id);
-                    if let Some(mut delivery) = self.delivery_at(delivery_id)? {
-                        delivery.status = closing.status;
-                        delivery.next_attempt_at = None;
-                        delivery.last_error = Some(closing.reason.clone());
-                        delivery.updated_at = closing.at_ms;
-                        batch.insert(
-                            keys::delivery(delivery_id),
-                            self.encode_delivery(&delivery)?,
-                        );
-                    }
+        // The due index, then the deliveries waiting in ordering lines, then the lines.
+        for prefix in [keys::DUE, keys::WAITING, keys::LINE] {
+            let prefix = keys::endpoint_prefix(prefix, id);
+            loop {
+                let entries: Vec<(IVec, IVec)> = self
+                    .tree()?
+                    .scan_prefix(&prefix)
+                    .take(DELETE_BATCH)
+                    .collect::<Result<_, _>>()?;
+                if entries.is_empty() {
+                    break;
                 }
-                batch.remove(key);
+                let mut batch = Batch::default();
+                let mut removed = 0;
+                for (key, value) in entries {
+                    let delivery_id = match key[0] {
+                        keys::DUE => keys::parse_due(&key).map(|(_, _, d)| d),
+                        keys::WAITING => {
+                            let waiting = DeliveryId::from_slice(&value);
+                            if let Some(waiting) = waiting {
+                                batch.remove(keys::waiting_place(waiting));
+                            }
+                            waiting
+                        }
+                        _ => None,
+                    };
+                    if let Some(delivery_id) = delivery_id {
+                        state.leases.remove(&delivery_id);
+                        if let Some(mut delivery) = self.delivery_at(delivery_id)?
+                            && delivery.status == DeliveryStatus::Pending
+                        {
+                            delivery.status = closing.status;
+                            delivery.next_attempt_at = None;
+                            delivery.last_error = Some(closing.reason.clone());
+                            delivery.updated_at = closing.at_ms;
+                            batch.insert(
+                                keys::delivery(delivery_id),
+                                self.encode_delivery(&delivery)?,
+                            );
+                            removed += 1;
+                        }
+                    }
+                    batch.remove(key);
+                }
+                self.apply_counted(batch, 0, removed)?;
             }
-            self.apply_counted(batch, 0, removed)?;
         }
         debug_assert!(closing.status != DeliveryStatus::Pending);
         let mut batch = Batch::default();

@@ -18,6 +18,9 @@
 //! | `F`    | endpoint id                           | endpoint health (failures, disablement) |
 //! | `S`    | endpoint id, day (u32 BE)             | daily roll-up                 |
 //! | `J`    | job id                                | bulk replay job               |
+//! | `H`    | endpoint id, ordering key             | an ordering line: its front, its next place |
+//! | `W`    | endpoint id, ordering key, 0, place (u64 BE) | delivery id (waiting in line) |
+//! | `R`    | delivery id                           | its `W` key (waiting deliveries only) |
 //! | `P`    | —                                     | pending deliveries (u64 BE)   |
 //! | `C`    | —                                     | counters: store id, durable-write sequence (see `ledger`) |
 //! | `X`    | —                                     | a sealed known value: proves the secret key opens this store |
@@ -43,6 +46,9 @@ pub(crate) const DEDUP: u8 = b'K';
 pub(crate) const FAILURES: u8 = b'F';
 pub(crate) const STATS: u8 = b'S';
 pub(crate) const JOB: u8 = b'J';
+pub(crate) const LINE: u8 = b'H';
+pub(crate) const WAITING: u8 = b'W';
+pub(crate) const WAITING_PLACE: u8 = b'R';
 /// The pending-delivery count: the number of `Q` entries.
 pub(crate) const PENDING: &[u8] = b"P";
 /// The store's counters (`ledger::Counters`).
@@ -139,6 +145,36 @@ pub(crate) fn stats(endpoint: EndpointId, day: u32) -> Vec<u8> {
 
 pub(crate) fn job(id: &uuid::Uuid) -> Vec<u8> {
     key(JOB, &[id.as_bytes()])
+}
+
+/// An ordering line's record. Ordering keys hold no control characters (checked at accept),
+/// so the 0 that ends the key in `W` keys keeps one line's keys apart from a longer key's.
+pub(crate) fn line(endpoint: EndpointId, ordering_key: &str) -> Vec<u8> {
+    key(LINE, &[endpoint.as_bytes(), ordering_key.as_bytes()])
+}
+
+/// The prefix of every waiting place in one line, in place order.
+pub(crate) fn waiting_prefix(endpoint: EndpointId, ordering_key: &str) -> Vec<u8> {
+    key(
+        WAITING,
+        &[endpoint.as_bytes(), ordering_key.as_bytes(), &[0]],
+    )
+}
+
+pub(crate) fn waiting(endpoint: EndpointId, ordering_key: &str, place: u64) -> Vec<u8> {
+    let mut key = waiting_prefix(endpoint, ordering_key);
+    key.extend_from_slice(&place.to_be_bytes());
+    key
+}
+
+/// Every line of one endpoint (`H`), or every waiting place (`W`).
+pub(crate) fn endpoint_prefix(prefix: u8, endpoint: EndpointId) -> Vec<u8> {
+    key(prefix, &[endpoint.as_bytes()])
+}
+
+/// Where a waiting delivery stands in its line (its `W` key).
+pub(crate) fn waiting_place(delivery: DeliveryId) -> Vec<u8> {
+    key(WAITING_PLACE, &[delivery.as_bytes()])
 }
 
 pub(crate) fn dedup(endpoint: EndpointId, dedup_key: &str) -> Vec<u8> {

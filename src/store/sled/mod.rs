@@ -7,6 +7,7 @@
 //! * [`ledger`] — herald's own evidence of what was durable;
 //! * [`endpoints`] — endpoint records, their health, and a cache of decoded records;
 //! * [`queue`] — messages in, the due index, leases, decided transitions;
+//! * [`lines`] — ordering-key lines: who is at the front, who waits behind it;
 //! * [`outcomes`] — attempt outcomes recorded in groups;
 //! * [`purge`] — the retention purge, in pages;
 //! * [`store`] — the [`Store`](super::Store) trait over all of the above.
@@ -31,6 +32,7 @@ mod codec;
 mod endpoints;
 mod keys;
 mod ledger;
+mod lines;
 mod open;
 mod outcomes;
 mod purge;

@@ -49,7 +49,7 @@ pub struct CheckReport {
     pub messages: u64,
     /// Deliveries stored.
     pub deliveries: u64,
-    /// Due entries (pending deliveries).
+    /// Pending deliveries: due entries and deliveries waiting in ordering lines.
     pub pending: u64,
     /// Records that do not decode.
     pub unreadable: u64,
@@ -285,8 +285,8 @@ impl SledStore {
             // The pending count is kept in the same batches as the due entries; count them
             // when it is absent (an older store) or the store was recovered.
             if tree.get(keys::PENDING)?.is_none() || verdict.is_err() {
-                let due = count(tree, keys::DUE);
-                batch.insert(keys::PENDING, &due.to_be_bytes());
+                let pending = count(tree, keys::DUE) + count(tree, keys::WAITING);
+                batch.insert(keys::PENDING, &pending.to_be_bytes());
             }
             tree.apply_batch(batch)?;
             inner.sync()?;
@@ -417,9 +417,9 @@ impl SledStore {
             let readable = match key.first() {
                 Some(&keys::ENDPOINT) => {
                     report.endpoints += 1;
-                    sealer.as_ref().is_none_or(|s| {
-                        codec::open::<crate::model::Endpoint>(s, &key, &value).is_ok()
-                    })
+                    sealer
+                        .as_ref()
+                        .is_none_or(|s| codec::open_endpoint(s, &key, &value).is_ok())
                 }
                 Some(&keys::MESSAGE) => {
                     report.messages += 1;
@@ -433,10 +433,11 @@ impl SledStore {
                         codec::open::<crate::model::Delivery>(s, &key, &value).is_ok()
                     })
                 }
-                Some(&keys::DUE) => {
+                Some(&keys::DUE | &keys::WAITING) => {
                     report.pending += 1;
                     true
                 }
+                Some(&keys::LINE) => super::lines::readable(&key, &value),
                 _ => true,
             };
             report.unreadable += u64::from(!readable);
@@ -449,7 +450,7 @@ impl SledStore {
         let counted = read_pending(tree)?;
         if counted != report.pending {
             report.problems.push(format!(
-                "the pending count says {counted} but {} deliveries are due",
+                "the pending count says {counted} but {} deliveries are due or waiting in line",
                 report.pending
             ));
         }
@@ -544,8 +545,7 @@ fn check_key(tree: &sled::Tree, sealer: &Sealer, dir: &Path, checking: bool) -> 
             // A store from before the check: prove the key on an endpoint record, if any.
             if let Some(entry) = tree.scan_prefix([keys::ENDPOINT]).next() {
                 let (key, value) = entry?;
-                codec::open::<crate::model::Endpoint>(sealer, &key, &value)
-                    .map_err(|_| wrong_key())?;
+                codec::open_endpoint(sealer, &key, &value).map_err(|_| wrong_key())?;
             }
             if !checking {
                 let sealed = sealer.seal(KEY_CHECK_VALUE).map_err(StoreError::Backend)?;
@@ -561,7 +561,7 @@ fn read_pending(tree: &sled::Tree) -> StoreResult<u64> {
         Some(stored) => Ok(u64::from_be_bytes(stored.as_ref().try_into().map_err(
             |_| codec::corrupt(keys::PENDING, "the pending count is not 8 bytes"),
         )?)),
-        None => Ok(count(tree, keys::DUE)),
+        None => Ok(count(tree, keys::DUE) + count(tree, keys::WAITING)),
     }
 }
 

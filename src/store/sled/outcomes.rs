@@ -11,6 +11,8 @@ use std::collections::{HashMap, HashSet};
 use sled::Batch;
 
 use super::codec::{Health, encode};
+use super::lines::LineWrites;
+use super::queue::due_key;
 use super::{SledStore, State, keys};
 use crate::model::{Delivery, DeliveryId, DeliveryStatus, EndpointId};
 use crate::store::rollup::day_of;
@@ -27,6 +29,7 @@ struct Group {
     added_due: HashSet<Vec<u8>>,
     removed_due: HashSet<Vec<u8>>,
     finished: u64,
+    lines: LineWrites,
 }
 
 impl SledStore {
@@ -53,6 +56,7 @@ impl SledStore {
                 .batch
                 .insert(keys::delivery(delivery.id), self.encode_delivery(delivery)?);
         }
+        group.lines.write(&mut group.batch)?;
         self.apply_counted(group.batch, 0, group.finished)?;
         Ok(answers)
     }
@@ -88,6 +92,7 @@ impl SledStore {
         group
             .batch
             .insert(keys::attempt(id, attempt.attempt), encode(attempt)?);
+        let mut released_due = None;
         if stale {
             // Keep the numbering ahead of every stored attempt.
             stored.total_attempts = stored.total_attempts.max(attempt.attempt);
@@ -111,6 +116,23 @@ impl SledStore {
                     .batch
                     .insert(keys::dedup(lease.endpoint_id, key), digest.as_slice());
             }
+            if let Some(key) = outcome
+                .release
+                .as_deref()
+                .filter(|_| due_key(&delivery).is_none())
+            {
+                let known = &group.deliveries;
+                let read = |id| match known.get(&id) {
+                    Some(delivery) => Ok(Some(Delivery::clone(delivery))),
+                    None => self.delivery_at(id),
+                };
+                if let Some(front) = self.pass_on(&mut group.lines, &delivery, key, read)? {
+                    released_due = keys::parse_due(&front).map(|(_, due, _)| due);
+                    group.batch.insert(front.as_slice(), &[]);
+                    group.removed_due.remove(&front);
+                    group.added_due.insert(front);
+                }
+            }
             group.deliveries.insert(id, delivery);
         }
 
@@ -129,6 +151,7 @@ impl SledStore {
             return Ok(Recorded {
                 stale,
                 consecutive_failures: 0,
+                released_due,
             });
         }
         let (health, changed) = match group.health.entry(lease.endpoint_id) {
@@ -145,6 +168,7 @@ impl SledStore {
         Ok(Recorded {
             stale,
             consecutive_failures: health.failures,
+            released_due,
         })
     }
 }

@@ -11,6 +11,7 @@ use sled::{Batch, IVec};
 use uuid::Uuid;
 
 use super::codec::{self, encode};
+use super::lines::LineWrites;
 use super::{Held, SledStore, keys};
 use crate::model::{Delivery, DeliveryId, DeliveryStatus, EndpointId, MessageId};
 use crate::store::{
@@ -24,7 +25,7 @@ pub(super) fn first_id_at(ms: u64) -> DeliveryId {
 }
 
 /// The due key of a pending delivery, from the time the record says it is due.
-fn due_key(delivery: &Delivery) -> Option<Vec<u8>> {
+pub(super) fn due_key(delivery: &Delivery) -> Option<Vec<u8>> {
     match (delivery.status, delivery.next_attempt_at) {
         (DeliveryStatus::Pending, Some(due)) => {
             Some(keys::due(delivery.endpoint_id, due, delivery.id))
@@ -41,6 +42,7 @@ impl SledStore {
         let mut batch = Batch::default();
         let mut answers = Vec::with_capacity(writes.len());
         let mut claimed_keys: HashMap<Vec<u8>, MessageId> = HashMap::new();
+        let mut lines = LineWrites::default();
         let mut added = 0;
         let mut state = self.lock();
         let mut created = 0;
@@ -73,13 +75,20 @@ impl SledStore {
                 batch.insert(keys::delivery(delivery.id), self.encode_delivery(delivery)?);
                 batch.insert(keys::message_delivery(message.id, delivery.id), &[]);
                 if let Some(due) = due_key(delivery) {
-                    batch.insert(due, &[]);
                     added += 1;
+                    let front = match &message.ordering_key {
+                        Some(key) => lines.join(self, delivery.endpoint_id, key, delivery.id)?,
+                        None => true,
+                    };
+                    if front {
+                        batch.insert(due, &[]);
+                    }
                 }
             }
             answers.push(Inserted::Created);
             created += 1;
         }
+        lines.write(&mut batch)?;
         self.apply_durable(&mut state, batch, (added, 0), |c| c.messages += created)?;
         Ok(answers)
     }
@@ -220,6 +229,7 @@ impl SledStore {
     ) -> StoreResult<()> {
         let mut state = self.lock();
         let mut batch = Batch::default();
+        let mut lines = LineWrites::default();
         let (mut added, mut removed) = (0, 0);
         let mut seen = HashMap::new();
         for transition in transitions {
@@ -246,12 +256,28 @@ impl SledStore {
                 removed += 1;
             }
             if let Some(due) = due_key(new) {
-                batch.insert(due, &[]);
                 added += 1;
+                if !lines.is_waiting(self, id)? {
+                    batch.insert(due, &[]);
+                }
             }
             batch.insert(keys::delivery(id), self.encode_delivery(new)?);
             seen.insert(id, new.clone());
+            if let Some(key) = transition
+                .release
+                .as_deref()
+                .filter(|_| due_key(new).is_none())
+            {
+                let read = |id| match seen.get(&id) {
+                    Some(delivery) => Ok(Some(Delivery::clone(delivery))),
+                    None => self.delivery_at(id),
+                };
+                if let Some(front) = self.pass_on(&mut lines, new, key, read)? {
+                    batch.insert(front, &[]);
+                }
+            }
         }
+        lines.write(&mut batch)?;
         if let Some(job) = job {
             batch.insert(keys::job(&job.id), encode(job)?);
         }
@@ -260,5 +286,26 @@ impl SledStore {
             state.leases.remove(id); // revoked: a late outcome under it is kept as a stale attempt
         }
         Ok(())
+    }
+
+    /// `left` (finished) leaves its line for `key`. When it was at the front, the next pending
+    /// delivery in line becomes the front; returns its due key, for the caller's batch.
+    pub(super) fn pass_on(
+        &self,
+        lines: &mut LineWrites,
+        left: &Delivery,
+        key: &str,
+        read: impl Fn(DeliveryId) -> StoreResult<Option<Delivery>>,
+    ) -> StoreResult<Option<Vec<u8>>> {
+        let mut leaving = left.id;
+        while let Some(next) = lines.leave(self, left.endpoint_id, key, leaving)? {
+            // A waiting delivery leaves its place when it finishes, so the next one is pending;
+            // should it not be, it leaves as well rather than block the line.
+            match read(next)?.as_ref().and_then(due_key) {
+                Some(due) => return Ok(Some(due)),
+                None => leaving = next,
+            }
+        }
+        Ok(None)
     }
 }

@@ -1,0 +1,119 @@
+//! A runner: one task attempting an endpoint's claimed deliveries one after another. An
+//! endpoint has as many runners as its window allows attempts in flight (see [`super::scheduler`]).
+//! A rate-limited endpoint's runners take turns to wait for its next start: one sleeps until the
+//! start is due while the others' attempts run.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Engine;
+use super::pacing::now_us;
+use super::scheduler::Scheduler;
+use crate::model::EndpointId;
+use crate::store::{Claim, Lease};
+
+/// Starts a runner. (A named future type: runners start runners when a window grows.)
+pub(super) fn spawn(engine: Arc<Engine>, endpoint: EndpointId) {
+    let task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
+        Box::pin(runner(engine, endpoint));
+    tokio::spawn(task);
+}
+
+/// What a runner does next.
+enum Step {
+    Attempt(Box<Claim>),
+    /// The endpoint's next start is due at this time (µs): sleep until then.
+    Wait(u64),
+    /// Nothing for this runner: it stops, handing back these claims (a disabled endpoint's).
+    Stop(Vec<Lease>),
+}
+
+/// Attempts one endpoint's queued claims, one at a time, until the queue is empty. When the
+/// endpoint is disabled meanwhile, the rest of its queue goes back to the store, due now: held
+/// there until the endpoint is enabled.
+async fn runner(engine: Arc<Engine>, endpoint: EndpointId) {
+    let scheduler = &engine.scheduler;
+    loop {
+        let turn = {
+            let mut state = scheduler.lock();
+            let slot = scheduler.slot(&mut state, endpoint);
+            slot.pacer.is_some().then(|| slot.turn.clone())
+        };
+        let my_turn = match &turn {
+            Some(turn) => Some(turn.lock().await),
+            None => None,
+        };
+        let step = loop {
+            match next_step(scheduler, endpoint) {
+                Step::Wait(at_us) => {
+                    let wait = Duration::from_micros(at_us.saturating_sub(now_us()));
+                    tokio::time::sleep(wait).await;
+                }
+                step => break step,
+            }
+        };
+        drop(my_turn);
+        let claim = match step {
+            Step::Attempt(claim) => *claim,
+            Step::Wait(_) => unreachable!("waited for above"),
+            Step::Stop(returned) => {
+                if !returned.is_empty()
+                    && let Err(e) = engine.store.release(&returned).await
+                {
+                    // They are due again at the latest after a restart.
+                    tracing::error!(%endpoint, error = %e, "could not hand back queued claims");
+                }
+                let mut state = scheduler.lock();
+                scheduler.slot(&mut state, endpoint).runners -= 1;
+                if state.outstanding == 0 {
+                    scheduler.idle.notify_waiters();
+                }
+                return;
+            }
+        };
+        let exchanged = super::attempt::send(&engine, claim).await;
+        let pace = exchanged.as_ref().map(|e| e.pace());
+        for _ in 0..scheduler.off_wire(endpoint, pace) {
+            spawn(engine.clone(), endpoint);
+        }
+        match exchanged {
+            // Recorded beside the next request: the claim lasts until then, the slot does not.
+            Some(exchanged) => {
+                let engine = engine.clone();
+                tokio::spawn(async move {
+                    let settled = super::attempt::settle(&engine, exchanged).await;
+                    engine.scheduler.finished(endpoint, settled);
+                });
+            }
+            None => scheduler.finished(endpoint, Default::default()),
+        }
+    }
+}
+
+/// Takes the runner's next claim, if the endpoint's window and rate limit allow an attempt
+/// to start now.
+fn next_step(scheduler: &Scheduler, endpoint: EndpointId) -> Step {
+    let mut state = scheduler.lock();
+    let slot = scheduler.slot(&mut state, endpoint);
+    if !slot.enabled {
+        let returned: Vec<Lease> = slot.queue.drain(..).map(|c| c.lease).collect();
+        slot.outstanding -= returned.len();
+        state.outstanding -= returned.len();
+        return Step::Stop(returned);
+    }
+    // The window may have shrunk: a runner beyond it stops.
+    if slot.in_flight >= slot.window.limit() || slot.queue.is_empty() {
+        return Step::Stop(Vec::new());
+    }
+    if let Some(pacer) = &mut slot.pacer
+        && let Err(at_us) = pacer.start(now_us())
+    {
+        return Step::Wait(at_us);
+    }
+    let claim = slot.queue.pop_front().expect("checked above");
+    slot.in_flight += 1;
+    if slot.pacer.is_some() {
+        state.refresh(endpoint); // its next start moved
+    }
+    Step::Attempt(Box::new(claim))
+}
