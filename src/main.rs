@@ -2,6 +2,12 @@
 
 mod cli;
 
+/// The daemon allocates and frees small buffers at a high rate (requests, records, outcomes):
+/// measured, glibc's allocator took ~13% of its CPU under load; mimalloc's per-thread free lists
+/// take far less.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 
 use clap::{CommandFactory as _, Parser, Subcommand};
