@@ -54,6 +54,9 @@ pub(super) struct Slot {
     pub(super) outstanding: usize,
     /// Claims being attempted now.
     pub(super) in_flight: usize,
+    /// Claims whose attempt is done and whose outcome is being recorded. They hold the global
+    /// budget and their leases, not the endpoint's: its next requests need not wait for them.
+    pub(super) settling: usize,
     /// Runner tasks alive (each attempts one delivery at a time).
     pub(super) runners: usize,
     /// How many attempts may be in flight now.
@@ -96,7 +99,8 @@ impl Slot {
     /// Claims the slot could take now: for a rate-limited endpoint, at most a second's worth
     /// of starts.
     fn wants(&self, claims_per_attempt: usize) -> usize {
-        let want = (claims_per_attempt * self.window.limit()).saturating_sub(self.outstanding);
+        let want = (claims_per_attempt * self.window.limit())
+            .saturating_sub(self.outstanding - self.settling);
         match &self.pacer {
             Some(pacer) => want.min((pacer.rate().ceil() as usize).max(1)),
             None => want,
@@ -180,6 +184,7 @@ impl Scheduler {
             queue: VecDeque::new(),
             outstanding: 0,
             in_flight: 0,
+            settling: 0,
             runners: 0,
             window: Window::new(self.endpoint_limit),
             lease: None,
@@ -265,6 +270,7 @@ impl Scheduler {
         let mut state = self.lock();
         let slot = self.slot(&mut state, endpoint);
         slot.in_flight -= 1;
+        slot.settling += 1;
         if let Some(pace) = pace {
             slot.window.record(pace);
         }
@@ -274,6 +280,9 @@ impl Scheduler {
             .saturating_sub(slot.runners)
             .min(slot.queue.len());
         slot.runners += more;
+        if state.refresh(endpoint) {
+            self.wake.notify_one();
+        }
         more
     }
 
@@ -286,6 +295,7 @@ impl Scheduler {
         metrics::gauge!("herald_in_flight").set(state.outstanding as f64);
         let slot = self.slot(&mut state, endpoint);
         slot.outstanding -= 1;
+        slot.settling -= 1;
         for due in [settled.next_due, settled.released_due]
             .into_iter()
             .flatten()
