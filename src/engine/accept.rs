@@ -10,7 +10,7 @@ use crate::api::{DeliveryReceipt, NewMessage, SendReceipt};
 use crate::error::{Error, Result};
 use crate::model::{Delivery, DeliveryStatus, Endpoint, Message, MessageId, now_ms};
 use crate::store::{Inserted, MessageWrite};
-use crate::transport::{encode, redact};
+use crate::transport::{encoded_len, redact};
 
 /// Longest tenant or event type.
 pub const MAX_NAME_LEN: usize = 128;
@@ -167,11 +167,12 @@ impl Engine {
                 .policies
                 .get(&endpoint.policy)
                 .ok_or_else(|| Error::UnknownPolicy(endpoint.policy.clone()))?;
-            let url = message.callback_url.as_deref().unwrap_or(&endpoint.url);
-            self.check_target(url, &policy.url)?;
-            let size = encode(&policy.request, &message.event_type, payload)
-                .bytes
-                .len();
+            // An endpoint's own URL was checked when it was created or changed (and the SSRF
+            // guard checks every connection); a message's own URL is checked here.
+            if let Some(url) = message.callback_url.as_deref() {
+                self.check_target(url, &policy.url)?;
+            }
+            let size = encoded_len(&policy.request, &message.event_type, payload);
             if size > policy.request.max_body_bytes {
                 return Err(Error::PayloadTooLarge {
                     size,

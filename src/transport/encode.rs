@@ -38,6 +38,14 @@ pub fn encode(spec: &RequestSpec, event_type: &str, payload_json: &str) -> Body 
     }
 }
 
+/// The length of [`encode`]'s bytes, without copying a JSON payload to measure it.
+pub fn encoded_len(spec: &RequestSpec, event_type: &str, payload_json: &str) -> usize {
+    match spec.encoding {
+        Encoding::Json => payload_json.len(),
+        Encoding::Form => encode(spec, event_type, payload_json).bytes.len(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
