@@ -85,7 +85,7 @@ start_node() {  # $1 = node index; appends the node's base URL to `nodes`
   mkdir -p "$work/run/node$1"
   HERALD_LISTEN="127.0.0.1:$port" HERALD_DATA_DIR="$work/run/node$1/data" \
     HERALD_POLICIES_DIR="$work/none" HERALD_ALLOW_PRIVATE_TARGETS=true HERALD_STORE="$STORE" \
-    HERALD_SECRET_KEY="BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=" HERALD_LOG=warn \
+    HERALD_SECRET_KEY="BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=" \
     "$HERALD" serve >/dev/null 2>"$work/run/node$1.log" &
   pids+=($!)
   for _ in $(seq 1 200); do
