@@ -134,10 +134,11 @@ pub(crate) fn decide(facts: AttemptFacts<'_>) -> Decision {
     {
         next.anchor_ms += started_at.saturating_sub(due_ms);
     }
-    // So does waiting for the delivery before it in its ordering key's line: the cycle
-    // starts when the delivery's turn comes, not when it was accepted.
-    if in_line(ordering_key, delivery) && delivery.cycle_attempts == 0 {
-        next.anchor_ms += started_at.saturating_sub(due_ms);
+    // A cycle is anchored at its first attempt as it happened, not as it was due: however late
+    // that attempt starts (a backlog, waiting for its turn in an ordering key's line, a
+    // scheduled send), the attempts after it keep the policy's gaps.
+    if delivery.cycle_attempts == 0 {
+        next.anchor_ms = started_at;
     }
     let retry = match (policy, success, judged.retryable) {
         (Some(policy), false, true) => policy.schedule.next_attempt(

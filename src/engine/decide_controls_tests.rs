@@ -83,10 +83,11 @@ fn a_first_attempt_that_waited_for_its_line_starts_the_schedule_then() {
     assert_eq!(keyed.delivery.anchor_ms, waited);
     assert_eq!(keyed.delivery.next_attempt_at, Some(waited + 60_000));
 
-    // Unkeyed, a late first attempt keeps its anchor (the retry is overdue: at once).
+    // So does any late first attempt (a backlog, a scheduled send): the cycle starts when its
+    // first attempt does, and the retries keep the policy's gaps.
     let unkeyed = decide_keyed(&delivery(0), None, answered(500), waited);
-    assert_eq!(unkeyed.delivery.anchor_ms, T0);
-    assert_eq!(unkeyed.delivery.next_attempt_at, Some(waited + 10));
+    assert_eq!(unkeyed.delivery.anchor_ms, waited);
+    assert_eq!(unkeyed.delivery.next_attempt_at, Some(waited + 60_000));
 
     // A retry of a keyed delivery keeps the anchor its first attempt set.
     let mut retried = delivery(1);
