@@ -7,7 +7,6 @@
 //! the API and so not of its OpenAPI document.
 
 use axum::Router;
-use axum::extract::Path;
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -95,7 +94,11 @@ async fn app(request_headers: HeaderMap) -> Response {
     )
 }
 
-async fn asset_file(Path(name): Path<String>, uri: Uri, request_headers: HeaderMap) -> Response {
+async fn asset_file(
+    super::extract::ApiPath(name): super::extract::ApiPath<String>,
+    uri: Uri,
+    request_headers: HeaderMap,
+) -> Response {
     match asset_named(&name) {
         // The page is only ever served under app paths, so relative links resolve one way.
         Some(asset) if asset.name != "index.html" => serve(asset, &request_headers),
