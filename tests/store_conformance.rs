@@ -19,6 +19,7 @@ use controls::{
     a_replay_is_not_held_by_its_ordering_key,
     a_waiting_delivery_can_be_cancelled_or_retried_in_its_place,
     an_ordering_line_lets_one_delivery_through_at_a_time,
+    concurrent_sends_of_one_key_keep_their_order_in_line,
     deleting_an_endpoint_closes_deliveries_waiting_in_line,
     rate_limits_ordering_keys_and_trace_context_are_kept,
 };
@@ -135,15 +136,22 @@ macro_rules! suite {
 suite!(sled);
 suite!(postgres);
 
-// Ordering-key lines, and the fields kept for rate limits and tracing. The PostgreSQL backend
-// refuses ordering keys until it keeps lines; then it joins these.
-conformance!(sled as sled_controls:
-    an_ordering_line_lets_one_delivery_through_at_a_time,
-    a_waiting_delivery_can_be_cancelled_or_retried_in_its_place,
-    a_replay_is_not_held_by_its_ordering_key,
-    deleting_an_endpoint_closes_deliveries_waiting_in_line,
-    rate_limits_ordering_keys_and_trace_context_are_kept,
-);
+// Ordering-key lines, and the fields kept for rate limits and tracing.
+macro_rules! controls {
+    ($backend:ident as $module:ident) => {
+        conformance!($backend as $module:
+            an_ordering_line_lets_one_delivery_through_at_a_time,
+            a_waiting_delivery_can_be_cancelled_or_retried_in_its_place,
+            a_replay_is_not_held_by_its_ordering_key,
+            deleting_an_endpoint_closes_deliveries_waiting_in_line,
+            concurrent_sends_of_one_key_keep_their_order_in_line,
+            rate_limits_ordering_keys_and_trace_context_are_kept,
+        );
+    };
+}
+
+controls!(sled as sled_controls);
+controls!(postgres as postgres_controls);
 
 async fn leases_are_exclusive_until_given_back_or_expired(harness: &Harness) {
     let store = harness.open().await;

@@ -478,6 +478,20 @@ pub trait Store: Send + Sync + 'static {
     fn notices(&self) -> Option<tokio::sync::broadcast::Receiver<Notice>> {
         None
     }
+    /// Rate limits held by a cluster: reserves the start of one attempt to `endpoint`, at
+    /// least `interval` after the start last reserved for it by any process sharing the store
+    /// and not before now, and returns how long from now that start is. The engine calls it
+    /// just before an attempt to a rate-limited endpoint and starts the attempt then. A store
+    /// that only this process uses answers `None` (the default): the engine's own pacer is
+    /// exact there. The rule (GCRA without bursts) stays in the engine; the store only keeps
+    /// the shared time, atomically.
+    async fn reserve_start(
+        &self,
+        _endpoint: EndpointId,
+        _interval: Duration,
+    ) -> StoreResult<Option<Duration>> {
+        Ok(None)
+    }
     /// Whether the store takes writes now; an error says why not.
     async fn check(&self) -> StoreResult<()>;
     /// The largest payload this backend accepts, whatever a policy allows.

@@ -288,6 +288,64 @@ pub(super) async fn deleting_an_endpoint_closes_deliveries_waiting_in_line(harne
     assert_eq!(claimable(store.as_ref(), kept, DUE).await, [ids[3]]);
 }
 
+pub(super) async fn concurrent_sends_of_one_key_keep_their_order_in_line(harness: &Harness) {
+    // Four senders send one key at once, each one send after another (a send returns once it
+    // is durable, so each is accepted after the one before it). With PostgreSQL they send
+    // through two handles: two nodes of one cluster.
+    let first = harness.open().await;
+    let second = match harness {
+        Harness::Postgres(_) => harness.open().await,
+        Harness::Sled(_) => first.clone(),
+    };
+    let e = put_endpoint(first.as_ref()).await;
+    let senders = (0..4u64).map(|sender| {
+        let store = if sender % 2 == 0 {
+            first.clone()
+        } else {
+            second.clone()
+        };
+        tokio::spawn(async move {
+            let mut sent = Vec::new();
+            for i in 0..10 {
+                let at = 1_000 + sender * 100 + i;
+                sent.push(put_keyed(store.as_ref(), &[e], at, Some("job-7"), DUE).await[0]);
+            }
+            sent
+        })
+    });
+    let sent: Vec<Vec<DeliveryId>> = futures_util::future::join_all(senders)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(first.pending_count().await.unwrap(), 40);
+
+    // The line lets them through one at a time; each keeps its sender's order.
+    let mut order = Vec::new();
+    loop {
+        match claimable(first.as_ref(), e, DUE).await.as_slice() {
+            [] => break,
+            [front] => {
+                order.push(*front);
+                attempt(first.as_ref(), e, *front, DUE, Some("job-7"), None).await;
+            }
+            fronts => panic!("{} deliveries of one line due at once", fronts.len()),
+        }
+    }
+    assert_eq!(order.len(), 40, "every delivery once");
+    for ids in &sent {
+        let places: Vec<usize> = ids
+            .iter()
+            .map(|id| order.iter().position(|o| o == id).expect("delivered"))
+            .collect();
+        assert!(
+            places.is_sorted(),
+            "a sender's order was not kept: {places:?}"
+        );
+    }
+    assert_eq!(first.pending_count().await.unwrap(), 0);
+}
+
 pub(super) async fn rate_limits_ordering_keys_and_trace_context_are_kept(harness: &Harness) {
     let store = harness.open().await;
     let mut endpoint = endpoint_record();

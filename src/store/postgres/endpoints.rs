@@ -3,6 +3,8 @@
 //! conditional updates, so that of concurrent callers on any node exactly one disables an
 //! endpoint.
 
+use std::time::Duration;
+
 use super::rows::{self, ENDPOINT_COLUMNS};
 use super::{PgStore, ms};
 use crate::model::{Endpoint, EndpointId};
@@ -120,11 +122,24 @@ impl PgStore {
         closing: &Closing,
     ) -> StoreResult<bool> {
         let mut tx = self.pool.begin().await?;
-        // Finishing the pending deliveries clears their leases: a late outcome is stale.
+        // Lines first, then deliveries in id order: the order every writer locks them in.
+        sqlx::query(
+            "WITH locked AS (SELECT ordering_key FROM ordering_lines WHERE endpoint_id = $1 \
+             ORDER BY ordering_key FOR UPDATE) \
+             DELETE FROM ordering_lines l USING locked \
+             WHERE l.endpoint_id = $1 AND l.ordering_key = locked.ordering_key",
+        )
+        .bind(id.0)
+        .execute(&mut *tx)
+        .await?;
+        // Finishing the pending deliveries (those waiting in lines too: each partial index
+        // finds its own) clears their leases: a late outcome is stale.
         sqlx::query(
             "UPDATE deliveries SET status = $2, next_attempt_at = NULL, last_error = $3, \
-             updated_at = $4, lease_token = NULL, lease_expires = NULL \
-             WHERE endpoint_id = $1 AND status = 0",
+             updated_at = $4, lease_token = NULL, lease_expires = NULL, line_place = NULL \
+             WHERE id IN (SELECT id FROM deliveries WHERE endpoint_id = $1 \
+                 AND ((status = 0 AND line_place IS NULL) OR (line_place IS NOT NULL AND status = 0)) \
+                 ORDER BY id FOR UPDATE)",
         )
         .bind(id.0)
         .bind(rows::status_code(closing.status))
@@ -132,6 +147,10 @@ impl PgStore {
         .bind(ms(closing.at_ms))
         .execute(&mut *tx)
         .await?;
+        sqlx::query("DELETE FROM endpoint_pacing WHERE endpoint_id = $1")
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?;
         let deleted = sqlx::query("DELETE FROM endpoints WHERE id = $1")
             .bind(id.0)
             .execute(&mut *tx)
@@ -143,5 +162,29 @@ impl PgStore {
         }
         tx.commit().await?;
         Ok(deleted)
+    }
+
+    /// Reserves the next start of an attempt to a rate-limited endpoint in one statement: at
+    /// least `interval` after the start reserved before it (by any node), and not before now,
+    /// both on the database's clock (so the nodes' clocks need not agree). Returns how long
+    /// from now that start is.
+    pub(super) async fn reserve_start_now(
+        &self,
+        id: EndpointId,
+        interval: Duration,
+    ) -> StoreResult<Duration> {
+        // clock_timestamp(), not now(): the time after the row lock was granted.
+        let wait_us: i64 = sqlx::query_scalar(
+            "INSERT INTO endpoint_pacing AS p (endpoint_id, last_start_us) \
+             VALUES ($1, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint) \
+             ON CONFLICT (endpoint_id) DO UPDATE SET last_start_us = GREATEST( \
+                 p.last_start_us + $2, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint) \
+             RETURNING last_start_us - (extract(epoch FROM clock_timestamp()) * 1000000)::bigint",
+        )
+        .bind(id.0)
+        .bind(i64::try_from(interval.as_micros()).unwrap_or(i64::MAX))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Duration::from_micros(u64::try_from(wait_us).unwrap_or(0)))
     }
 }

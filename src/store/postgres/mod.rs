@@ -1,9 +1,12 @@
 //! The PostgreSQL backend: several herald nodes share one queue.
 //!
 //! * [`rows`] — rows to domain records and back (sealing what carries secrets);
-//! * [`endpoints`] — endpoint records and their health;
+//! * [`endpoints`] — endpoint records, their health, and the reserved starts of rate-limited
+//!   endpoints (a rate limit held by the whole cluster);
 //! * [`queue`] — messages in (one transaction per group of sends), leases
-//!   (`FOR UPDATE SKIP LOCKED`), decided transitions;
+//!   (`FOR UPDATE SKIP LOCKED`);
+//! * [`lines`] — ordering-key lines: who is at the front, who waits behind it;
+//! * [`transitions`] — decided changes outside an attempt (replay, retry, cancel);
 //! * [`outcomes`] — attempt outcomes, one transaction per group;
 //! * [`store`] — the [`Store`](super::Store) trait over all of the above: reads, retention,
 //!   jobs.
@@ -21,10 +24,12 @@
 //! while its lease token is still the row's.
 
 mod endpoints;
+mod lines;
 mod outcomes;
 mod queue;
 mod rows;
 mod store;
+mod transitions;
 
 use std::time::Duration;
 

@@ -1,7 +1,8 @@
-//! Attempt outcomes, one transaction per group: the group's deliveries and endpoints are
-//! locked in id order (so groups recorded on different nodes cannot deadlock), the decided
-//! deliveries written where their lease still holds, then the attempts, the roll-ups, the
-//! failure counts and the dedup digests, each as one statement over the whole group.
+//! Attempt outcomes, one transaction per group: the lines the group's finished deliveries
+//! leave, the deliveries and the endpoints are locked in that order, each in key order (so
+//! groups recorded on different nodes cannot deadlock), the decided deliveries written where
+//! their lease still holds, the lines passed on, then the attempts, the roll-ups, the failure
+//! counts and the dedup digests, each as one statement over the whole group.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -9,7 +10,8 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::PgStore;
-use super::rows::{AttemptColumns, DeliveryColumns};
+use super::lines::Lines;
+use super::rows::{self, AttemptColumns, DeliveryColumns};
 use crate::model::{DeliveryId, EndpointId};
 use crate::store::rollup::{bucket, day_of};
 use crate::store::{HealthChange, Outcome, Recorded, StoreError, StoreResult};
@@ -20,27 +22,43 @@ impl PgStore {
         outcomes: Vec<Outcome>,
     ) -> StoreResult<Vec<StoreResult<Recorded>>> {
         let mut tx = self.pool.begin().await?;
+        let mut lines = Lines::lock(
+            &mut tx,
+            outcomes.iter().filter_map(|o| {
+                let key = o.release.as_deref()?;
+                Some((o.lease.endpoint_id, key))
+            }),
+        )
+        .await?;
         let mut ids: Vec<Uuid> = outcomes.iter().map(|o| o.lease.delivery_id.0).collect();
         ids.sort_unstable();
         ids.dedup();
         let rows = sqlx::query(
-            "SELECT id, lease_token FROM deliveries WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            "SELECT id, lease_token, (line_place IS NOT NULL) AS waits FROM deliveries \
+             WHERE id = ANY($1) ORDER BY id FOR UPDATE",
         )
         .bind(&ids)
         .fetch_all(&mut *tx)
         .await?;
-        let mut tokens: HashMap<DeliveryId, Option<Uuid>> = HashMap::new();
+        let mut tokens: HashMap<DeliveryId, (Option<Uuid>, bool)> = HashMap::new();
         for row in &rows {
-            tokens.insert(DeliveryId(row.try_get("id")?), row.try_get("lease_token")?);
+            tokens.insert(
+                DeliveryId(row.try_get("id")?),
+                (row.try_get("lease_token")?, row.try_get("waits")?),
+            );
         }
+        lines.load_waiting(&mut tx).await?;
 
         let mut fresh = DeliveryColumns::default();
         let (mut stale_ids, mut stale_numbers) = (Vec::new(), Vec::new());
         let mut attempts = AttemptColumns::default();
         let mut stale_flags = Vec::with_capacity(outcomes.len());
+        // Per outcome: the delivery it brought to the front of its line.
+        let mut promoted = Vec::with_capacity(outcomes.len());
         for outcome in &outcomes {
             let id = outcome.lease.delivery_id;
-            let Some(token) = tokens.get(&id) else {
+            promoted.push(None);
+            let Some((token, waits)) = tokens.get(&id) else {
                 stale_flags.push(None);
                 continue;
             };
@@ -50,12 +68,22 @@ impl PgStore {
                 stale_numbers.push(i32::try_from(outcome.attempt.attempt).unwrap_or(i32::MAX));
             } else {
                 fresh.push(&self.sealer, &outcome.delivery)?;
+                if let Some(key) = outcome
+                    .release
+                    .as_deref()
+                    .filter(|_| !rows::is_due(&outcome.delivery))
+                {
+                    // Deliveries waiting in line are never attempted: the next is pending.
+                    let endpoint = outcome.lease.endpoint_id;
+                    *promoted.last_mut().expect("pushed above") =
+                        lines.leave(endpoint, key, id, *waits, |_| true);
+                }
             }
             attempts.push(id, &outcome.attempt);
             stale_flags.push(Some(stale));
         }
-        self.write_deliveries(&mut tx, &fresh, &stale_ids, &stale_numbers)
-            .await?;
+        Self::write_deliveries(&mut tx, &fresh, &stale_ids, &stale_numbers).await?;
+        let released = lines.write(&mut tx).await?;
         Self::insert_attempts(&mut tx, &attempts).await?;
         let kept: Vec<&Outcome> = outcomes
             .iter()
@@ -78,53 +106,28 @@ impl PgStore {
         Ok(outcomes
             .iter()
             .zip(stale_flags)
-            .map(|(outcome, flag)| match flag {
+            .zip(promoted)
+            .map(|((outcome, flag), promoted)| match flag {
                 None => Err(StoreError::NotFound(format!(
                     "delivery {}",
                     outcome.lease.delivery_id
                 ))),
-                // No ordering lines in this store (keyed messages are refused): nothing to release.
                 Some(stale) => Ok(Recorded {
                     stale,
                     consecutive_failures: counts.next().unwrap_or(0),
-                    released_due: None,
+                    released_due: promoted.and_then(|next| released.get(&next).copied()),
                 }),
             })
             .collect())
     }
 
     async fn write_deliveries(
-        &self,
         tx: &mut sqlx::PgConnection,
         fresh: &DeliveryColumns,
         stale_ids: &[Uuid],
         stale_numbers: &[i32],
     ) -> StoreResult<()> {
-        if !fresh.id.is_empty() {
-            sqlx::query(
-                "UPDATE deliveries d SET status = n.status, cycle = n.cycle, \
-                 cycle_attempts = n.cycle_attempts, total_attempts = n.total_attempts, \
-                 anchor_ms = n.anchor_ms, next_attempt_at = n.next_attempt_at, \
-                 last_status_code = n.last_status_code, last_error = n.last_error, \
-                 updated_at = n.updated_at, lease_token = NULL, lease_expires = NULL \
-                 FROM UNNEST($1::uuid[], $2::smallint[], $3::int[], $4::int[], $5::int[], \
-                 $6::bigint[], $7::bigint[], $8::int[], $9::text[], $10::bigint[]) \
-                 AS n(id, status, cycle, cycle_attempts, total_attempts, anchor_ms, \
-                 next_attempt_at, last_status_code, last_error, updated_at) WHERE d.id = n.id",
-            )
-            .bind(&fresh.id)
-            .bind(&fresh.status)
-            .bind(&fresh.cycle)
-            .bind(&fresh.cycle_attempts)
-            .bind(&fresh.total_attempts)
-            .bind(&fresh.anchor_ms)
-            .bind(&fresh.next_attempt_at)
-            .bind(&fresh.last_status_code)
-            .bind(&fresh.last_error)
-            .bind(&fresh.updated_at)
-            .execute(&mut *tx)
-            .await?;
-        }
+        fresh.update(&mut *tx).await?;
         if !stale_ids.is_empty() {
             // A stale attempt is kept; the numbering stays ahead of it.
             sqlx::query(

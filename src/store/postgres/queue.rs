@@ -1,8 +1,9 @@
-//! Messages in, leases, decided transitions.
+//! Messages in, due heads, leases.
 //!
 //! A group of sends is one transaction: the messages in one `INSERT ... SELECT FROM UNNEST`
 //! (the unique index on tenant and idempotency key settles concurrent sends of the same key,
-//! on any node), the deliveries in another, one notice per endpoint, one commit.
+//! on any node), the group's ordering-key lines in one upsert (when it has keyed messages),
+//! the deliveries in another, one notice per endpoint, one commit.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -10,16 +11,18 @@ use std::time::Duration;
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::rows::{self, DELIVERY_COLUMNS, DeliveryColumns};
+use super::lines;
+use super::rows::{self, DELIVERY_COLUMNS, DeliveryColumns, LineColumns, is_due};
 use super::{PgStore, ms, unms};
-use crate::model::{DeliveryStatus, EndpointId, MessageId};
+use crate::model::{DeliveryId, DeliveryStatus, EndpointId, MessageId};
 use crate::store::{
-    Claim, Inserted, Lease, LeaseToken, MessageWrite, Notice, ReplayJob, StoreError, StoreResult,
-    Transition,
+    Claim, Inserted, Lease, LeaseToken, MessageWrite, Notice, StoreError, StoreResult,
 };
 
 /// The earliest due time per endpoint among `deliveries`, as notices for the other nodes.
-fn due_notices<'a>(deliveries: impl Iterator<Item = &'a crate::model::Delivery>) -> Vec<Notice> {
+pub(super) fn due_notices<'a>(
+    deliveries: impl Iterator<Item = &'a crate::model::Delivery>,
+) -> Vec<Notice> {
     let mut earliest: BTreeMap<EndpointId, u64> = BTreeMap::new();
     for d in deliveries.filter(|d| d.status == DeliveryStatus::Pending) {
         if let Some(due) = d.next_attempt_at {
@@ -38,17 +41,10 @@ impl PgStore {
         &self,
         writes: &[MessageWrite],
     ) -> StoreResult<Vec<Inserted>> {
-        // Refused rather than delivered out of order: this backend keeps no ordering lines yet.
-        if writes.iter().any(|w| w.message.ordering_key.is_some()) {
-            return Err(StoreError::Unsupported(
-                "ordering keys are not supported by the PostgreSQL store yet; send without \
-                 `ordering_key`, or use the embedded store"
-                    .into(),
-            ));
-        }
         let mut ids = Vec::with_capacity(writes.len());
         let (mut tenants, mut events, mut payloads, mut urls) = (vec![], vec![], vec![], vec![]);
         let (mut idem, mut dedup, mut ordering, mut created) = (vec![], vec![], vec![], vec![]);
+        let mut traceparents = Vec::with_capacity(writes.len());
         for write in writes {
             let m = &write.message;
             ids.push(m.id.0);
@@ -59,14 +55,15 @@ impl PgStore {
             idem.push(m.idempotency_key.clone());
             dedup.push(m.dedup_key.clone());
             ordering.push(m.ordering_key.clone());
+            traceparents.push(m.traceparent.clone());
             created.push(ms(m.created_at));
         }
         let mut tx = self.pool.begin().await?;
         let inserted: HashSet<Uuid> = sqlx::query_scalar(
             "INSERT INTO messages (id, tenant, event_type, payload, callback_url, \
-             idempotency_key, dedup_key, ordering_key, created_at) \
+             idempotency_key, dedup_key, ordering_key, created_at, traceparent) \
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bytea[], \
-             $6::text[], $7::text[], $8::text[], $9::bigint[]) \
+             $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[]) \
              ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
              RETURNING id",
         )
@@ -79,6 +76,7 @@ impl PgStore {
         .bind(&dedup)
         .bind(&ordering)
         .bind(&created)
+        .bind(&traceparents)
         .fetch_all(&mut *tx)
         .await?
         .into_iter()
@@ -109,12 +107,17 @@ impl PgStore {
                 existing.insert(key, MessageId(row.try_get("id")?));
             }
         }
-        let mut columns = DeliveryColumns::default();
         let mut answers = Vec::with_capacity(writes.len());
+        let mut joining: BTreeMap<(EndpointId, String), Vec<DeliveryId>> = BTreeMap::new();
         for write in writes {
             if inserted.contains(&write.message.id.0) {
-                for delivery in &write.deliveries {
-                    columns.push(&self.sealer, delivery)?;
+                if let Some(key) = &write.message.ordering_key {
+                    for delivery in write.deliveries.iter().filter(|d| is_due(d)) {
+                        joining
+                            .entry((delivery.endpoint_id, key.clone()))
+                            .or_default()
+                            .push(delivery.id);
+                    }
                 }
                 answers.push(Inserted::Created);
             } else {
@@ -131,12 +134,33 @@ impl PgStore {
                 answers.push(Inserted::Existing(id));
             }
         }
-        Self::insert_deliveries(&mut tx, &columns).await?;
-        let created = writes
+        let places = lines::join(&mut tx, joining).await?;
+        let mut columns = DeliveryColumns::default();
+        let mut lined = LineColumns::default();
+        let created: Vec<&MessageWrite> = writes
             .iter()
             .filter(|w| inserted.contains(&w.message.id.0))
-            .flat_map(|w| w.deliveries.iter());
-        Self::notify(&mut tx, due_notices(created)).await?;
+            .collect();
+        for write in &created {
+            for delivery in &write.deliveries {
+                columns.push(&self.sealer, delivery)?;
+                let place = places.get(&delivery.id);
+                lined.ordering_key.push(
+                    place
+                        .is_some()
+                        .then(|| write.message.ordering_key.clone())
+                        .flatten(),
+                );
+                lined.line_place.push(place.copied().flatten());
+            }
+        }
+        Self::insert_deliveries(&mut tx, &columns, &lined).await?;
+        // Deliveries waiting in a line are not due: nobody needs waking for them.
+        let due = created
+            .iter()
+            .flat_map(|w| w.deliveries.iter())
+            .filter(|d| !matches!(places.get(&d.id), Some(Some(_))));
+        Self::notify(&mut tx, due_notices(due)).await?;
         tx.commit().await?;
         Ok(answers)
     }
@@ -144,6 +168,7 @@ impl PgStore {
     async fn insert_deliveries(
         tx: &mut sqlx::PgConnection,
         c: &DeliveryColumns,
+        lined: &LineColumns,
     ) -> StoreResult<()> {
         if c.id.is_empty() {
             return Ok(());
@@ -151,10 +176,10 @@ impl PgStore {
         sqlx::query(
             "INSERT INTO deliveries (id, message_id, endpoint_id, url_override, status, cycle, \
              cycle_attempts, total_attempts, anchor_ms, next_attempt_at, last_status_code, \
-             last_error, created_at, updated_at) \
+             last_error, created_at, updated_at, ordering_key, line_place) \
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::bytea[], \
              $5::smallint[], $6::int[], $7::int[], $8::int[], $9::bigint[], $10::bigint[], \
-             $11::int[], $12::text[], $13::bigint[], $14::bigint[])",
+             $11::int[], $12::text[], $13::bigint[], $14::bigint[], $15::text[], $16::bigint[])",
         )
         .bind(&c.id)
         .bind(&c.message_id)
@@ -170,6 +195,8 @@ impl PgStore {
         .bind(&c.last_error)
         .bind(&c.created_at)
         .bind(&c.updated_at)
+        .bind(&lined.ordering_key)
+        .bind(&lined.line_place)
         .execute(tx)
         .await?;
         Ok(())
@@ -186,7 +213,7 @@ impl PgStore {
         let found = sqlx::query(
             "SELECT e.id, LEAST( \
                  (SELECT d.next_attempt_at FROM deliveries d \
-                  WHERE d.endpoint_id = e.id AND d.status = 0 \
+                  WHERE d.endpoint_id = e.id AND d.status = 0 AND d.line_place IS NULL \
                   AND (d.lease_expires IS NULL OR d.lease_expires <= $2) \
                   ORDER BY d.next_attempt_at LIMIT 1), \
                  (SELECT min(d.lease_expires) FROM deliveries d \
@@ -243,8 +270,8 @@ impl PgStore {
         let found = sqlx::query(&format!(
             "WITH picked AS ( \
                  SELECT id FROM deliveries \
-                 WHERE endpoint_id = $1 AND status = 0 AND next_attempt_at <= $2 \
-                 AND (lease_expires IS NULL OR lease_expires <= $2) \
+                 WHERE endpoint_id = $1 AND status = 0 AND line_place IS NULL \
+                 AND next_attempt_at <= $2 AND (lease_expires IS NULL OR lease_expires <= $2) \
                  ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
              UPDATE deliveries d SET lease_token = gen_random_uuid(), lease_expires = $4 \
              FROM picked, messages m WHERE d.id = picked.id AND m.id = d.message_id \
@@ -261,7 +288,8 @@ impl PgStore {
         for row in &found {
             let delivery = rows::delivery(&self.sealer, row)?;
             let token: Uuid = row.try_get("lease_token")?;
-            let message = message_of(&self.sealer, row)?;
+            let message =
+                rows::message_named(&self.sealer, row, "message_id", "message_created_at")?;
             claims.push(Claim {
                 lease: Lease {
                     delivery_id: delivery.id,
@@ -295,117 +323,10 @@ impl PgStore {
         .await?;
         Ok(())
     }
-
-    pub(super) async fn apply_transitions_now(
-        &self,
-        transitions: &[Transition],
-        job: Option<&ReplayJob>,
-    ) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
-        let ids: Vec<Uuid> = transitions.iter().map(|t| t.expected.id.0).collect();
-        let now = ms(crate::model::now_ms());
-        let current = sqlx::query(&format!(
-            "SELECT {DELIVERY_COLUMNS}, (d.lease_expires > $2) AS leased FROM deliveries d \
-             WHERE d.id = ANY($1) FOR UPDATE"
-        ))
-        .bind(&ids)
-        .bind(now)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut stored = HashMap::new();
-        for row in &current {
-            let leased: Option<bool> = row.try_get("leased")?;
-            let delivery = rows::delivery(&self.sealer, row)?;
-            stored.insert(delivery.id, (delivery, leased.unwrap_or(false)));
-        }
-        let mut columns = DeliveryColumns::default();
-        for transition in transitions {
-            let id = transition.expected.id;
-            let (current, leased) = stored
-                .get(&id)
-                .ok_or_else(|| StoreError::NotFound(format!("delivery {id}")))?;
-            if *current != transition.expected {
-                return Err(StoreError::Conflict(format!(
-                    "delivery {id} changed meanwhile; try again"
-                )));
-            }
-            if *leased && transition.delivery.status == DeliveryStatus::Pending {
-                return Err(StoreError::Conflict(format!(
-                    "delivery {id} is being attempted right now"
-                )));
-            }
-            columns.push(&self.sealer, &transition.delivery)?;
-        }
-        // Every changed delivery loses its lease: a late outcome under it is stale.
-        sqlx::query(
-            "UPDATE deliveries d SET status = n.status, cycle = n.cycle, \
-             cycle_attempts = n.cycle_attempts, total_attempts = n.total_attempts, \
-             anchor_ms = n.anchor_ms, next_attempt_at = n.next_attempt_at, \
-             last_status_code = n.last_status_code, last_error = n.last_error, \
-             updated_at = n.updated_at, lease_token = NULL, lease_expires = NULL \
-             FROM UNNEST($1::uuid[], $2::smallint[], $3::int[], $4::int[], $5::int[], \
-             $6::bigint[], $7::bigint[], $8::int[], $9::text[], $10::bigint[]) \
-             AS n(id, status, cycle, cycle_attempts, total_attempts, anchor_ms, \
-             next_attempt_at, last_status_code, last_error, updated_at) WHERE d.id = n.id",
-        )
-        .bind(&columns.id)
-        .bind(&columns.status)
-        .bind(&columns.cycle)
-        .bind(&columns.cycle_attempts)
-        .bind(&columns.total_attempts)
-        .bind(&columns.anchor_ms)
-        .bind(&columns.next_attempt_at)
-        .bind(&columns.last_status_code)
-        .bind(&columns.last_error)
-        .bind(&columns.updated_at)
-        .execute(&mut *tx)
-        .await?;
-        if let Some(job) = job {
-            self.put_job_in(&mut tx, job).await?;
-        }
-        let changed = transitions.iter().map(|t| &t.delivery);
-        Self::notify(&mut tx, due_notices(changed)).await?;
-        tx.commit().await?;
-        Ok(())
-    }
 }
 
 /// The message columns of a claim row, beside the delivery's (whose `message_id` is the
 /// message's id, and whose `created_at` would collide).
 const CLAIM_MESSAGE_COLUMNS: &str = "m.tenant, m.event_type, m.payload, m.callback_url, \
-    m.idempotency_key, m.dedup_key, m.ordering_key, m.created_at AS message_created_at";
-
-/// The message of a claim row.
-fn message_of(
-    sealer: &crate::store::seal::Sealer,
-    row: &sqlx::postgres::PgRow,
-) -> StoreResult<crate::model::Message> {
-    use serde_json::value::RawValue;
-    let id: Uuid = row.try_get("message_id")?;
-    let payload: String = row.try_get("payload")?;
-    let payload = RawValue::from_string(payload).map_err(|e| StoreError::Corrupt {
-        key: format!("messages.payload {id}"),
-        reason: e.to_string(),
-    })?;
-    let callback_url: Option<Vec<u8>> = row.try_get("callback_url")?;
-    let callback_url = match callback_url {
-        Some(sealed) => Some(
-            String::from_utf8(sealer.open(&sealed).map_err(StoreError::Backend)?)
-                .map_err(|_| StoreError::Backend("callback url is not UTF-8".into()))?,
-        ),
-        None => None,
-    };
-    Ok(crate::model::Message {
-        id: MessageId(id),
-        tenant: row.try_get("tenant")?,
-        event_type: row.try_get("event_type")?,
-        payload,
-        callback_url,
-        idempotency_key: row.try_get("idempotency_key")?,
-        dedup_key: row.try_get("dedup_key")?,
-        ordering_key: row.try_get("ordering_key")?,
-        // Not kept by this store yet: attempts start traces of their own.
-        traceparent: None,
-        created_at: unms(row.try_get::<i64, _>("message_created_at")?),
-    })
-}
+    m.idempotency_key, m.dedup_key, m.ordering_key, m.traceparent, \
+    m.created_at AS message_created_at";

@@ -19,7 +19,7 @@ pub(super) const ENDPOINT_COLUMNS: &str = "id, tenant, record, enabled, failures
     disabled_reason, disabled_at, released_at";
 
 pub(super) const MESSAGE_COLUMNS: &str = "m.id, m.tenant, m.event_type, m.payload, \
-    m.callback_url, m.idempotency_key, m.dedup_key, m.ordering_key, m.created_at";
+    m.callback_url, m.idempotency_key, m.dedup_key, m.ordering_key, m.traceparent, m.created_at";
 
 pub(super) const DELIVERY_COLUMNS: &str = "d.id, d.message_id, d.endpoint_id, d.url_override, \
     d.status, d.cycle, d.cycle_attempts, d.total_attempts, d.anchor_ms, d.next_attempt_at, \
@@ -103,7 +103,18 @@ pub(super) fn endpoint(sealer: &Sealer, row: &PgRow) -> StoreResult<Endpoint> {
 }
 
 pub(super) fn message(sealer: &Sealer, row: &PgRow) -> StoreResult<Message> {
-    let id: Uuid = row.try_get("id")?;
+    message_named(sealer, row, "id", "created_at")
+}
+
+/// A message from a row whose id and creation time have other names (a claim's row, where
+/// the delivery's own take `id` and `created_at`).
+pub(super) fn message_named(
+    sealer: &Sealer,
+    row: &PgRow,
+    id_column: &str,
+    created_column: &str,
+) -> StoreResult<Message> {
+    let id: Uuid = row.try_get(id_column)?;
     let payload: String = row.try_get("payload")?;
     let payload = RawValue::from_string(payload).map_err(|e| StoreError::Corrupt {
         key: format!("messages.payload {id}"),
@@ -122,10 +133,14 @@ pub(super) fn message(sealer: &Sealer, row: &PgRow) -> StoreResult<Message> {
         idempotency_key: row.try_get("idempotency_key")?,
         dedup_key: row.try_get("dedup_key")?,
         ordering_key: row.try_get("ordering_key")?,
-        // Not kept by this store yet: attempts start traces of their own.
-        traceparent: None,
-        created_at: unms(row.try_get("created_at")?),
+        traceparent: row.try_get("traceparent")?,
+        created_at: unms(row.try_get(created_column)?),
     })
+}
+
+/// Whether a delivery belongs in the due index (or, keyed, in its line): pending with a time.
+pub(super) fn is_due(delivery: &Delivery) -> bool {
+    delivery.status == DeliveryStatus::Pending && delivery.next_attempt_at.is_some()
 }
 
 pub(super) fn delivery(sealer: &Sealer, row: &PgRow) -> StoreResult<Delivery> {
@@ -221,6 +236,49 @@ impl DeliveryColumns {
         self.updated_at.push(ms(d.updated_at));
         Ok(())
     }
+}
+
+impl DeliveryColumns {
+    /// Writes the decided state of these deliveries, in one statement. Each loses its lease:
+    /// a late outcome under it is stale. (A delivery's line and place are not touched.)
+    pub(super) async fn update(&self, tx: &mut sqlx::PgConnection) -> StoreResult<()> {
+        if self.id.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE deliveries d SET status = n.status, cycle = n.cycle, \
+             cycle_attempts = n.cycle_attempts, total_attempts = n.total_attempts, \
+             anchor_ms = n.anchor_ms, next_attempt_at = n.next_attempt_at, \
+             last_status_code = n.last_status_code, last_error = n.last_error, \
+             updated_at = n.updated_at, lease_token = NULL, lease_expires = NULL \
+             FROM UNNEST($1::uuid[], $2::smallint[], $3::int[], $4::int[], $5::int[], \
+             $6::bigint[], $7::bigint[], $8::int[], $9::text[], $10::bigint[]) \
+             AS n(id, status, cycle, cycle_attempts, total_attempts, anchor_ms, \
+             next_attempt_at, last_status_code, last_error, updated_at) WHERE d.id = n.id",
+        )
+        .bind(&self.id)
+        .bind(&self.status)
+        .bind(&self.cycle)
+        .bind(&self.cycle_attempts)
+        .bind(&self.total_attempts)
+        .bind(&self.anchor_ms)
+        .bind(&self.next_attempt_at)
+        .bind(&self.last_status_code)
+        .bind(&self.last_error)
+        .bind(&self.updated_at)
+        .execute(tx)
+        .await?;
+        Ok(())
+    }
+}
+
+/// The line columns of new deliveries, beside their [`DeliveryColumns`].
+#[derive(Default)]
+pub(super) struct LineColumns {
+    /// The message's ordering key, for deliveries that joined a line.
+    pub(super) ordering_key: Vec<Option<String>>,
+    /// The place of a delivery waiting in its line; `None` at the front or in no line.
+    pub(super) line_place: Vec<Option<i64>>,
 }
 
 /// Attempts as columns, for one `UNNEST` insert.

@@ -434,9 +434,13 @@ impl Store for PgStore {
     }
 
     async fn pending_count(&self) -> StoreResult<u64> {
-        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE status = 0")
-            .fetch_one(&self.pool)
-            .await?;
+        // Due or leased, and waiting in a line: each partial index counts its own.
+        let count: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM deliveries WHERE status = 0 AND line_place IS NULL) \
+             + (SELECT count(*) FROM deliveries WHERE line_place IS NOT NULL AND status = 0)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
         Ok(unms(count))
     }
 
@@ -446,6 +450,14 @@ impl Store for PgStore {
 
     fn shared(&self) -> bool {
         true
+    }
+
+    async fn reserve_start(
+        &self,
+        endpoint: EndpointId,
+        interval: Duration,
+    ) -> StoreResult<Option<Duration>> {
+        self.reserve_start_now(endpoint, interval).await.map(Some)
     }
 
     fn notices(&self) -> Option<tokio::sync::broadcast::Receiver<Notice>> {
