@@ -8,80 +8,10 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use common::daemon::{Daemon, PRODUCER, metric};
-use common::postgres::{self, OwnServer};
+use common::daemon::{Daemon, PRODUCER};
+use common::postgres::{self, Cluster, OwnServer, create_endpoint, scrape, send};
 use common::{Receiver, Reply};
 use serde_json::{Value, json};
-
-/// One attempt only: a failure is final (then replayed by hand).
-const ONCE: &str = "name = \"once\"\n[schedule]\nkind = \"fixed\"\ninterval = \"1s\"\nmax_attempts = 1\n[request]\ntimeout = \"2s\"\n";
-
-/// How to start nodes of one cluster.
-struct Cluster {
-    root: tempfile::TempDir,
-    store: String,
-    key: String,
-}
-
-impl Cluster {
-    fn new(store: String) -> Cluster {
-        Cluster {
-            root: tempfile::tempdir().unwrap(),
-            store,
-            key: base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
-        }
-    }
-
-    fn node(&self, n: usize) -> Daemon {
-        let data = self.root.path().join(format!("node{n}"));
-        std::fs::create_dir_all(data.join("policies")).unwrap();
-        std::fs::write(data.join("policies").join("once.toml"), ONCE).unwrap();
-        Daemon::start_with_env(
-            &data,
-            None,
-            &[
-                ("HERALD_STORE", &self.store),
-                ("HERALD_SECRET_KEY", &self.key),
-                ("HERALD_LOG", "info"),
-            ],
-        )
-    }
-}
-
-async fn send(node: &Daemon, body: &Value) -> (u16, Value) {
-    let (status, answer, _) = node
-        .call(
-            "POST",
-            "/v1/messages",
-            Some(PRODUCER),
-            Some(&body.to_string()),
-        )
-        .await;
-    (status, answer)
-}
-
-async fn create_endpoint(node: &Daemon, tenant: &str, url: &str, policy: &str) -> String {
-    let (status, endpoint) = node
-        .admin(
-            "POST",
-            "/admin/endpoints",
-            Some(json!({"tenant": tenant, "url": url, "policy": policy, "default": true})),
-        )
-        .await;
-    assert_eq!(status, 201, "{endpoint}");
-    endpoint["id"].as_str().unwrap().to_string()
-}
-
-async fn scrape(node: &Daemon, name: &str) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", node.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metric(&text, name, &[])
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_share_one_queue_and_answer_for_each_other() {

@@ -55,6 +55,7 @@ impl Engine {
             Ok(Some(found)) => {
                 let head = self.store.due_head(endpoint, now_ms()).await.ok().flatten();
                 self.schedule_endpoint(&found, head);
+                self.apply_rate_limit(&found);
             }
             Ok(None) => {
                 let queued = self.scheduler.remove(endpoint);
@@ -70,6 +71,7 @@ impl Engine {
     async fn resync(self: &Arc<Self>) -> crate::error::Result<()> {
         for endpoint in self.store.endpoints(None).await? {
             self.schedule_endpoint(&endpoint, None);
+            self.apply_rate_limit(&endpoint);
         }
         for (endpoint, head) in self.store.due_heads(now_ms()).await? {
             self.scheduler.note_due(endpoint, head);

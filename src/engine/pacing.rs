@@ -5,6 +5,14 @@
 //! of capacity one): each attempt may start no sooner than `1 / rate` after the one before it
 //! actually started. The scheduler keeps one [`Pacer`] per limited endpoint, sleeps until its
 //! next start is due, and never fails or counts a delivery for waiting.
+//!
+//! In a cluster the nodes' pacers alone would let each node start `rate` attempts a second.
+//! So there, once its own pacer lets an attempt start, a runner reserves the start in the
+//! shared store ([`Store::reserve_start`](crate::store::Store::reserve_start): one atomic
+//! statement moves the endpoint's last start on) and waits for it. A start that begins late
+//! (a busy machine) would bring it closer to the next node's on-time start, so the node's next
+//! reservation adds how late it was ([`Pacer::spacing`]): the starts after it move back, and a
+//! run of `rate` starts still spans a second, as with the pacer alone.
 
 use crate::model::Endpoint;
 use crate::policy::Policy;
@@ -43,6 +51,8 @@ pub(crate) struct Pacer {
     interval_us: u64,
     /// The theoretical arrival time: the earliest the next attempt may start.
     next_start_us: u64,
+    /// In a cluster: how much later than reserved the last start began, not yet reserved for.
+    late_us: u64,
 }
 
 impl Pacer {
@@ -52,6 +62,7 @@ impl Pacer {
             rate,
             interval_us: interval_us(rate),
             next_start_us: 0,
+            late_us: 0,
         }
     }
 
@@ -73,6 +84,22 @@ impl Pacer {
         }
         self.next_start_us = now_us.saturating_add(self.interval_us);
         Ok(())
+    }
+
+    /// In a cluster: how far after the last start reserved by any node to reserve the next
+    /// one — an interval, plus how late this node's last reserved start began.
+    pub(crate) fn spacing(&mut self) -> std::time::Duration {
+        let late = std::mem::take(&mut self.late_us);
+        std::time::Duration::from_micros(self.interval_us.saturating_add(late))
+    }
+
+    /// In a cluster: the start reserved at `reserved_us` began at `now_us`; the next start is
+    /// one interval after it, and the next reservation makes up for its lateness.
+    pub(crate) fn began(&mut self, reserved_us: u64, now_us: u64) {
+        self.late_us = now_us.saturating_sub(reserved_us);
+        self.next_start_us = self
+            .next_start_us
+            .max(now_us.saturating_add(self.interval_us));
     }
 
     /// A new limit: the next start moves no later than one new interval after the last.
@@ -152,6 +179,25 @@ mod tests {
                 "{rate}/s: {most} in one second"
             );
         }
+    }
+
+    #[test]
+    fn a_start_reserved_in_a_cluster_paces_the_node_and_its_lateness_is_made_up() {
+        let mut pacer = Pacer::new(20.0); // 50 ms
+        assert_eq!(pacer.spacing(), std::time::Duration::from_millis(50));
+        pacer.start(1_000_000).unwrap();
+        // Another node holds the next start: ours was reserved 80 ms on, and began 3 ms late.
+        pacer.began(1_080_000, 1_083_000);
+        assert_eq!(pacer.start(1_100_000), Err(1_133_000));
+        assert_eq!(pacer.spacing(), std::time::Duration::from_millis(53));
+        assert_eq!(
+            pacer.spacing(),
+            std::time::Duration::from_millis(50),
+            "made up once"
+        );
+        // A start that began before what the pacer allows moves nothing.
+        pacer.began(1_000_000, 1_000_000);
+        assert_eq!(pacer.next_start_us(), 1_133_000);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! A runner: one task attempting an endpoint's claimed deliveries one after another. An
 //! endpoint has as many runners as its window allows attempts in flight (see [`super::scheduler`]).
 //! A rate-limited endpoint's runners take turns to wait for its next start: one sleeps until the
-//! start is due while the others' attempts run.
+//! start is due while the others' attempts run. In a cluster the one whose turn it is also
+//! reserves its start in the shared store and waits for that (see [`super::pacing`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +22,8 @@ pub(super) fn spawn(engine: Arc<Engine>, endpoint: EndpointId) {
 
 /// What a runner does next.
 enum Step {
-    Attempt(Box<Claim>),
+    /// Attempt this claim; `true` for a rate-limited endpoint.
+    Attempt(Box<Claim>, bool),
     /// The endpoint's next start is due at this time (µs): sleep until then.
     Wait(u64),
     /// Nothing for this runner: it stops, handing back these claims (a disabled endpoint's).
@@ -52,9 +54,12 @@ async fn runner(engine: Arc<Engine>, endpoint: EndpointId) {
                 step => break step,
             }
         };
+        if let Step::Attempt(_, true) = &step {
+            reserved_start(&engine, endpoint).await;
+        }
         drop(my_turn);
         let claim = match step {
-            Step::Attempt(claim) => *claim,
+            Step::Attempt(claim, _) => *claim,
             Step::Wait(_) => unreachable!("waited for above"),
             Step::Stop(returned) => {
                 if !returned.is_empty()
@@ -112,8 +117,41 @@ fn next_step(scheduler: &Scheduler, endpoint: EndpointId) -> Step {
     }
     let claim = slot.queue.pop_front().expect("checked above");
     slot.in_flight += 1;
-    if slot.pacer.is_some() {
+    let paced = slot.pacer.is_some();
+    if paced {
         state.refresh(endpoint); // its next start moved
     }
-    Step::Attempt(Box::new(claim))
+    Step::Attempt(Box::new(claim), paced)
+}
+
+/// Waits for the start the shared store reserves for this attempt, in a cluster (a store of
+/// this process's own reserves nothing: the pacer was exact). Should the store not answer,
+/// the pacer has spaced the attempt already, and the limit holds per node until it is back.
+async fn reserved_start(engine: &Engine, endpoint: EndpointId) {
+    let scheduler = &engine.scheduler;
+    // How far after the last start reserved by any node (None: no limit any more).
+    let spacing = {
+        let mut state = scheduler.lock();
+        let slot = scheduler.slot(&mut state, endpoint);
+        slot.pacer.as_mut().map(|pacer| pacer.spacing())
+    };
+    let Some(spacing) = spacing else {
+        return;
+    };
+    match engine.store.reserve_start(endpoint, spacing).await {
+        Ok(Some(wait)) => {
+            let reserved_us = now_us().saturating_add(wait.as_micros() as u64);
+            tokio::time::sleep(wait).await;
+            let mut state = scheduler.lock();
+            if let Some(pacer) = &mut scheduler.slot(&mut state, endpoint).pacer {
+                pacer.began(reserved_us, now_us());
+            }
+            state.refresh(endpoint); // its next start moved
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(
+            %endpoint, error = %e,
+            "could not reserve a start in the shared store; this node keeps the rate limit on its own meanwhile"
+        ),
+    }
 }

@@ -479,16 +479,16 @@ pub trait Store: Send + Sync + 'static {
         None
     }
     /// Rate limits held by a cluster: reserves the start of one attempt to `endpoint`, at
-    /// least `interval` after the start last reserved for it by any process sharing the store
-    /// and not before now, and returns how long from now that start is. The engine calls it
-    /// just before an attempt to a rate-limited endpoint and starts the attempt then. A store
-    /// that only this process uses answers `None` (the default): the engine's own pacer is
-    /// exact there. The rule (GCRA without bursts) stays in the engine; the store only keeps
-    /// the shared time, atomically.
+    /// least `spacing` after the start last reserved for it by any process sharing the store
+    /// and not before now, in one atomic step, and returns how long from now that start is.
+    /// The engine calls it just before an attempt to a rate-limited endpoint, with a spacing
+    /// of its choosing (`engine::pacing`: the interval, plus how late its own last start
+    /// began), and starts the attempt then. A store that only this process uses answers
+    /// `None` (the default): the engine's own pacer is exact there.
     async fn reserve_start(
         &self,
         _endpoint: EndpointId,
-        _interval: Duration,
+        _spacing: Duration,
     ) -> StoreResult<Option<Duration>> {
         Ok(None)
     }

@@ -1,7 +1,8 @@
 //! A real PostgreSQL server for the tests: `initdb` into a temporary directory (as the
 //! `postgres` OS user when the tests run as root), one server per test process, one database
 //! per test. Where PostgreSQL is not installed the tests say so and skip — except in CI
-//! (`CI=true`), where `.ci/run` installs it and a missing server fails them.
+//! (`CI=true`), where `.ci/run` installs it and a missing server fails them. And real
+//! `herald serve` nodes of one cluster on such a database ([`Cluster`]).
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -10,6 +11,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use super::daemon::{Daemon, PRODUCER, metric};
 
 /// The running server; it stops when the test process exits (its watchdog sees stdin close).
 pub struct PgServer {
@@ -303,4 +309,77 @@ impl Drop for OwnServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// One attempt only: a failure is final (then replayed by hand).
+const ONCE: &str = "name = \"once\"\n[schedule]\nkind = \"fixed\"\ninterval = \"1s\"\nmax_attempts = 1\n[request]\ntimeout = \"2s\"\n";
+
+/// How to start nodes of one cluster.
+pub struct Cluster {
+    pub root: tempfile::TempDir,
+    store: String,
+    key: String,
+}
+
+impl Cluster {
+    pub fn new(store: String) -> Cluster {
+        Cluster {
+            root: tempfile::tempdir().unwrap(),
+            store,
+            key: base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
+        }
+    }
+
+    /// Starts node `n` (its own data directory, with the `once` policy).
+    pub fn node(&self, n: usize) -> Daemon {
+        let data = self.root.path().join(format!("node{n}"));
+        std::fs::create_dir_all(data.join("policies")).unwrap();
+        std::fs::write(data.join("policies").join("once.toml"), ONCE).unwrap();
+        Daemon::start_with_env(
+            &data,
+            None,
+            &[
+                ("HERALD_STORE", &self.store),
+                ("HERALD_SECRET_KEY", &self.key),
+                ("HERALD_LOG", "info"),
+            ],
+        )
+    }
+}
+
+/// `POST /v1/messages` on one node.
+pub async fn send(node: &Daemon, body: &Value) -> (u16, Value) {
+    let (status, answer, _) = node
+        .call(
+            "POST",
+            "/v1/messages",
+            Some(PRODUCER),
+            Some(&body.to_string()),
+        )
+        .await;
+    (status, answer)
+}
+
+/// A tenant's default endpoint, created on one node; its id.
+pub async fn create_endpoint(node: &Daemon, tenant: &str, url: &str, policy: &str) -> String {
+    let (status, endpoint) = node
+        .admin(
+            "POST",
+            "/admin/endpoints",
+            Some(json!({"tenant": tenant, "url": url, "policy": policy, "default": true})),
+        )
+        .await;
+    assert_eq!(status, 201, "{endpoint}");
+    endpoint["id"].as_str().unwrap().to_string()
+}
+
+/// One metric of one node.
+pub async fn scrape(node: &Daemon, name: &str) -> f64 {
+    let text = reqwest::get(format!("{}/metrics", node.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metric(&text, name, &[])
 }

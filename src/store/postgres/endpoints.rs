@@ -165,13 +165,13 @@ impl PgStore {
     }
 
     /// Reserves the next start of an attempt to a rate-limited endpoint in one statement: at
-    /// least `interval` after the start reserved before it (by any node), and not before now,
+    /// least `spacing` after the start reserved before it (by any node), and not before now,
     /// both on the database's clock (so the nodes' clocks need not agree). Returns how long
     /// from now that start is.
     pub(super) async fn reserve_start_now(
         &self,
         id: EndpointId,
-        interval: Duration,
+        spacing: Duration,
     ) -> StoreResult<Duration> {
         // clock_timestamp(), not now(): the time after the row lock was granted.
         let wait_us: i64 = sqlx::query_scalar(
@@ -182,7 +182,7 @@ impl PgStore {
              RETURNING last_start_us - (extract(epoch FROM clock_timestamp()) * 1000000)::bigint",
         )
         .bind(id.0)
-        .bind(i64::try_from(interval.as_micros()).unwrap_or(i64::MAX))
+        .bind(i64::try_from(spacing.as_micros()).unwrap_or(i64::MAX))
         .fetch_one(&self.pool)
         .await?;
         Ok(Duration::from_micros(u64::try_from(wait_us).unwrap_or(0)))

@@ -455,9 +455,9 @@ impl Store for PgStore {
     async fn reserve_start(
         &self,
         endpoint: EndpointId,
-        interval: Duration,
+        spacing: Duration,
     ) -> StoreResult<Option<Duration>> {
-        self.reserve_start_now(endpoint, interval).await.map(Some)
+        self.reserve_start_now(endpoint, spacing).await.map(Some)
     }
 
     fn notices(&self) -> Option<tokio::sync::broadcast::Receiver<Notice>> {

@@ -1,0 +1,166 @@
+//! Delivery controls on a cluster of real `herald serve` processes sharing one real
+//! PostgreSQL: an ordering key's order across nodes and a killed node, and a rate limit held
+//! by the nodes together. (A test binary of its own: its timings are not shared with the
+//! heavier cluster tests.)
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::postgres::{self, Cluster, create_endpoint, scrape, send};
+use common::{Receiver, Reply};
+use serde_json::{Value, json};
+
+/// The payload field `n` of each request to `receiver` whose payload `key` is `key`, in
+/// arrival order.
+fn arrived(receiver: &Receiver, key: &str) -> Vec<u64> {
+    receiver
+        .requests()
+        .iter()
+        .filter_map(|r| {
+            let body: Value = serde_json::from_slice(&r.body).ok()?;
+            (body["key"] == key).then(|| body["n"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordering_key_holds_across_nodes_and_a_node_killed_mid_attempt() {
+    let Some(url) = postgres::database().await else {
+        return;
+    };
+    let cluster = Cluster::new(url);
+    // The first request hangs: the node attempting it is killed meanwhile.
+    let receiver = Receiver::start(|n, _| {
+        if n == 0 {
+            Reply::Hang
+        } else {
+            Reply::Status(200, "ok")
+        }
+    })
+    .await;
+    let mut doomed = cluster.node(0);
+    create_endpoint(&doomed, "acme", &receiver.url(), "quick").await;
+    let keyed = |key: &str, n: u64| {
+        json!({"tenant": "acme", "event_type": "job.status", "ordering_key": key,
+               "payload": {"key": key, "n": n}})
+    };
+    assert_eq!(send(&doomed, &keyed("job-1", 0)).await.0, 202);
+    assert!(receiver.wait_for(1, Duration::from_secs(10)).await);
+    // The rest of the key goes to both nodes in turn, each acknowledged before the next is
+    // sent: acceptance order is 0, 1, ... 9 whichever node took a message.
+    let survivor = cluster.node(1);
+    for n in 1..10 {
+        let node = if n % 2 == 0 { &doomed } else { &survivor };
+        let (status, answer) = send(node, &keyed("job-1", n)).await;
+        assert_eq!(status, 202, "{answer}");
+    }
+    doomed.child.kill().unwrap();
+    doomed.child.wait().unwrap();
+    let killed = Instant::now();
+    // Another key is not held back by the hung head.
+    assert_eq!(send(&survivor, &keyed("job-2", 0)).await.0, 202);
+
+    // The survivor takes the head over when its lease runs out, then the rest, in order.
+    assert!(
+        receiver.wait_for(12, Duration::from_secs(30)).await,
+        "{} of 12 requests arrived",
+        receiver.count()
+    );
+    assert!(!receiver.wait_for(13, Duration::from_millis(300)).await);
+    assert_eq!(
+        arrived(&receiver, "job-1"),
+        [0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+    );
+    let job2 = receiver
+        .requests()
+        .iter()
+        .position(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["key"] == "job-2")
+        .unwrap();
+    assert_eq!(job2, 1, "job-2 waited for job-1's head");
+    eprintln!(
+        "the key's head taken over {:?} after the SIGKILL",
+        killed.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_holds_for_the_whole_cluster() {
+    let Some(url) = postgres::database().await else {
+        return;
+    };
+    let cluster = Cluster::new(url);
+    let nodes = [cluster.node(0), cluster.node(1)];
+    let receiver = Receiver::ok().await;
+    let (status, endpoint) = nodes[0]
+        .admin(
+            "POST",
+            "/admin/endpoints",
+            Some(
+                json!({"tenant": "acme", "url": receiver.url(), "policy": "quick",
+                        "default": true, "rate_limit": 20}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{endpoint}");
+    // Both nodes know the limit before anything is sent (the other hears of it by a notice).
+    let path = format!("/admin/endpoints/{}", endpoint["id"].as_str().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while nodes[1].admin("GET", &path, None).await.1["pacing"]["rate_limit"] != 20.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the other node never saw the limit"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // 60 messages, sent to both nodes at once.
+    let sends = (0..60u64).map(|n| {
+        let node = &nodes[(n % 2) as usize];
+        async move {
+            let body = json!({"tenant": "acme", "event_type": "e", "payload": {"n": n}});
+            send(node, &body).await.0
+        }
+    });
+    let statuses = futures_util::future::join_all(sends).await;
+    assert!(statuses.iter().all(|s| *s == 202), "{statuses:?}");
+    assert!(receiver.wait_for(60, Duration::from_secs(30)).await);
+
+    let times: Vec<Instant> = receiver.requests().iter().map(|r| r.at).collect();
+    let span = times[59] - times[0];
+    assert!(
+        span >= Duration::from_millis(2_900),
+        "60 attempts at 20/s over two nodes took {span:?}"
+    );
+    // No second holds more than 20 (10 ms allowed for the way from sender to receiver).
+    for (i, first) in times.iter().enumerate() {
+        let within = times[i..]
+            .iter()
+            .take_while(|t| **t - *first < Duration::from_millis(990))
+            .count();
+        let gaps: Vec<u128> = times
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_millis())
+            .collect();
+        assert!(
+            within <= 20,
+            "{within} attempts within a second from #{i}: {gaps:?}"
+        );
+    }
+    // Both nodes attempted: the limit was shared, not kept by one node doing all the work.
+    // (An attempt is counted once its outcome is recorded, just after the receiver saw it.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let per_node = loop {
+        let mut per_node = Vec::new();
+        for node in &nodes {
+            per_node.push(scrape(node, "herald_attempts_total").await);
+        }
+        if per_node.iter().sum::<f64>() == 60.0 {
+            break per_node;
+        }
+        assert!(Instant::now() < deadline, "{per_node:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(per_node.iter().all(|n| *n > 0.0), "{per_node:?}");
+    eprintln!("attempts per node: {per_node:?}; 60 starts over {span:?}");
+}
