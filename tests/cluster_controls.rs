@@ -1,12 +1,13 @@
 //! Delivery controls on a cluster of real `herald serve` processes sharing one real
-//! PostgreSQL: an ordering key's order across nodes and a killed node, and a rate limit held
-//! by the nodes together. (A test binary of its own: its timings are not shared with the
+//! PostgreSQL: an ordering key's order across nodes and a killed node, a rate limit held by
+//! the nodes together, and a message's trace continued by the node that attempts it. (A test binary of its own: its timings are not shared with the
 //! heavier cluster tests.)
 
 mod common;
 
 use std::time::{Duration, Instant};
 
+use common::daemon::PRODUCER;
 use common::postgres::{self, Cluster, create_endpoint, scrape, send};
 use common::{Receiver, Reply};
 use serde_json::{Value, json};
@@ -163,4 +164,51 @@ async fn a_rate_limit_holds_for_the_whole_cluster() {
     };
     assert!(per_node.iter().all(|n| *n > 0.0), "{per_node:?}");
     eprintln!("attempts per node: {per_node:?}; 60 starts over {span:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_on_another_node_joins_the_trace_of_the_accepting_one() {
+    let Some(url) = postgres::database().await else {
+        return;
+    };
+    let cluster = Cluster::new(url);
+    // Spans go to a receiver that takes anything: this test reads the delivery's headers.
+    let collector = Receiver::ok().await;
+    let otlp = [("HERALD_OTLP_ENDPOINT", collector.url())];
+    let otlp: Vec<(&str, &str)> = otlp.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut accepting = cluster.node_with(0, &otlp);
+    let attempting = cluster.node_with(1, &otlp);
+    let receiver = Receiver::ok().await;
+    create_endpoint(&accepting, "acme", &receiver.url(), "quick").await;
+
+    // Accepted on one node, which dies before the delivery is due; the other attempts it.
+    let producer_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let answer = reqwest::Client::new()
+        .post(format!("{}/v1/messages", accepting.base))
+        .bearer_auth(PRODUCER)
+        .header("content-type", "application/json")
+        .header(
+            "traceparent",
+            format!("00-{producer_trace}-00f067aa0ba902b7-01"),
+        )
+        .body(
+            json!({"tenant": "acme", "event_type": "e", "payload": {"n": 1}, "delay": "1s"})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status().as_u16();
+    let answer = answer.text().await.unwrap();
+    assert_eq!(status, 202, "{answer}");
+    accepting.child.kill().unwrap();
+    accepting.child.wait().unwrap();
+    assert!(receiver.wait_for(1, Duration::from_secs(15)).await);
+    let seen = receiver.requests()[0].header("traceparent");
+    assert_eq!(
+        seen.split('-').nth(1),
+        Some(producer_trace),
+        "the producer's trace continues on the other node: {seen:?}"
+    );
+    drop(attempting);
 }

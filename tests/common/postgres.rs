@@ -332,18 +332,21 @@ impl Cluster {
 
     /// Starts node `n` (its own data directory, with the `once` policy).
     pub fn node(&self, n: usize) -> Daemon {
+        self.node_with(n, &[])
+    }
+
+    /// [`Cluster::node`] with more `HERALD_*` (or other) variables.
+    pub fn node_with(&self, n: usize, env: &[(&str, &str)]) -> Daemon {
         let data = self.root.path().join(format!("node{n}"));
         std::fs::create_dir_all(data.join("policies")).unwrap();
         std::fs::write(data.join("policies").join("once.toml"), ONCE).unwrap();
-        Daemon::start_with_env(
-            &data,
-            None,
-            &[
-                ("HERALD_STORE", &self.store),
-                ("HERALD_SECRET_KEY", &self.key),
-                ("HERALD_LOG", "info"),
-            ],
-        )
+        let mut all = vec![
+            ("HERALD_STORE", self.store.as_str()),
+            ("HERALD_SECRET_KEY", self.key.as_str()),
+            ("HERALD_LOG", "info"),
+        ];
+        all.extend_from_slice(env);
+        Daemon::start_with_env(&data, None, &all)
     }
 }
 
