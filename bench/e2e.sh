@@ -10,6 +10,11 @@
 #   RUNS=5 MESSAGES=20000 bench/e2e.sh
 #   STORE=postgres://postgres@127.0.0.1:5432/herald NODES=3 bench/e2e.sh   # a cluster
 #
+# With a PostgreSQL store on this machine, each run also reports what the database spent per
+# delivery: CPU time of its processes (from /proc: the postmaster's own and its reaped children's,
+# plus the live backends'), statements (= round trips; needs `pg_stat_statements` in
+# `shared_preload_libraries`, else only transactions are counted) and the busiest statements.
+#
 # Needs hey, nginx-light and wrk (installed from Debian when missing) and a release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -95,6 +100,44 @@ start_node() {  # $1 = node index; appends the node's base URL to `nodes`
   nodes+=("http://127.0.0.1:$port")
 }
 
+# PostgreSQL's cost during a run (a server on this machine): CPU ticks of all its processes.
+pg_ticks() {
+  local dir pm ticks=0 pid
+  dir="$(psql "$STORE" -Atqc 'SHOW data_directory')"
+  pm="$(head -1 "$dir/postmaster.pid")"
+  # The postmaster: its own time and that of its children already reaped (backends that ended).
+  ticks=$(awk '{print $14+$15+$16+$17}' "/proc/$pm/stat")
+  for pid in $(pgrep -P "$pm"); do
+    ticks=$((ticks + $(awk '{print $14+$15}' "/proc/$pid/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$ticks"
+}
+pg_counts() {  # statements (or -1 without pg_stat_statements) and committed transactions
+  local statements
+  statements="$(psql "$STORE" -Atqc "SELECT coalesce(sum(calls), 0) FROM bench_stats.pg_stat_statements
+    WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())" 2>/dev/null || echo -1)"
+  echo "$statements $(psql "$STORE" -Atqc 'SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()')"
+}
+pg_start() {
+  psql "$STORE" -q -c 'CREATE SCHEMA IF NOT EXISTS bench_stats' \
+    -c 'CREATE EXTENSION IF NOT EXISTS pg_stat_statements SCHEMA bench_stats' >/dev/null 2>&1 || true
+  psql "$STORE" -Atqc 'SELECT bench_stats.pg_stat_statements_reset()' >/dev/null 2>&1 || true
+  pg_before_ticks="$(pg_ticks)"; read -r pg_before_statements pg_before_xacts <<< "$(pg_counts)"
+}
+pg_report() {  # $1 = deliveries
+  local ticks hz statements xacts
+  ticks=$(( $(pg_ticks) - pg_before_ticks )); hz="$(getconf CLK_TCK)"
+  read -r statements xacts <<< "$(pg_counts)"
+  python3 -c "print(f'  PostgreSQL: {$ticks / $hz * 1e6 / $1:.0f} µs CPU per delivery, ' \
+    f'{($xacts - $pg_before_xacts) / $1:.2f} transactions per delivery' + \
+    ('' if $statements < 0 else f', {($statements - $pg_before_statements) / $1:.2f} statements per delivery'))"
+  [ "$statements" -ge 0 ] && psql "$STORE" -Atq -F ' | ' -c "SELECT round(calls::numeric / $1, 3) AS per_delivery,
+      round(total_exec_time::numeric / $1 * 1000) AS us_per_delivery, left(regexp_replace(query, '\s+', ' ', 'g'), 90)
+    FROM bench_stats.pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+    ORDER BY calls DESC LIMIT 12" | sed 's/^/    /'
+  true
+}
+
 results=()
 posts=()
 for run in $(seq 1 "$RUNS"); do
@@ -109,6 +152,7 @@ for run in $(seq 1 "$RUNS"); do
     \"tenant\":\"acme\",\"url\":\"http://127.0.0.1:$sink_port/hook\",\"policy\":\"standard-webhooks\",
     \"secret\":\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\",\"default\":true}" >/dev/null
   sleep 0.5  # the other nodes hear of the endpoint
+  [[ "$STORE" == postgres* ]] && pg_start
   started="$(date +%s.%N)"
   per_node=$((MESSAGES / NODES))
   hey_pids=()
@@ -130,6 +174,7 @@ for run in $(seq 1 "$RUNS"); do
   post="$(python3 -c "print(round($expected / ($posted - $started)))")"
   non202="$(grep -h -A20 'Status code distribution' "$work"/hey*.txt | grep -v '\[202\]' | grep -c '\[' || true)"
   echo "run $run: $e2e deliveries/s end to end; POST $post/s; non-202 status lines: $non202"
+  [[ "$STORE" == postgres* ]] && pg_report "$expected"
   results+=("$e2e"); posts+=("$post")
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
