@@ -133,11 +133,42 @@ async fn a_rate_limit_holds_for_the_whole_cluster() {
         span >= Duration::from_millis(2_900),
         "60 attempts at 20/s over two nodes took {span:?}"
     );
-    // No second holds more than 20 (10 ms allowed for the way from sender to receiver).
+    // No second holds more than 20 starts, as the nodes recorded them (ms; a start may begin a
+    // few ms after the moment it was given, on a busy machine) ...
+    let (_, page) = nodes[0]
+        .admin("GET", "/admin/deliveries?limit=100", None)
+        .await;
+    let mut starts = Vec::new();
+    for delivery in page["deliveries"].as_array().unwrap() {
+        let path = format!("/admin/deliveries/{}", delivery["id"].as_str().unwrap());
+        let (_, delivery) = nodes[1].admin("GET", &path, None).await;
+        for attempt in delivery["attempts"].as_array().unwrap() {
+            let at = humantime::parse_rfc3339(attempt["started_at"].as_str().unwrap()).unwrap();
+            starts.push(
+                at.duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis(),
+            );
+        }
+    }
+    starts.sort_unstable();
+    assert_eq!(starts.len(), 60);
+    for (i, first) in starts.iter().enumerate() {
+        let within = starts[i..]
+            .iter()
+            .take_while(|t| **t - *first < 990)
+            .count();
+        assert!(
+            within <= 20,
+            "{within} starts within a second from #{i}: {starts:?}"
+        );
+    }
+    // ... nor as the receiver saw them (50 ms allowed for the way there: both nodes, the
+    // database and the receiver share this machine's two cores with the other tests).
     for (i, first) in times.iter().enumerate() {
         let within = times[i..]
             .iter()
-            .take_while(|t| **t - *first < Duration::from_millis(990))
+            .take_while(|t| **t - *first < Duration::from_millis(950))
             .count();
         let gaps: Vec<u128> = times
             .windows(2)

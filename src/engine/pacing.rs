@@ -9,10 +9,12 @@
 //! In a cluster the nodes' pacers alone would let each node start `rate` attempts a second.
 //! So there, once its own pacer lets an attempt start, a runner reserves the start in the
 //! shared store ([`Store::reserve_start`](crate::store::Store::reserve_start): one atomic
-//! statement moves the endpoint's last start on) and waits for it. A start that begins late
-//! (a busy machine) would bring it closer to the next node's on-time start, so the node's next
-//! reservation adds how late it was ([`Pacer::spacing`]): the starts after it move back, and a
-//! run of `rate` starts still spans a second, as with the pacer alone.
+//! statement moves the endpoint's last start on) and waits for it. Another node may already
+//! hold the start after it, so a start that began late (a busy machine) would come too close
+//! to that one, and nothing can move it back. Hence a node that wakes more than
+//! [`CLUSTER_LATENESS`] after its reserved start gives the start up and reserves another,
+//! and reservations are spaced by the interval plus that tolerance shared out over a second's
+//! starts ([`Pacer::spacing`]): any `rate` consecutive starts then still span a second.
 
 use crate::model::Endpoint;
 use crate::policy::Policy;
@@ -51,9 +53,11 @@ pub(crate) struct Pacer {
     interval_us: u64,
     /// The theoretical arrival time: the earliest the next attempt may start.
     next_start_us: u64,
-    /// In a cluster: how much later than reserved the last start began, not yet reserved for.
-    late_us: u64,
 }
+
+/// In a cluster: how late after its reserved start an attempt may still begin; a node that
+/// wakes later gives the start up and reserves another.
+pub(crate) const CLUSTER_LATENESS: std::time::Duration = std::time::Duration::from_millis(5);
 
 impl Pacer {
     /// A pacer for `rate` attempts per second whose first attempt may start at once.
@@ -62,7 +66,6 @@ impl Pacer {
             rate,
             interval_us: interval_us(rate),
             next_start_us: 0,
-            late_us: 0,
         }
     }
 
@@ -87,16 +90,18 @@ impl Pacer {
     }
 
     /// In a cluster: how far after the last start reserved by any node to reserve the next
-    /// one — an interval, plus how late this node's last reserved start began.
-    pub(crate) fn spacing(&mut self) -> std::time::Duration {
-        let late = std::mem::take(&mut self.late_us);
-        std::time::Duration::from_micros(self.interval_us.saturating_add(late))
+    /// one. Starts may begin up to [`CLUSTER_LATENESS`] after their reservation, so `n`
+    /// reservations in a row (`n` = a second's worth) are spaced by a second plus that
+    /// lateness: any `n` consecutive starts then span at least a second.
+    pub(crate) fn spacing(&self) -> std::time::Duration {
+        let per_second = (self.rate.ceil() as u64).max(1);
+        let margin = (CLUSTER_LATENESS.as_micros() as u64).div_ceil(per_second);
+        std::time::Duration::from_micros(self.interval_us.saturating_add(margin))
     }
 
-    /// In a cluster: the start reserved at `reserved_us` began at `now_us`; the next start is
-    /// one interval after it, and the next reservation makes up for its lateness.
-    pub(crate) fn began(&mut self, reserved_us: u64, now_us: u64) {
-        self.late_us = now_us.saturating_sub(reserved_us);
+    /// In a cluster: a reserved start began at `now_us`; this node's next start is no sooner
+    /// than one interval after it.
+    pub(crate) fn began(&mut self, now_us: u64) {
         self.next_start_us = self
             .next_start_us
             .max(now_us.saturating_add(self.interval_us));
@@ -182,22 +187,32 @@ mod tests {
     }
 
     #[test]
-    fn a_start_reserved_in_a_cluster_paces_the_node_and_its_lateness_is_made_up() {
-        let mut pacer = Pacer::new(20.0); // 50 ms
-        assert_eq!(pacer.spacing(), std::time::Duration::from_millis(50));
-        pacer.start(1_000_000).unwrap();
-        // Another node holds the next start: ours was reserved 80 ms on, and began 3 ms late.
-        pacer.began(1_080_000, 1_083_000);
-        assert_eq!(pacer.start(1_100_000), Err(1_133_000));
-        assert_eq!(pacer.spacing(), std::time::Duration::from_millis(53));
+    fn reservations_in_a_cluster_leave_room_for_a_late_start() {
+        // 20/s: 50 ms, plus 5 ms shared out over 20 starts.
+        let pacer = Pacer::new(20.0);
+        assert_eq!(pacer.spacing(), std::time::Duration::from_micros(50_250));
+        // 20 reserved starts in a row, the first as late as tolerated and the last on time,
+        // still span a second.
+        let spacing = pacer.spacing().as_micros() as u64;
+        let late = CLUSTER_LATENESS.as_micros() as u64;
+        assert!(20 * spacing - late >= 1_000_000);
+        // 1/s: a second plus the whole tolerance.
         assert_eq!(
-            pacer.spacing(),
-            std::time::Duration::from_millis(50),
-            "made up once"
+            Pacer::new(1.0).spacing(),
+            std::time::Duration::from_millis(1_005)
         );
+    }
+
+    #[test]
+    fn a_reserved_start_paces_the_node() {
+        let mut pacer = Pacer::new(20.0); // 50 ms
+        pacer.start(1_000_000).unwrap();
+        // Another node held the next start: ours was reserved 80 ms on and began then.
+        pacer.began(1_080_000);
+        assert_eq!(pacer.start(1_100_000), Err(1_130_000));
         // A start that began before what the pacer allows moves nothing.
-        pacer.began(1_000_000, 1_000_000);
-        assert_eq!(pacer.next_start_us(), 1_133_000);
+        pacer.began(1_000_000);
+        assert_eq!(pacer.next_start_us(), 1_130_000);
     }
 
     #[test]

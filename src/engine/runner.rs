@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Engine;
-use super::pacing::now_us;
+use super::pacing::{CLUSTER_LATENESS, now_us};
 use super::scheduler::Scheduler;
 use crate::model::EndpointId;
 use crate::store::{Claim, Lease};
@@ -125,33 +125,47 @@ fn next_step(scheduler: &Scheduler, endpoint: EndpointId) -> Step {
 }
 
 /// Waits for the start the shared store reserves for this attempt, in a cluster (a store of
-/// this process's own reserves nothing: the pacer was exact). Should the store not answer,
-/// the pacer has spaced the attempt already, and the limit holds per node until it is back.
+/// this process's own reserves nothing: the pacer was exact). A node that wakes too late for
+/// its start gives it up and reserves another (see [`super::pacing`]). Should the store not
+/// answer, the pacer has spaced the attempt already, and the limit holds per node until it is
+/// back.
 async fn reserved_start(engine: &Engine, endpoint: EndpointId) {
     let scheduler = &engine.scheduler;
-    // How far after the last start reserved by any node (None: no limit any more).
-    let spacing = {
-        let mut state = scheduler.lock();
-        let slot = scheduler.slot(&mut state, endpoint);
-        slot.pacer.as_mut().map(|pacer| pacer.spacing())
-    };
-    let Some(spacing) = spacing else {
-        return;
-    };
-    match engine.store.reserve_start(endpoint, spacing).await {
-        Ok(Some(wait)) => {
-            let reserved_us = now_us().saturating_add(wait.as_micros() as u64);
-            tokio::time::sleep(wait).await;
+    loop {
+        // How far after the last start reserved by any node (None: no limit any more).
+        let spacing = {
             let mut state = scheduler.lock();
-            if let Some(pacer) = &mut scheduler.slot(&mut state, endpoint).pacer {
-                pacer.began(reserved_us, now_us());
+            let slot = scheduler.slot(&mut state, endpoint);
+            slot.pacer.as_ref().map(|pacer| pacer.spacing())
+        };
+        let Some(spacing) = spacing else {
+            return;
+        };
+        match engine.store.reserve_start(endpoint, spacing).await {
+            Ok(Some(wait)) => {
+                let reserved = tokio::time::Instant::now() + wait;
+                tokio::time::sleep_until(reserved).await;
+                let late = tokio::time::Instant::now().saturating_duration_since(reserved);
+                if late > CLUSTER_LATENESS {
+                    tracing::debug!(%endpoint, ?late, "woke too late for a reserved start; reserving another");
+                    metrics::counter!("herald_rate_limit_starts_given_up_total").increment(1);
+                    continue;
+                }
+                let mut state = scheduler.lock();
+                if let Some(pacer) = &mut scheduler.slot(&mut state, endpoint).pacer {
+                    pacer.began(now_us());
+                }
+                state.refresh(endpoint); // its next start moved
+                return;
             }
-            state.refresh(endpoint); // its next start moved
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(
+                    %endpoint, error = %e,
+                    "could not reserve a start in the shared store; this node keeps the rate limit on its own meanwhile"
+                );
+                return;
+            }
         }
-        Ok(None) => {}
-        Err(e) => tracing::warn!(
-            %endpoint, error = %e,
-            "could not reserve a start in the shared store; this node keeps the rate limit on its own meanwhile"
-        ),
     }
 }

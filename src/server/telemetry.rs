@@ -38,6 +38,10 @@ fn describe() {
         "herald_attempts_total",
         "Delivery attempts by policy and outcome (success, rejected, timeout, connect, refused, ...)"
     );
+    describe_counter!(
+        "herald_rate_limit_starts_given_up_total",
+        "In a cluster: reserved starts of rate-limited attempts given up because the node woke too late for them (another is reserved)"
+    );
     describe_histogram!(
         "herald_attempt_duration_seconds",
         "Duration of one delivery attempt, connect to last response byte, by policy"

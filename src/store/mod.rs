@@ -482,8 +482,8 @@ pub trait Store: Send + Sync + 'static {
     /// least `spacing` after the start last reserved for it by any process sharing the store
     /// and not before now, in one atomic step, and returns how long from now that start is.
     /// The engine calls it just before an attempt to a rate-limited endpoint, with a spacing
-    /// of its choosing (`engine::pacing`: the interval, plus how late its own last start
-    /// began), and starts the attempt then. A store that only this process uses answers
+    /// of its choosing (`engine::pacing`: the interval, plus a margin for a start that begins
+    /// a little late), and starts the attempt then. A store that only this process uses answers
     /// `None` (the default): the engine's own pacer is exact there.
     async fn reserve_start(
         &self,
