@@ -4,8 +4,9 @@
 use sled::{Batch, IVec};
 
 use super::codec::{self, Health, encode};
+use super::lines::LineWrites;
 use super::{SledStore, keys};
-use crate::model::{DeliveryId, DeliveryStatus, Endpoint, EndpointId};
+use crate::model::{Delivery, DeliveryStatus, Endpoint, EndpointId};
 use crate::store::{Closing, StoreResult};
 
 /// Deliveries updated per batch when an endpoint is deleted.
@@ -208,13 +209,16 @@ impl SledStore {
             return Ok(false);
         };
         self.cache_endpoint(id, None);
-        // The due index, then the deliveries waiting in ordering lines, then the lines.
-        for prefix in [keys::DUE, keys::WAITING, keys::LINE] {
+        // The deliveries waiting in its ordering lines (from the end of each line, so that
+        // every batch leaves whole lines behind), then the due index, then the lines.
+        self.close_waiting(&mut state, id, closing)?;
+        for prefix in [keys::DUE, keys::LINE] {
             let prefix = keys::endpoint_prefix(prefix, id);
             loop {
-                let entries: Vec<(IVec, IVec)> = self
+                let entries: Vec<IVec> = self
                     .tree()?
                     .scan_prefix(&prefix)
+                    .keys()
                     .take(DELETE_BATCH)
                     .collect::<Result<_, _>>()?;
                 if entries.is_empty() {
@@ -222,30 +226,16 @@ impl SledStore {
                 }
                 let mut batch = Batch::default();
                 let mut removed = 0;
-                for (key, value) in entries {
-                    let delivery_id = match key[0] {
-                        keys::DUE => keys::parse_due(&key).map(|(_, _, d)| d),
-                        keys::WAITING => {
-                            let waiting = DeliveryId::from_slice(&value);
-                            if let Some(waiting) = waiting {
-                                batch.remove(keys::waiting_place(waiting));
-                            }
-                            waiting
-                        }
-                        _ => None,
-                    };
-                    if let Some(delivery_id) = delivery_id {
+                for key in entries {
+                    if let Some((_, _, delivery_id)) = keys::parse_due(&key) {
                         state.leases.remove(&delivery_id);
-                        if let Some(mut delivery) = self.delivery_at(delivery_id)?
+                        if let Some(delivery) = self.delivery_at(delivery_id)?
                             && delivery.status == DeliveryStatus::Pending
                         {
-                            delivery.status = closing.status;
-                            delivery.next_attempt_at = None;
-                            delivery.last_error = Some(closing.reason.clone());
-                            delivery.updated_at = closing.at_ms;
+                            let closed = closed(delivery, closing);
                             batch.insert(
                                 keys::delivery(delivery_id),
-                                self.encode_delivery(&delivery)?,
+                                self.encode_delivery(&closed)?,
                             );
                             removed += 1;
                         }
@@ -265,4 +255,62 @@ impl SledStore {
         })?;
         Ok(true)
     }
+
+    /// Closes the deliveries waiting in `endpoint`'s lines, in batches: each takes deliveries
+    /// from the end of lines, so that what is left after any batch is a shorter line.
+    fn close_waiting(
+        &self,
+        state: &mut super::State,
+        endpoint: EndpointId,
+        closing: &Closing,
+    ) -> StoreResult<()> {
+        let prefix = keys::endpoint_prefix(keys::LINE, endpoint);
+        let mut from = prefix.clone();
+        loop {
+            let mut lines = LineWrites::default();
+            let mut closed_ones = Vec::new();
+            let mut done = true;
+            for line in self.tree()?.range(from.clone()..).keys() {
+                let line = line?;
+                if !line.starts_with(&prefix) {
+                    break;
+                }
+                while let Some(last) = lines.waiting_last(self, &line)? {
+                    if closed_ones.len() == DELETE_BATCH {
+                        break;
+                    }
+                    lines.leave_waiting(self, &line, last)?;
+                    if let Some(delivery) = self.delivery_at(last)?
+                        && delivery.status == DeliveryStatus::Pending
+                    {
+                        closed_ones.push(closed(delivery, closing));
+                    }
+                }
+                if closed_ones.len() == DELETE_BATCH {
+                    from = line.to_vec();
+                    done = false;
+                    break;
+                }
+            }
+            let mut batch = Batch::default();
+            lines.write(&mut batch);
+            for delivery in &closed_ones {
+                state.leases.remove(&delivery.id);
+                batch.insert(keys::delivery(delivery.id), self.encode_delivery(delivery)?);
+            }
+            self.apply_counted(batch, 0, closed_ones.len() as u64)?;
+            if done {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// A pending delivery as an endpoint's deletion leaves it.
+fn closed(mut delivery: Delivery, closing: &Closing) -> Delivery {
+    delivery.status = closing.status;
+    delivery.next_attempt_at = None;
+    delivery.last_error = Some(closing.reason.clone());
+    delivery.updated_at = closing.at_ms;
+    delivery
 }

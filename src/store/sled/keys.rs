@@ -10,7 +10,7 @@
 //! | `T`    | tenant, 0, endpoint id                | —  (tenant → endpoints)       |
 //! | `M`    | message id                            | message header + payload      |
 //! | `m`    | message id, delivery id               | —  (message → deliveries)     |
-//! | `D`    | delivery id                           | delivery                      |
+//! | `D`    | delivery id                           | delivery (in an ordering line: with its neighbours, see `lines`) |
 //! | `Q`    | endpoint id, due ms, delivery id      | —  (the due index)            |
 //! | `A`    | delivery id, attempt number           | attempt                       |
 //! | `I`    | tenant, 0, idempotency key            | message id                    |
@@ -18,9 +18,9 @@
 //! | `F`    | endpoint id                           | endpoint health (failures, disablement) |
 //! | `S`    | endpoint id, day (u32 BE)             | daily roll-up                 |
 //! | `J`    | job id                                | bulk replay job               |
-//! | `H`    | endpoint id, ordering key             | an ordering line: its front, its next place |
-//! | `W`    | endpoint id, ordering key, 0, place (u64 BE) | delivery id (waiting in line) |
-//! | `R`    | delivery id                           | its `W` key (waiting deliveries only) |
+//! | `H`    | endpoint id, ordering key             | an ordering line: its last delivery |
+//! | `W`    | endpoint id, ordering key, 0, place (u64 BE) | first layout of lines: a waiting delivery (rewritten at open) |
+//! | `R`    | delivery id                           | first layout of lines: its `W` key (rewritten at open) |
 //! | `P`    | —                                     | pending deliveries (u64 BE)   |
 //! | `C`    | —                                     | counters: store id, durable-write sequence (see `ledger`) |
 //! | `X`    | —                                     | a sealed known value: proves the secret key opens this store |
@@ -147,32 +147,19 @@ pub(crate) fn job(id: &uuid::Uuid) -> Vec<u8> {
     key(JOB, &[id.as_bytes()])
 }
 
-/// An ordering line's record. Ordering keys hold no control characters (checked at accept),
-/// so the 0 that ends the key in `W` keys keeps one line's keys apart from a longer key's.
+/// An ordering line's record. Ordering keys hold no control characters (checked at accept);
+/// the first layout's `W` keys ended the key with a 0 to keep one line's places apart from a
+/// longer key's.
 pub(crate) fn line(endpoint: EndpointId, ordering_key: &str) -> Vec<u8> {
     key(LINE, &[endpoint.as_bytes(), ordering_key.as_bytes()])
 }
 
-/// The prefix of every waiting place in one line, in place order.
-pub(crate) fn waiting_prefix(endpoint: EndpointId, ordering_key: &str) -> Vec<u8> {
-    key(
-        WAITING,
-        &[endpoint.as_bytes(), ordering_key.as_bytes(), &[0]],
-    )
-}
-
-pub(crate) fn waiting(endpoint: EndpointId, ordering_key: &str, place: u64) -> Vec<u8> {
-    let mut key = waiting_prefix(endpoint, ordering_key);
-    key.extend_from_slice(&place.to_be_bytes());
-    key
-}
-
-/// Every line of one endpoint (`H`), or every waiting place (`W`).
+/// Every line of one endpoint (`H`), or every due entry (`Q`).
 pub(crate) fn endpoint_prefix(prefix: u8, endpoint: EndpointId) -> Vec<u8> {
     key(prefix, &[endpoint.as_bytes()])
 }
 
-/// Where a waiting delivery stands in its line (its `W` key).
+/// Where a waiting delivery stood in a line of the first layout (its `W` key).
 pub(crate) fn waiting_place(delivery: DeliveryId) -> Vec<u8> {
     key(WAITING_PLACE, &[delivery.as_bytes()])
 }

@@ -1,180 +1,375 @@
 //! Ordering-key lines: for each (endpoint, ordering key), the pending deliveries of messages
 //! with that key, in acceptance order.
 //!
-//! * `H endpoint key` is the line: the delivery at its front (the only one in the due index),
-//!   the first place that may be taken behind it and the next free one;
-//! * `W endpoint key 0 place` → the delivery waiting at that place, so the next delivery is a
-//!   point read (a place given up early is a gap, passed over once);
-//! * `R delivery` → its `W` key, so that a waiting delivery that finishes early (cancelled)
-//!   gives up its place directly, and a write can tell that a delivery is waiting.
+//! A line is a doubly linked list whose links live in the delivery records themselves:
 //!
-//! A delivery joins at the end (at the front when the line is empty). When the front leaves,
-//! the first waiting delivery becomes the front, and the caller puts it in the due index in the
-//! same batch. Every step is a few point reads and writes: O(1) per delivery (O(log n) in the
-//! tree), never a scan — not of the endpoint's queue, nor of the line (sled's iterators copy
-//! whole leaf nodes, which made a seek per delivery cost a third of the throughput).
+//! * `H endpoint key` → the line's last delivery (present while the line has anyone in it);
+//! * a delivery in line carries, in front of its `D` record, the delivery before it and the
+//!   one after it ([`Link`]). Its front is the one delivery of the line in the due index.
+//!
+//! A delivery joins at the end (at the front when the line is empty): its predecessor's record
+//! gains a successor. When the front finishes, its record — read and rewritten by that write
+//! anyway — names the next delivery, which enters the due index: the line itself is not
+//! written at all, only read when it ends. A finished record carries no link, so the new
+//! front's link back to it goes nowhere, which is how a front is told from a waiting delivery
+//! (whose predecessor is still in line, with a link). A waiting delivery that finishes early
+//! (cancelled) is unlinked from its neighbours. Every step is a few point reads and writes:
+//! O(1) per delivery (O(log n) in the tree), never a scan of the endpoint's queue or the line.
+//!
+//! Stores written before links kept waiting deliveries under `W endpoint key 0 place` and
+//! `R delivery`; [`upgrade`] rewrites them into links when the store is opened.
 //!
 //! The changes of one batch are gathered in [`LineWrites`], whose reads see the batch's earlier
 //! changes, and written with the rest of the batch.
 
 use std::collections::HashMap;
 
-use serde::{Deserialize, Serialize};
-use sled::Batch;
+use serde::Deserialize;
+use sled::{Batch, IVec};
 
-use super::codec::{decode, encode};
+use super::codec::corrupt;
 use super::{SledStore, keys};
-use crate::model::{DeliveryId, EndpointId};
+use crate::model::{Delivery, DeliveryId};
 use crate::store::StoreResult;
 
-/// One line, as stored under its `H` key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-struct Line {
-    /// The delivery at the front: in the due index, attempted before any other of the line.
+/// A line record: this byte, then the last delivery's id.
+const LINE_V2: u8 = 6;
+/// A delivery record in line: this byte, the delivery before it and the one after it (16
+/// bytes each, all zero for none), then the record as it would be stored out of line.
+const LINKED: u8 = 7;
+const LINK_BYTES: usize = 1 + 16 + 16;
+
+/// A delivery's neighbours in its line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Link {
+    prev: Option<DeliveryId>,
+    next: Option<DeliveryId>,
+}
+
+impl Link {
+    fn is_linked(&self) -> bool {
+        self.prev.is_some() || self.next.is_some()
+    }
+}
+
+/// Splits a stored delivery value into its link and its record.
+pub(super) fn split(value: &[u8]) -> (Link, &[u8]) {
+    match value.split_first() {
+        Some((&LINKED, rest)) if rest.len() > 32 => {
+            let id = |bytes: &[u8]| DeliveryId::from_slice(bytes).filter(|id| !id.0.is_nil());
+            let link = Link {
+                prev: id(&rest[..16]),
+                next: id(&rest[16..32]),
+            };
+            (link, &rest[32..])
+        }
+        _ => (Link::default(), value),
+    }
+}
+
+/// A delivery value: `record` (encoded as stored out of line) with `link` in front of it.
+fn linked(link: Link, record: &[u8]) -> Vec<u8> {
+    if !link.is_linked() {
+        return record.to_vec();
+    }
+    let mut value = Vec::with_capacity(LINK_BYTES + record.len());
+    value.push(LINKED);
+    for id in [link.prev, link.next] {
+        value.extend_from_slice(&id.map_or([0; 16], |id| *id.as_bytes()));
+    }
+    value.extend_from_slice(record);
+    value
+}
+
+/// The line record as first stored, when waiting deliveries had places (`W`, `R`).
+#[derive(Deserialize)]
+struct PlacedLine {
     front: DeliveryId,
-    /// Every waiting delivery has a place in `first_place..next_place`.
     first_place: u64,
-    /// The place the next delivery to join takes.
     next_place: u64,
 }
 
-/// The line changes of one batch; `None` values are removals.
+/// A line's last delivery, from its record. A line record of the first layout names its front;
+/// once [`upgrade`] has run, no delivery waits behind it outside links, so that is its last.
+fn decode_line(key: &[u8], value: &[u8]) -> StoreResult<DeliveryId> {
+    match value.split_first() {
+        Some((&LINE_V2, id)) => {
+            DeliveryId::from_slice(id).ok_or_else(|| corrupt(key, "not a delivery id"))
+        }
+        _ => super::codec::decode::<PlacedLine>(key, value).map(|line| line.front),
+    }
+}
+
+fn encode_line(last: DeliveryId) -> Vec<u8> {
+    let mut value = Vec::with_capacity(17);
+    value.push(LINE_V2);
+    value.extend_from_slice(last.as_bytes());
+    value
+}
+
+/// Decodes a stored line record (for `store check`).
+pub(super) fn readable(key: &[u8], value: &[u8]) -> bool {
+    decode_line(key, value).is_ok()
+}
+
+/// The line changes of one batch.
 #[derive(Default)]
 pub(super) struct LineWrites {
-    lines: HashMap<Vec<u8>, Option<Line>>,
-    waiting: HashMap<Vec<u8>, Option<DeliveryId>>,
-    places: HashMap<DeliveryId, Option<Vec<u8>>>,
+    /// Each touched line's last delivery; `None`: the line is gone.
+    lines: HashMap<Vec<u8>, Option<DeliveryId>>,
+    /// The links of the deliveries this batch read or changed.
+    links: HashMap<DeliveryId, Link>,
+    /// Stored values read for their link, so that a changed link can be written back with the
+    /// record as it is (`None`: the delivery is not stored yet).
+    stored: HashMap<DeliveryId, Option<IVec>>,
+    /// Records of deliveries created in this batch that joined a line.
+    created: HashMap<DeliveryId, Vec<u8>>,
+    /// Deliveries whose link this batch changed.
+    relinked: Vec<DeliveryId>,
 }
 
 impl LineWrites {
-    fn line(&self, store: &SledStore, key: &[u8]) -> StoreResult<Option<Line>> {
-        match self.lines.get(key) {
-            Some(line) => Ok(*line),
-            None => store.get(key),
-        }
-    }
-
-    /// The `W` key of a waiting delivery, if it waits.
-    fn place(&self, store: &SledStore, delivery: DeliveryId) -> StoreResult<Option<Vec<u8>>> {
-        match self.places.get(&delivery) {
-            Some(place) => Ok(place.clone()),
-            None => Ok(store
-                .tree()?
-                .get(keys::waiting_place(delivery))?
-                .map(|v| v.to_vec())),
-        }
-    }
-
-    /// True while `delivery` waits behind the front of its line (out of the due index).
-    pub(super) fn is_waiting(&self, store: &SledStore, delivery: DeliveryId) -> StoreResult<bool> {
-        Ok(self.place(store, delivery)?.is_some())
-    }
-
-    /// The delivery waiting at a place, if any.
-    fn waiting_at(&self, store: &SledStore, place: &[u8]) -> StoreResult<Option<DeliveryId>> {
-        match self.waiting.get(place) {
-            Some(delivery) => Ok(*delivery),
-            None => match store.tree()?.get(place)? {
-                Some(value) => DeliveryId::from_slice(&value)
-                    .map(Some)
-                    .ok_or_else(|| super::codec::corrupt(place, "not a delivery id")),
+    fn last(&self, store: &SledStore, line: &[u8]) -> StoreResult<Option<DeliveryId>> {
+        match self.lines.get(line) {
+            Some(last) => Ok(*last),
+            None => match store.tree()?.get(line)? {
+                Some(value) => decode_line(line, &value).map(Some),
                 None => Ok(None),
             },
         }
     }
 
-    /// `delivery` joins the end of its line; true when it is at the front (due now), false
-    /// when it waits behind others.
+    /// Notes the link of a delivery the caller read (and will write with [`Self::record`]).
+    pub(super) fn note(&mut self, id: DeliveryId, link: Link) {
+        self.links.entry(id).or_insert(link);
+    }
+
+    fn link(&mut self, store: &SledStore, id: DeliveryId) -> StoreResult<Link> {
+        if let Some(link) = self.links.get(&id) {
+            return Ok(*link);
+        }
+        let value = store.tree()?.get(keys::delivery(id))?;
+        let link = value.as_deref().map_or(Link::default(), |v| split(v).0);
+        self.stored.insert(id, value);
+        self.links.insert(id, link);
+        Ok(link)
+    }
+
+    fn relink(&mut self, id: DeliveryId, link: Link) {
+        self.links.insert(id, link);
+        self.relinked.push(id);
+    }
+
+    /// True while `delivery` (pending) waits behind the front of its line, out of the due
+    /// index: its predecessor is still in line. A front's predecessor finished, and finished
+    /// records carry no link.
+    pub(super) fn is_waiting(
+        &mut self,
+        store: &SledStore,
+        delivery: DeliveryId,
+    ) -> StoreResult<bool> {
+        match self.link(store, delivery)?.prev {
+            Some(prev) => Ok(self.link(store, prev)?.is_linked()),
+            None => Ok(false),
+        }
+    }
+
+    /// The last delivery of `line`, if it waits behind the front.
+    pub(super) fn waiting_last(
+        &mut self,
+        store: &SledStore,
+        line: &[u8],
+    ) -> StoreResult<Option<DeliveryId>> {
+        match self.last(store, line)? {
+            Some(last) if self.is_waiting(store, last)? => Ok(Some(last)),
+            _ => Ok(None),
+        }
+    }
+
+    /// `delivery`, created in this batch as `record`, joins the end of its line; true when it
+    /// is at the front (due now), false when it waits behind others. Its record is written by
+    /// [`Self::write`].
     pub(super) fn join(
         &mut self,
         store: &SledStore,
-        endpoint: EndpointId,
-        ordering_key: &str,
+        line: Vec<u8>,
         delivery: DeliveryId,
+        record: Vec<u8>,
     ) -> StoreResult<bool> {
-        let line_key = keys::line(endpoint, ordering_key);
-        match self.line(store, &line_key)? {
-            None => {
-                let line = Line {
-                    front: delivery,
-                    first_place: 0,
-                    next_place: 0,
-                };
-                self.lines.insert(line_key, Some(line));
-                Ok(true)
-            }
-            Some(mut line) => {
-                let place = keys::waiting(endpoint, ordering_key, line.next_place);
-                line.next_place += 1;
-                self.lines.insert(line_key, Some(line));
-                self.waiting.insert(place.clone(), Some(delivery));
-                self.places.insert(delivery, Some(place));
-                Ok(false)
-            }
-        }
+        self.created.insert(delivery, record);
+        self.stored.insert(delivery, None);
+        let last = self.last(store, &line)?;
+        self.lines.insert(line, Some(delivery));
+        let Some(last) = last else {
+            self.links.insert(delivery, Link::default());
+            return Ok(true);
+        };
+        let mut before = self.link(store, last)?;
+        before.next = Some(delivery);
+        self.relink(last, before);
+        let link = Link {
+            prev: Some(last),
+            next: None,
+        };
+        self.relink(delivery, link);
+        Ok(false)
     }
 
-    /// `delivery` leaves its line. Returns the delivery that is now at the front, when
-    /// `delivery` was at the front and another was waiting: the caller puts it in the due
-    /// index (or, if it is no longer pending, makes it leave as well).
-    pub(super) fn leave(
+    /// The front `delivery` (its link noted) leaves its line. Returns the delivery behind it,
+    /// which is now at the front: the caller puts it in the due index (or, if it is no longer
+    /// pending, makes it leave as well).
+    pub(super) fn leave_front(
         &mut self,
         store: &SledStore,
-        endpoint: EndpointId,
-        ordering_key: &str,
+        line: &[u8],
         delivery: DeliveryId,
     ) -> StoreResult<Option<DeliveryId>> {
-        let line_key = keys::line(endpoint, ordering_key);
-        let Some(mut line) = self.line(store, &line_key)? else {
-            return Ok(None);
-        };
-        if line.front != delivery {
-            if let Some(place) = self.place(store, delivery)? {
-                self.waiting.insert(place, None);
-                self.places.insert(delivery, None);
-            }
-            return Ok(None);
+        let next = self.link(store, delivery)?.next;
+        self.links.insert(delivery, Link::default());
+        if next.is_none() && self.last(store, line)? == Some(delivery) {
+            self.lines.insert(line.to_vec(), None);
         }
-        while line.first_place < line.next_place {
-            let place = keys::waiting(endpoint, ordering_key, line.first_place);
-            line.first_place += 1;
-            if let Some(next) = self.waiting_at(store, &place)? {
-                self.waiting.insert(place, None);
-                self.places.insert(next, None);
-                line.front = next;
-                self.lines.insert(line_key, Some(line));
-                return Ok(Some(next));
-            }
-        }
-        self.lines.insert(line_key, None);
-        Ok(None)
+        Ok(next)
     }
 
-    /// Adds the gathered changes to `batch`.
-    pub(super) fn write(self, batch: &mut Batch) -> StoreResult<()> {
-        for (key, line) in self.lines {
-            match line {
-                Some(line) => batch.insert(key, encode(&line)?),
-                None => batch.remove(key),
-            }
+    /// The waiting `delivery` leaves its line before its turn (cancelled): its neighbours are
+    /// linked to each other.
+    pub(super) fn leave_waiting(
+        &mut self,
+        store: &SledStore,
+        line: &[u8],
+        delivery: DeliveryId,
+    ) -> StoreResult<()> {
+        let Link { prev, next } = self.link(store, delivery)?;
+        self.links.insert(delivery, Link::default());
+        if let Some(prev) = prev {
+            let mut before = self.link(store, prev)?;
+            before.next = next;
+            self.relink(prev, before);
         }
-        for (key, delivery) in self.waiting {
-            match delivery {
-                Some(id) => batch.insert(key, id.as_bytes()),
-                None => batch.remove(key),
+        match next {
+            Some(next) => {
+                let mut after = self.link(store, next)?;
+                after.prev = prev;
+                self.relink(next, after);
             }
-        }
-        for (delivery, place) in self.places {
-            match place {
-                Some(place) => batch.insert(keys::waiting_place(delivery), place),
-                None => batch.remove(keys::waiting_place(delivery)),
+            None => {
+                self.lines.insert(line.to_vec(), prev);
             }
         }
         Ok(())
     }
+
+    /// The stored value of `delivery` as the caller writes it: its record, and its link while
+    /// it is pending (a finished delivery is in no line).
+    pub(super) fn record(&self, store: &SledStore, delivery: &Delivery) -> StoreResult<Vec<u8>> {
+        let record = store.encode_delivery(delivery)?;
+        let link = match delivery.status {
+            crate::model::DeliveryStatus::Pending => self.links.get(&delivery.id).copied(),
+            _ => None,
+        };
+        Ok(linked(link.unwrap_or_default(), &record))
+    }
+
+    /// Adds the gathered changes to `batch`: the lines, the records of deliveries that joined,
+    /// and those whose link changed. Call it before the caller's own delivery writes, which
+    /// take the links from [`Self::record`] and so win.
+    pub(super) fn write(self, batch: &mut Batch) {
+        for (key, last) in self.lines {
+            match last {
+                Some(last) => batch.insert(key, encode_line(last)),
+                None => batch.remove(key),
+            }
+        }
+        for (id, record) in &self.created {
+            let link = self.links.get(id).copied().unwrap_or_default();
+            batch.insert(keys::delivery(*id), linked(link, record));
+        }
+        for id in self.relinked {
+            if let (Some(Some(value)), Some(link)) = (self.stored.get(&id), self.links.get(&id)) {
+                batch.insert(keys::delivery(id), linked(*link, split(value).1));
+            }
+        }
+    }
 }
 
-/// Decodes a stored line record (for `store check`).
-pub(super) fn readable(key: &[u8], value: &[u8]) -> bool {
-    decode::<Line>(key, value).is_ok()
+/// Deliveries waiting in lines: behind each line's front, found by following the links back
+/// from its last delivery (and, in a store not yet upgraded, every `W` place). For counting
+/// after a recovery and for `store check`: O(lines + waiting deliveries).
+pub(super) fn waiting(tree: &sled::Tree) -> StoreResult<u64> {
+    let link_at = |id: DeliveryId| -> StoreResult<Link> {
+        Ok(tree
+            .get(keys::delivery(id))?
+            .map_or(Link::default(), |value| split(&value).0))
+    };
+    let mut waiting = tree.scan_prefix([keys::WAITING]).count() as u64;
+    for entry in tree.scan_prefix([keys::LINE]) {
+        let (key, value) = entry?;
+        let Ok(last) = decode_line(&key, &value) else {
+            continue; // reported by `store check` as unreadable
+        };
+        let mut seen = std::collections::HashSet::from([last]);
+        let mut link = link_at(last)?;
+        while let Some(prev) = link.prev {
+            let before = link_at(prev)?;
+            // The front's predecessor finished: its record has no link.
+            if !before.is_linked() || !seen.insert(prev) {
+                break;
+            }
+            link = before;
+        }
+        waiting += seen.len() as u64 - 1;
+    }
+    Ok(waiting)
 }
+
+/// Rewrites lines of the first layout (waiting deliveries at `W` places, indexed by `R`) into
+/// links, one line per batch. Nothing to do, and one seek, for a store that has none.
+pub(super) fn upgrade(tree: &sled::Tree) -> StoreResult<()> {
+    if tree.scan_prefix([keys::WAITING]).next().is_none() {
+        return Ok(());
+    }
+    let lines: Vec<(IVec, IVec)> = tree.scan_prefix([keys::LINE]).collect::<Result<_, _>>()?;
+    let mut upgraded = 0;
+    for (key, value) in lines {
+        let Ok(line) = super::codec::decode::<PlacedLine>(&key, &value) else {
+            continue;
+        };
+        let mut members = vec![line.front];
+        let mut batch = Batch::default();
+        for place in line.first_place..line.next_place {
+            let mut place_key = vec![keys::WAITING];
+            place_key.extend_from_slice(&key[1..]);
+            place_key.push(0);
+            place_key.extend_from_slice(&place.to_be_bytes());
+            if let Some(id) = tree.get(&place_key)? {
+                let id = DeliveryId::from_slice(&id)
+                    .ok_or_else(|| corrupt(&place_key, "not a delivery id"))?;
+                batch.remove(keys::waiting_place(id));
+                members.push(id);
+            }
+            batch.remove(place_key);
+        }
+        for (i, id) in members.iter().enumerate() {
+            let link = Link {
+                prev: i.checked_sub(1).map(|i| members[i]),
+                next: members.get(i + 1).copied(),
+            };
+            if let Some(value) = tree.get(keys::delivery(*id))? {
+                batch.insert(keys::delivery(*id), linked(link, split(&value).1));
+            }
+        }
+        batch.insert(key, encode_line(*members.last().unwrap_or(&line.front)));
+        tree.apply_batch(batch)?;
+        upgraded += 1;
+    }
+    tracing::info!(
+        lines = upgraded,
+        "ordering lines rewritten into linked records"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "lines_tests.rs"]
+mod tests;

@@ -7,7 +7,7 @@
 //! * [`ledger`] — herald's own evidence of what was durable;
 //! * [`endpoints`] — endpoint records, their health, and a cache of decoded records;
 //! * [`queue`] — messages in, the due index, leases, decided transitions;
-//! * [`lines`] — ordering-key lines: who is at the front, who waits behind it;
+//! * [`lines`] — ordering-key lines: links between the deliveries of one key, in order;
 //! * [`outcomes`] — attempt outcomes recorded in groups;
 //! * [`purge`] — the retention purge, in pages;
 //! * [`store`] — the [`Store`](super::Store) trait over all of the above.
@@ -181,9 +181,20 @@ impl SledStore {
     }
 
     fn delivery_at(&self, id: DeliveryId) -> StoreResult<Option<crate::model::Delivery>> {
+        Ok(self.linked_delivery_at(id)?.map(|(delivery, _)| delivery))
+    }
+
+    /// A delivery with its neighbours in its ordering line (see [`lines`]).
+    fn linked_delivery_at(
+        &self,
+        id: DeliveryId,
+    ) -> StoreResult<Option<(crate::model::Delivery, lines::Link)>> {
         let key = keys::delivery(id);
         match self.tree()?.get(&key)? {
-            Some(bytes) => codec::open(&self.sealer, &key, &bytes).map(Some),
+            Some(bytes) => {
+                let (link, record) = lines::split(&bytes);
+                Ok(Some((codec::open(&self.sealer, &key, record)?, link)))
+            }
             None => Ok(None),
         }
     }

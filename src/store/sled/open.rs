@@ -264,6 +264,7 @@ impl SledStore {
                 WHAT_TO_DO.replace("DIR", &dir.display().to_string())
             )));
         }
+        super::lines::upgrade(tree)?;
         // A store written before the ledger, or one whose loss was accepted, is counted once;
         // otherwise the counters are the store's own.
         let counters = match (stored, verdict.is_ok()) {
@@ -285,7 +286,7 @@ impl SledStore {
             // The pending count is kept in the same batches as the due entries; count them
             // when it is absent (an older store) or the store was recovered.
             if tree.get(keys::PENDING)?.is_none() || verdict.is_err() {
-                let pending = count(tree, keys::DUE) + count(tree, keys::WAITING);
+                let pending = count(tree, keys::DUE) + super::lines::waiting(tree)?;
                 batch.insert(keys::PENDING, &pending.to_be_bytes());
             }
             tree.apply_batch(batch)?;
@@ -430,7 +431,8 @@ impl SledStore {
                 Some(&keys::DELIVERY) => {
                     report.deliveries += 1;
                     sealer.as_ref().is_none_or(|s| {
-                        codec::open::<crate::model::Delivery>(s, &key, &value).is_ok()
+                        let record = super::lines::split(&value).1;
+                        codec::open::<crate::model::Delivery>(s, &key, record).is_ok()
                     })
                 }
                 Some(&keys::DUE | &keys::WAITING) => {
@@ -447,6 +449,7 @@ impl SledStore {
                 .problems
                 .push(format!("{} record(s) do not decode", report.unreadable));
         }
+        report.pending += super::lines::waiting(tree)? - count(tree, keys::WAITING);
         let counted = read_pending(tree)?;
         if counted != report.pending {
             report.problems.push(format!(
@@ -561,7 +564,7 @@ fn read_pending(tree: &sled::Tree) -> StoreResult<u64> {
         Some(stored) => Ok(u64::from_be_bytes(stored.as_ref().try_into().map_err(
             |_| codec::corrupt(keys::PENDING, "the pending count is not 8 bytes"),
         )?)),
-        None => Ok(count(tree, keys::DUE) + count(tree, keys::WAITING)),
+        None => Ok(count(tree, keys::DUE) + super::lines::waiting(tree)?),
     }
 }
 

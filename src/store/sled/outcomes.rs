@@ -51,13 +51,22 @@ impl SledStore {
                 Self::put_health(&mut group.batch, *endpoint, health)?;
             }
         }
-        for delivery in group.deliveries.values() {
-            group
-                .batch
-                .insert(keys::delivery(delivery.id), self.encode_delivery(delivery)?);
+        let Group {
+            mut batch,
+            deliveries,
+            lines,
+            finished,
+            ..
+        } = group;
+        let records = deliveries
+            .values()
+            .map(|delivery| Ok((keys::delivery(delivery.id), lines.record(self, delivery)?)))
+            .collect::<StoreResult<Vec<_>>>()?;
+        lines.write(&mut batch);
+        for (key, record) in records {
+            batch.insert(key, record);
         }
-        group.lines.write(&mut group.batch)?;
-        self.apply_counted(group.batch, 0, group.finished)?;
+        self.apply_counted(batch, 0, finished)?;
         Ok(answers)
     }
 
@@ -72,9 +81,13 @@ impl SledStore {
         let id = lease.delivery_id;
         let mut stored = match group.deliveries.remove(&id) {
             Some(delivery) => delivery,
-            None => self
-                .delivery_at(id)?
-                .ok_or_else(|| StoreError::NotFound(format!("delivery {id}")))?,
+            None => {
+                let (delivery, link) = self
+                    .linked_delivery_at(id)?
+                    .ok_or_else(|| StoreError::NotFound(format!("delivery {id}")))?;
+                group.lines.note(id, link);
+                delivery
+            }
         };
         let held = state
             .leases
@@ -126,7 +139,8 @@ impl SledStore {
                     Some(delivery) => Ok(Some(Delivery::clone(delivery))),
                     None => self.delivery_at(id),
                 };
-                if let Some(front) = self.pass_on(&mut group.lines, &delivery, key, read)? {
+                let line = keys::line(lease.endpoint_id, key);
+                if let Some(front) = self.pass_on(&mut group.lines, id, &line, read)? {
                     released_due = keys::parse_due(&front).map(|(_, due, _)| due);
                     group.batch.insert(front.as_slice(), &[]);
                     group.removed_due.remove(&front);

@@ -11,7 +11,7 @@ use sled::{Batch, IVec};
 use uuid::Uuid;
 
 use super::codec::{self, encode};
-use super::lines::LineWrites;
+use super::lines::{self, LineWrites};
 use super::{Held, SledStore, keys};
 use crate::model::{Delivery, DeliveryId, DeliveryStatus, EndpointId, MessageId};
 use crate::store::{
@@ -72,23 +72,31 @@ impl SledStore {
                 codec::encode_message(&self.sealer, message)?,
             );
             for delivery in &write.deliveries {
-                batch.insert(keys::delivery(delivery.id), self.encode_delivery(delivery)?);
                 batch.insert(keys::message_delivery(message.id, delivery.id), &[]);
-                if let Some(due) = due_key(delivery) {
-                    added += 1;
-                    let front = match &message.ordering_key {
-                        Some(key) => lines.join(self, delivery.endpoint_id, key, delivery.id)?,
-                        None => true,
-                    };
-                    if front {
-                        batch.insert(due, &[]);
+                let record = self.encode_delivery(delivery)?;
+                let Some(due) = due_key(delivery) else {
+                    batch.insert(keys::delivery(delivery.id), record);
+                    continue;
+                };
+                added += 1;
+                let front = match &message.ordering_key {
+                    Some(key) => {
+                        let line = keys::line(delivery.endpoint_id, key);
+                        lines.join(self, line, delivery.id, record)?
                     }
+                    None => {
+                        batch.insert(keys::delivery(delivery.id), record);
+                        true
+                    }
+                };
+                if front {
+                    batch.insert(due, &[]);
                 }
             }
             answers.push(Inserted::Created);
             created += 1;
         }
-        lines.write(&mut batch)?;
+        lines.write(&mut batch);
         self.apply_durable(&mut state, batch, (added, 0), |c| c.messages += created)?;
         Ok(answers)
     }
@@ -132,7 +140,7 @@ impl SledStore {
         let mut out = Vec::new();
         for entry in entries {
             let (key, value) = entry?;
-            let delivery: Delivery = codec::open(&self.sealer, &key, &value)?;
+            let delivery: Delivery = codec::open(&self.sealer, &key, lines::split(&value).1)?;
             let wanted = filter.status.is_none_or(|s| s == delivery.status)
                 && filter.endpoint_id.is_none_or(|e| e == delivery.endpoint_id)
                 && (filter.endpoint_ids.is_empty()
@@ -231,14 +239,18 @@ impl SledStore {
         let mut batch = Batch::default();
         let mut lines = LineWrites::default();
         let (mut added, mut removed) = (0, 0);
-        let mut seen = HashMap::new();
+        let mut seen: HashMap<DeliveryId, Delivery> = HashMap::new();
         for transition in transitions {
             let id = transition.expected.id;
             let current: Delivery = match seen.remove(&id) {
                 Some(delivery) => delivery,
-                None => self
-                    .delivery_at(id)?
-                    .ok_or_else(|| StoreError::NotFound(format!("delivery {id}")))?,
+                None => {
+                    let (delivery, link) = self
+                        .linked_delivery_at(id)?
+                        .ok_or_else(|| StoreError::NotFound(format!("delivery {id}")))?;
+                    lines.note(id, link);
+                    delivery
+                }
             };
             if current != transition.expected {
                 return Err(StoreError::Conflict(format!(
@@ -251,33 +263,45 @@ impl SledStore {
                     "delivery {id} is being attempted right now"
                 )));
             }
+            let waiting = due_key(&current).is_some() && lines.is_waiting(self, id)?;
             if let Some(old) = due_key(&current) {
                 batch.remove(old);
                 removed += 1;
             }
             if let Some(due) = due_key(new) {
                 added += 1;
-                if !lines.is_waiting(self, id)? {
+                if !waiting {
                     batch.insert(due, &[]);
                 }
             }
-            batch.insert(keys::delivery(id), self.encode_delivery(new)?);
             seen.insert(id, new.clone());
             if let Some(key) = transition
                 .release
                 .as_deref()
                 .filter(|_| due_key(new).is_none())
             {
+                let line = keys::line(new.endpoint_id, key);
+                if waiting {
+                    lines.leave_waiting(self, &line, id)?;
+                    continue;
+                }
                 let read = |id| match seen.get(&id) {
                     Some(delivery) => Ok(Some(Delivery::clone(delivery))),
                     None => self.delivery_at(id),
                 };
-                if let Some(front) = self.pass_on(&mut lines, new, key, read)? {
+                if let Some(front) = self.pass_on(&mut lines, id, &line, read)? {
                     batch.insert(front, &[]);
                 }
             }
         }
-        lines.write(&mut batch)?;
+        let records = seen
+            .values()
+            .map(|delivery| Ok((keys::delivery(delivery.id), lines.record(self, delivery)?)))
+            .collect::<StoreResult<Vec<_>>>()?;
+        lines.write(&mut batch);
+        for (key, record) in records {
+            batch.insert(key, record);
+        }
         if let Some(job) = job {
             batch.insert(keys::job(&job.id), encode(job)?);
         }
@@ -288,18 +312,18 @@ impl SledStore {
         Ok(())
     }
 
-    /// `left` (finished) leaves its line for `key`. When it was at the front, the next pending
-    /// delivery in line becomes the front; returns its due key, for the caller's batch.
+    /// The front `left` (finished) leaves `line`; the next pending delivery in line becomes the
+    /// front. Returns its due key, for the caller's batch.
     pub(super) fn pass_on(
         &self,
         lines: &mut LineWrites,
-        left: &Delivery,
-        key: &str,
+        left: DeliveryId,
+        line: &[u8],
         read: impl Fn(DeliveryId) -> StoreResult<Option<Delivery>>,
     ) -> StoreResult<Option<Vec<u8>>> {
-        let mut leaving = left.id;
-        while let Some(next) = lines.leave(self, left.endpoint_id, key, leaving)? {
-            // A waiting delivery leaves its place when it finishes, so the next one is pending;
+        let mut leaving = left;
+        while let Some(next) = lines.leave_front(self, line, leaving)? {
+            // A waiting delivery leaves the line when it finishes, so the next one is pending;
             // should it not be, it leaves as well rather than block the line.
             match read(next)?.as_ref().and_then(due_key) {
                 Some(due) => return Ok(Some(due)),

@@ -1,0 +1,190 @@
+//! Lines in the sled layout: a store written with the first layout (waiting deliveries at `W`
+//! places) is counted right before the upgrade and keeps every line's order after it.
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use sled::Batch;
+
+use super::*;
+use crate::model::{DeliveryStatus, Endpoint, EndpointId, Message, MessageId};
+use crate::store::codec::encode;
+use crate::store::{MessageWrite, SledOptions, SledStore, Store, Transition};
+
+const KEY: &str = "job-7";
+
+/// The line record of the first layout.
+#[derive(Serialize)]
+struct FirstLayoutLine {
+    front: DeliveryId,
+    first_place: u64,
+    next_place: u64,
+}
+
+fn options() -> SledOptions {
+    SledOptions {
+        secret_key: Some([7; 32]),
+        ..SledOptions::default()
+    }
+}
+
+fn endpoint() -> Endpoint {
+    Endpoint {
+        id: EndpointId::new(),
+        tenant: "acme".into(),
+        url: "https://tms.example/cb".into(),
+        policy: "tolq".into(),
+        secret: None,
+        previous_secret: None,
+        token: None,
+        headers: Default::default(),
+        event_types: vec![],
+        default: true,
+        enabled: true,
+        consecutive_failures: 0,
+        disabled_reason: None,
+        disabled_at: None,
+        released_at: None,
+        created_at: 0,
+        updated_at: 0,
+        rate_limit: None,
+    }
+}
+
+/// A keyed message with one pending delivery to `endpoint`, due at once.
+fn keyed(endpoint: EndpointId) -> MessageWrite {
+    let message = Message {
+        id: MessageId::new(),
+        tenant: "acme".into(),
+        event_type: "e".into(),
+        payload: RawValue::from_string("{}".into()).unwrap(),
+        callback_url: None,
+        idempotency_key: None,
+        dedup_key: None,
+        ordering_key: Some(KEY.into()),
+        traceparent: None,
+        created_at: 1,
+    };
+    let delivery = Delivery {
+        id: DeliveryId::new(),
+        message_id: message.id,
+        endpoint_id: endpoint,
+        url_override: None,
+        status: DeliveryStatus::Pending,
+        cycle: 1,
+        cycle_attempts: 0,
+        total_attempts: 0,
+        anchor_ms: 1,
+        next_attempt_at: Some(1),
+        last_status_code: None,
+        last_error: None,
+        created_at: 1,
+        updated_at: 1,
+    };
+    MessageWrite {
+        message,
+        deliveries: vec![delivery],
+    }
+}
+
+/// Rewrites the store's one line into the first layout: `front`, then `waiting` at places
+/// 0, 2, 3, ... (place 1 was given up by a cancelled delivery).
+fn first_layout(
+    tree: &sled::Tree,
+    endpoint: EndpointId,
+    front: DeliveryId,
+    waiting: &[DeliveryId],
+) {
+    let line = keys::line(endpoint, KEY);
+    let mut batch = Batch::default();
+    let mut place = 0u64;
+    for id in std::iter::once(&front).chain(waiting) {
+        let value = tree.get(keys::delivery(*id)).unwrap().unwrap();
+        batch.insert(keys::delivery(*id), split(&value).1);
+        if *id == front {
+            continue;
+        }
+        let mut place_key = vec![keys::WAITING];
+        place_key.extend_from_slice(&line[1..]);
+        place_key.push(0);
+        place_key.extend_from_slice(&place.to_be_bytes());
+        batch.insert(keys::waiting_place(*id), place_key.as_slice());
+        batch.insert(place_key, id.as_bytes());
+        place += if place == 0 { 2 } else { 1 };
+    }
+    let record = FirstLayoutLine {
+        front,
+        first_place: 0,
+        next_place: place,
+    };
+    batch.insert(line, encode(&record).unwrap());
+    tree.apply_batch(batch).unwrap();
+}
+
+async fn claimable(store: &SledStore, endpoint: EndpointId) -> Vec<DeliveryId> {
+    let leases: Vec<_> = store
+        .claim(
+            endpoint,
+            10,
+            100,
+            std::time::Duration::from_secs(30),
+            usize::MAX,
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.lease)
+        .collect();
+    store.release(&leases).await.unwrap();
+    leases.iter().map(|l| l.delivery_id).collect()
+}
+
+/// Cancels `id`, which leaves its line.
+async fn cancel(store: &SledStore, id: DeliveryId) {
+    let expected = store.delivery(id).await.unwrap().unwrap();
+    let mut cancelled = expected.clone();
+    cancelled.status = DeliveryStatus::Failed;
+    cancelled.next_attempt_at = None;
+    let transition = Transition {
+        expected,
+        delivery: cancelled,
+        release: Some(KEY.into()),
+    };
+    store.apply_transitions(&[transition], None).await.unwrap();
+}
+
+#[tokio::test]
+async fn lines_of_the_first_layout_are_counted_and_keep_their_order_once_upgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path(), &options()).unwrap();
+    let endpoint = endpoint();
+    store.put_endpoint(&endpoint).await.unwrap();
+    let writes: Vec<_> = (0..4).map(|_| keyed(endpoint.id)).collect();
+    store.insert_messages(&writes).await.unwrap();
+    let ids: Vec<_> = writes.iter().map(|w| w.deliveries[0].id).collect();
+    first_layout(&store.tree().unwrap(), endpoint.id, ids[0], &ids[1..]);
+    store.sync().await.unwrap();
+    drop(store);
+
+    let report = SledStore::check_dir(dir.path(), &options()).unwrap();
+    assert_eq!(
+        (report.pending, report.problems.len()),
+        (4, 0),
+        "{report:?}"
+    );
+
+    let store = SledStore::open(dir.path(), &options()).unwrap();
+    let tree = store.tree().unwrap();
+    for prefix in [keys::WAITING, keys::WAITING_PLACE] {
+        assert!(tree.scan_prefix([prefix]).next().is_none(), "{prefix}");
+    }
+    assert_eq!(waiting(&tree).unwrap(), 3);
+    assert_eq!(claimable(&store, endpoint.id).await, [ids[0]]);
+    cancel(&store, ids[2]).await;
+    cancel(&store, ids[0]).await;
+    assert_eq!(claimable(&store, endpoint.id).await, [ids[1]]);
+    cancel(&store, ids[1]).await;
+    assert_eq!(claimable(&store, endpoint.id).await, [ids[3]]);
+    assert_eq!(store.pending_count().await.unwrap(), 1);
+    cancel(&store, ids[3]).await;
+    assert!(tree.scan_prefix([keys::LINE]).next().is_none());
+}
