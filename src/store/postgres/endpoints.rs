@@ -30,10 +30,21 @@ impl PgStore {
         .await?;
         Self::notify(&mut tx, [Notice::Endpoint(endpoint.id)]).await?;
         tx.commit().await?;
+        self.cache.clear();
         Ok(())
     }
 
     pub(super) async fn endpoint_now(&self, id: EndpointId) -> StoreResult<Option<Endpoint>> {
+        if let Some(found) = self.cache.endpoint(id) {
+            return Ok(found);
+        }
+        let generation = self.cache.generation();
+        let found = self.read_endpoint(id).await?;
+        self.cache.put_endpoint(generation, id, &found);
+        Ok(found)
+    }
+
+    async fn read_endpoint(&self, id: EndpointId) -> StoreResult<Option<Endpoint>> {
         let row = sqlx::query(&format!(
             "SELECT {ENDPOINT_COLUMNS} FROM endpoints WHERE id = $1"
         ))
@@ -45,6 +56,19 @@ impl PgStore {
     }
 
     pub(super) async fn endpoints_now(&self, tenant: Option<&str>) -> StoreResult<Vec<Endpoint>> {
+        let Some(tenant) = tenant else {
+            return self.read_endpoints(None).await;
+        };
+        if let Some(found) = self.cache.tenant(tenant) {
+            return Ok(found);
+        }
+        let generation = self.cache.generation();
+        let found = self.read_endpoints(Some(tenant)).await?;
+        self.cache.put_tenant(generation, tenant, &found);
+        Ok(found)
+    }
+
+    async fn read_endpoints(&self, tenant: Option<&str>) -> StoreResult<Vec<Endpoint>> {
         let found = match tenant {
             Some(tenant) => {
                 sqlx::query(&format!(
@@ -90,6 +114,7 @@ impl PgStore {
             Self::notify(&mut tx, [Notice::Endpoint(id)]).await?;
         }
         tx.commit().await?;
+        self.cache.clear();
         Ok(disabled)
     }
 
@@ -112,6 +137,7 @@ impl PgStore {
             Self::notify(&mut tx, [Notice::Endpoint(id)]).await?;
         }
         tx.commit().await?;
+        self.cache.clear();
         row.map(|row| rows::endpoint(&self.sealer, &row))
             .transpose()
     }
@@ -161,6 +187,7 @@ impl PgStore {
             Self::notify(&mut tx, [Notice::Endpoint(id)]).await?;
         }
         tx.commit().await?;
+        self.cache.clear();
         Ok(deleted)
     }
 

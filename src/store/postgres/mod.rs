@@ -1,6 +1,7 @@
 //! The PostgreSQL backend: several herald nodes share one queue.
 //!
 //! * [`rows`] — rows to domain records and back (sealing what carries secrets);
+//! * [`cache`] — endpoints as this node last read them, dropped on every change notice;
 //! * [`endpoints`] — endpoint records, their health, and the reserved starts of rate-limited
 //!   endpoints (a rate limit held by the whole cluster);
 //! * [`queue`] — messages in (one transaction per group of sends), leases
@@ -23,6 +24,7 @@
 //! expire, and the next claim takes the deliveries over. An outcome moves its delivery only
 //! while its lease token is still the row's.
 
+mod cache;
 mod endpoints;
 mod lines;
 mod outcomes;
@@ -53,6 +55,8 @@ pub struct PgStore {
     node: uuid::Uuid,
     notices: broadcast::Sender<Notice>,
     listener: tokio::task::JoinHandle<()>,
+    /// Endpoints as last read; cleared by every endpoint write and notice.
+    cache: std::sync::Arc<cache::EndpointCache>,
 }
 
 impl Drop for PgStore {
@@ -133,7 +137,8 @@ impl PgStore {
         let sealer = Sealer::new(key);
         check_key(&pool, &sealer).await?;
         let (notices, _) = broadcast::channel(4096);
-        let listener = tokio::spawn(listen(pool.clone(), notices.clone()));
+        let cache = std::sync::Arc::new(cache::EndpointCache::default());
+        let listener = tokio::spawn(listen(pool.clone(), notices.clone(), cache.clone()));
         tracing::info!(database = %crate::transport::redact(url), "PostgreSQL store connected");
         Ok(PgStore {
             pool,
@@ -141,6 +146,7 @@ impl PgStore {
             node: uuid::Uuid::now_v7(),
             notices,
             listener,
+            cache,
         })
     }
 
@@ -191,8 +197,13 @@ async fn check_key(pool: &PgPool, sealer: &Sealer) -> StoreResult<()> {
 
 /// Listens for the other nodes' notices until the store is dropped. A lost connection is
 /// re-established by the listener; notices sent meanwhile are lost, so the engine is told to
-/// look again (`Resync`).
-async fn listen(pool: PgPool, notices: broadcast::Sender<Notice>) {
+/// look again (`Resync`). The endpoint cache is cleared before the engine hears of a notice
+/// that could concern an endpoint, so that what the engine then reads is current.
+async fn listen(
+    pool: PgPool,
+    notices: broadcast::Sender<Notice>,
+    cache: std::sync::Arc<cache::EndpointCache>,
+) {
     loop {
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(listener) => listener,
@@ -207,16 +218,21 @@ async fn listen(pool: PgPool, notices: broadcast::Sender<Notice>) {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
+        cache.clear();
         let _ = notices.send(Notice::Resync);
         loop {
             match listener.try_recv().await {
                 Ok(Some(notification)) => {
                     if let Some(notice) = decode_notice(notification.payload()) {
+                        if matches!(notice, Notice::Endpoint(_)) {
+                            cache.clear();
+                        }
                         let _ = notices.send(notice);
                     }
                 }
                 // The connection was lost and re-established: notices may have been missed.
                 Ok(None) => {
+                    cache.clear();
                     let _ = notices.send(Notice::Resync);
                 }
                 Err(e) => {

@@ -92,7 +92,7 @@ impl PgStore {
             .map(|(o, _)| o)
             .collect();
         Self::add_to_rollups(&mut tx, &kept).await?;
-        let counts = Self::move_failure_counts(&mut tx, &kept).await?;
+        let (counts, moved) = Self::move_failure_counts(&mut tx, &kept).await?;
         let successes: Vec<&Outcome> = outcomes
             .iter()
             .zip(&stale_flags)
@@ -101,6 +101,9 @@ impl PgStore {
             .collect();
         Self::remember_digests(&mut tx, &successes).await?;
         tx.commit().await?;
+        if moved {
+            self.cache.clear(); // a failure count moved
+        }
 
         let mut counts = counts.into_iter();
         Ok(outcomes
@@ -227,11 +230,12 @@ impl PgStore {
     }
 
     /// Moves the failure counts of the group's endpoints, in the group's order, and returns
-    /// each outcome's count after it (0 for an endpoint that is gone).
+    /// each outcome's count after it (0 for an endpoint that is gone), and whether any count
+    /// changed.
     async fn move_failure_counts(
         tx: &mut sqlx::PgConnection,
         kept: &[&Outcome],
-    ) -> StoreResult<Vec<u32>> {
+    ) -> StoreResult<(Vec<u32>, bool)> {
         let mut ids: Vec<Uuid> = kept.iter().map(|o| o.lease.endpoint_id.0).collect();
         ids.sort_unstable();
         ids.dedup();
@@ -279,7 +283,7 @@ impl PgStore {
             .execute(tx)
             .await?;
         }
-        Ok(after)
+        Ok((after, !ids.is_empty()))
     }
 
     async fn remember_digests(
