@@ -51,8 +51,14 @@ pub(crate) struct Settled {
 
 /// The wire half of an attempt: gathers what it needs, sends, and decides. `None` when there
 /// was nothing to attempt (the claim was given back). The endpoint's concurrency counts this
-/// half only: recording ([`settle`]) does not keep a receiver's slot.
-pub(crate) async fn send(engine: &Engine, claim: Claim) -> Option<Exchanged> {
+/// half only: recording ([`settle`]) does not keep a receiver's slot. `turn`: a rate-limited
+/// endpoint's turn, held until the start this attempt reserves in a shared store has come
+/// ([`super::runner::reserved_start`]).
+pub(crate) async fn send(
+    engine: &Engine,
+    claim: Claim,
+    turn: Option<tokio::sync::MutexGuard<'_, ()>>,
+) -> Option<Exchanged> {
     let lease = claim.lease;
     let span = tracing::info_span!(
         "attempt",
@@ -67,7 +73,7 @@ pub(crate) async fn send(engine: &Engine, claim: Claim) -> Option<Exchanged> {
         .as_ref()
         .and_then(|m| m.traceparent.as_deref());
     crate::otel::parent(&span, traceparent);
-    match exchange_and_decide(engine, claim, span.clone())
+    match exchange_and_decide(engine, claim, turn, span.clone())
         .instrument(span)
         .await
     {
@@ -105,6 +111,7 @@ async fn give_back(engine: &Engine, lease: crate::store::Lease) {
 async fn exchange_and_decide(
     engine: &Engine,
     claim: Claim,
+    turn: Option<tokio::sync::MutexGuard<'_, ()>>,
     span: tracing::Span,
 ) -> Result<Option<Exchanged>> {
     let store = &engine.store;
@@ -120,6 +127,10 @@ async fn exchange_and_decide(
         return Ok(None);
     };
     let policy = engine.policies.get(&endpoint.policy).cloned();
+    if let Some(turn) = turn {
+        super::runner::reserved_start(engine, lease.endpoint_id).await;
+        drop(turn);
+    }
     let started_at = now_ms();
     let clock = Instant::now();
     let judged = match (&message, &policy) {

@@ -54,14 +54,18 @@ async fn runner(engine: Arc<Engine>, endpoint: EndpointId) {
                 step => break step,
             }
         };
-        if let Step::Attempt(_, true) = &step {
-            reserved_start(&engine, endpoint).await;
-        }
-        drop(my_turn);
-        let claim = match step {
-            Step::Attempt(claim, _) => *claim,
+        // In a cluster a rate-limited attempt also waits for the start it reserves in the
+        // shared store, still in its turn, once everything but the request is ready (so that
+        // it starts when reserved): the turn goes along with it.
+        let (claim, turn) = match step {
+            Step::Attempt(claim, true) => (*claim, my_turn),
+            Step::Attempt(claim, false) => {
+                drop(my_turn);
+                (*claim, None)
+            }
             Step::Wait(_) => unreachable!("waited for above"),
             Step::Stop(returned) => {
+                drop(my_turn);
                 if !returned.is_empty()
                     && let Err(e) = engine.store.release(&returned).await
                 {
@@ -76,7 +80,7 @@ async fn runner(engine: Arc<Engine>, endpoint: EndpointId) {
                 return;
             }
         };
-        let exchanged = super::attempt::send(&engine, claim).await;
+        let exchanged = super::attempt::send(&engine, claim, turn).await;
         let pace = exchanged.as_ref().map(|e| e.pace());
         for _ in 0..scheduler.off_wire(endpoint, pace) {
             spawn(engine.clone(), endpoint);
@@ -129,7 +133,7 @@ fn next_step(scheduler: &Scheduler, endpoint: EndpointId) -> Step {
 /// its start gives it up and reserves another (see [`super::pacing`]). Should the store not
 /// answer, the pacer has spaced the attempt already, and the limit holds per node until it is
 /// back.
-async fn reserved_start(engine: &Engine, endpoint: EndpointId) {
+pub(super) async fn reserved_start(engine: &Engine, endpoint: EndpointId) {
     let scheduler = &engine.scheduler;
     loop {
         // How far after the last start reserved by any node (None: no limit any more).
