@@ -81,14 +81,7 @@ async fn a_delivery_failed_on_one_node_is_replayed_from_another() {
     };
     let cluster = Cluster::new(url);
     let (a, b) = (cluster.node(0), cluster.node(1));
-    let receiver = Receiver::start(|n, _| {
-        if n == 0 {
-            Reply::Status(500, "down")
-        } else {
-            Reply::Status(200, "ok")
-        }
-    })
-    .await;
+    let receiver = Receiver::first_then_ok(Reply::Status(500, "down")).await;
     create_endpoint(&a, "acme", &receiver.url(), "once").await;
     let body = json!({"tenant": "acme", "event_type": "e", "payload": {"n": 1}});
     let (status, sent) = send(&a, &body).await;
@@ -124,14 +117,7 @@ async fn a_node_killed_mid_attempt_is_taken_over_and_nothing_is_lost() {
     };
     let cluster = Cluster::new(url);
     // The first request hangs (the node holding it is killed meanwhile); later ones succeed.
-    let receiver = Receiver::start(|n, _| {
-        if n == 0 {
-            Reply::Hang
-        } else {
-            Reply::Status(200, "ok")
-        }
-    })
-    .await;
+    let receiver = Receiver::first_then_ok(Reply::Hang).await;
     let mut doomed = cluster.node(0);
     create_endpoint(&doomed, "acme", &receiver.url(), "quick").await;
     let body = json!({"tenant": "acme", "event_type": "e", "payload": {"n": 1}});

@@ -32,14 +32,7 @@ async fn an_ordering_key_holds_across_nodes_and_a_node_killed_mid_attempt() {
     };
     let cluster = Cluster::new(url);
     // The first request hangs: the node attempting it is killed meanwhile.
-    let receiver = Receiver::start(|n, _| {
-        if n == 0 {
-            Reply::Hang
-        } else {
-            Reply::Status(200, "ok")
-        }
-    })
-    .await;
+    let receiver = Receiver::first_then_ok(Reply::Hang).await;
     let mut doomed = cluster.node(0);
     create_endpoint(&doomed, "acme", &receiver.url(), "quick").await;
     let keyed = |key: &str, n: u64| {

@@ -649,14 +649,7 @@ async fn sigterm_while_messages_flow_exits_0_and_loses_nothing_acknowledged() {
 
 #[tokio::test]
 async fn secrets_are_neither_stored_in_clear_nor_logged() {
-    let receiver = Receiver::start(|n, _| {
-        if n == 0 {
-            Reply::Status(500, "first attempt fails")
-        } else {
-            Reply::Status(200, "ok")
-        }
-    })
-    .await;
+    let receiver = Receiver::first_then_ok(Reply::Status(500, "first attempt fails")).await;
     let dir = tempfile::tempdir().unwrap();
     let mut daemon = Daemon::start(dir.path());
     let secret = "s3cret-customer-api-key-0001";

@@ -470,14 +470,7 @@ async fn the_pending_count_follows_every_transition_and_survives_a_restart() {
 #[tokio::test]
 async fn an_operator_can_retry_a_pending_delivery_now_or_cancel_it() {
     // Fails first, then accepts; retries are an hour apart.
-    let receiver = Receiver::start(|n, _| {
-        if n == 0 {
-            Reply::Status(500, "down")
-        } else {
-            Reply::Status(200, "ok")
-        }
-    })
-    .await;
+    let receiver = Receiver::first_then_ok(Reply::Status(500, "down")).await;
     let dir = tempfile::tempdir().unwrap();
     let herald = open(dir.path(), vec![quick_policy("slow", "1h", 3)]).await;
     herald

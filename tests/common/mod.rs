@@ -39,6 +39,7 @@ impl Received {
 }
 
 /// How the receiver answers the n-th request (0-based).
+#[derive(Clone, Copy)]
 pub enum Reply {
     Status(u16, &'static str),
     /// Accept the request and never answer.
@@ -90,6 +91,18 @@ impl Receiver {
     /// Always answers 200.
     pub async fn ok() -> Receiver {
         Self::start(|_, _| Reply::Status(200, "ok")).await
+    }
+
+    /// Answers the first request with `first`, and 200 to the others.
+    pub async fn first_then_ok(first: Reply) -> Receiver {
+        Self::start(move |n, _| {
+            if n == 0 {
+                first
+            } else {
+                Reply::Status(200, "ok")
+            }
+        })
+        .await
     }
 
     /// Answers 500 to every third request (the 1st, 4th, ...) and 200 to the others.

@@ -271,6 +271,24 @@ impl LineWrites {
         Ok(linked(link.unwrap_or_default(), &record))
     }
 
+    /// Adds the gathered changes to `batch`, then the records of `deliveries` as the caller
+    /// changed them (linked while in line), which win over the links' own rewrites.
+    pub(super) fn write_with<'a>(
+        self,
+        store: &SledStore,
+        batch: &mut Batch,
+        deliveries: impl Iterator<Item = &'a Delivery>,
+    ) -> StoreResult<()> {
+        let records = deliveries
+            .map(|delivery| Ok((keys::delivery(delivery.id), self.record(store, delivery)?)))
+            .collect::<StoreResult<Vec<_>>>()?;
+        self.write(batch);
+        for (key, record) in records {
+            batch.insert(key, record);
+        }
+        Ok(())
+    }
+
     /// Adds the gathered changes to `batch`: the lines, the records of deliveries that joined,
     /// and those whose link changed. Call it before the caller's own delivery writes, which
     /// take the links from [`Self::record`] and so win.

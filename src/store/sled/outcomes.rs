@@ -58,14 +58,7 @@ impl SledStore {
             finished,
             ..
         } = group;
-        let records = deliveries
-            .values()
-            .map(|delivery| Ok((keys::delivery(delivery.id), lines.record(self, delivery)?)))
-            .collect::<StoreResult<Vec<_>>>()?;
-        lines.write(&mut batch);
-        for (key, record) in records {
-            batch.insert(key, record);
-        }
+        lines.write_with(self, &mut batch, deliveries.values())?;
         self.apply_counted(batch, 0, finished)?;
         Ok(answers)
     }

@@ -294,14 +294,7 @@ impl SledStore {
                 }
             }
         }
-        let records = seen
-            .values()
-            .map(|delivery| Ok((keys::delivery(delivery.id), lines.record(self, delivery)?)))
-            .collect::<StoreResult<Vec<_>>>()?;
-        lines.write(&mut batch);
-        for (key, record) in records {
-            batch.insert(key, record);
-        }
+        lines.write_with(self, &mut batch, seen.values())?;
         if let Some(job) = job {
             batch.insert(keys::job(&job.id), encode(job)?);
         }
