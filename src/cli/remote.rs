@@ -4,9 +4,14 @@ use clap::Args;
 use reqwest::Method;
 use serde_json::Value;
 
+/// The help heading of the options that reach a running daemon.
+const CLIENT: &str = "Talking to a running daemon (not `serve` or `receive`)";
+
 /// Where the daemon is, how to authenticate, and how to print. Accepted before or after the
-/// subcommand (`herald --json deliveries list` = `herald deliveries list --json`).
+/// subcommand (`herald --json deliveries list` = `herald deliveries list --json`). Shown under
+/// a heading of their own, so that `serve --help` does not pass them off as the daemon's.
 #[derive(Args, Clone, Debug)]
+#[command(next_help_heading = CLIENT)]
 pub struct Remote {
     /// The daemon's base URL.
     #[arg(
