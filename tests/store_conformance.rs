@@ -129,6 +129,7 @@ macro_rules! suite {
             an_endpoint_is_disabled_once_and_enabling_resets_its_health,
             deliveries_page_oldest_or_newest_first,
             bulk_replay_progress_is_stored_with_its_batch,
+            a_shared_store_caps_live_leases_but_not_the_callers_settling_ones,
         );
     };
 }
@@ -153,6 +154,57 @@ macro_rules! controls {
 controls!(sled as sled_controls);
 controls!(postgres as postgres_controls);
 
+/// A shared store bounds an endpoint's live leases over every claimer (its concurrency in a
+/// cluster), leaving out the caller's settling ones: off the wire, waiting for their outcome.
+/// A store of one process leaves the bound to the scheduler.
+async fn a_shared_store_caps_live_leases_but_not_the_callers_settling_ones(harness: &Harness) {
+    let store = harness.open().await;
+    if !store.shared() {
+        return;
+    }
+    let endpoint = put_endpoint(store.as_ref()).await;
+    for i in 0..5 {
+        put_message(store.as_ref(), endpoint, 1_000 + i, DeliveryStatus::Pending).await;
+    }
+    let now = DUE + 1;
+    let first = leases(store.claim(endpoint, now, 10, LEASE, 2, &[]).await.unwrap());
+    assert_eq!(first.len(), 2, "at most 2 leased");
+    assert!(
+        store
+            .claim(endpoint, now, 10, LEASE, 2, &[])
+            .await
+            .unwrap()
+            .is_empty(),
+        "the cap holds for every claimer"
+    );
+    // One of ours is off the wire: room for one more, not two.
+    let settling = [first[0].delivery_id];
+    let more = leases(
+        store
+            .claim(endpoint, now, 10, LEASE, 2, &settling)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(more.len(), 1);
+    assert!(
+        store
+            .claim(endpoint, now, 10, LEASE, 2, &settling)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Its outcome recorded, the settling lease is gone: it was left out already, so there is
+    // no more room than before (no credit twice).
+    store.release(&first[..1]).await.unwrap();
+    assert!(
+        store
+            .claim(endpoint, now, 10, LEASE, 2, &settling)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 async fn leases_are_exclusive_until_given_back_or_expired(harness: &Harness) {
     let store = harness.open().await;
     let endpoint = put_endpoint(store.as_ref()).await;
@@ -162,14 +214,14 @@ async fn leases_are_exclusive_until_given_back_or_expired(harness: &Harness) {
     let now = DUE + 1;
     let first = leases(
         store
-            .claim(endpoint, now, 3, LEASE, usize::MAX)
+            .claim(endpoint, now, 3, LEASE, usize::MAX, &[])
             .await
             .unwrap(),
     );
     assert_eq!(first.len(), 3);
     let second = leases(
         store
-            .claim(endpoint, now, 10, LEASE, usize::MAX)
+            .claim(endpoint, now, 10, LEASE, usize::MAX, &[])
             .await
             .unwrap(),
     );
@@ -177,7 +229,7 @@ async fn leases_are_exclusive_until_given_back_or_expired(harness: &Harness) {
     assert!(!first.iter().any(|l| l.delivery_id == second[0].delivery_id));
     assert!(
         store
-            .claim(endpoint, now, 10, LEASE, usize::MAX)
+            .claim(endpoint, now, 10, LEASE, usize::MAX, &[])
             .await
             .unwrap()
             .is_empty()
@@ -195,7 +247,7 @@ async fn leases_are_exclusive_until_given_back_or_expired(harness: &Harness) {
     assert_eq!(store.due_head(endpoint, now).await.unwrap(), Some(DUE));
     let again = leases(
         store
-            .claim(endpoint, now, 10, LEASE, usize::MAX)
+            .claim(endpoint, now, 10, LEASE, usize::MAX, &[])
             .await
             .unwrap(),
     );
@@ -207,7 +259,7 @@ async fn leases_are_exclusive_until_given_back_or_expired(harness: &Harness) {
     assert_eq!(store.due_head(endpoint, later).await.unwrap(), Some(DUE));
     assert_eq!(
         store
-            .claim(endpoint, later, 10, LEASE, usize::MAX)
+            .claim(endpoint, later, 10, LEASE, usize::MAX, &[])
             .await
             .unwrap()
             .len(),
@@ -220,7 +272,7 @@ async fn leases_are_exclusive_until_given_back_or_expired(harness: &Harness) {
     let after_all = later + 2 * LEASE.as_millis() as u64;
     assert_eq!(
         store
-            .claim(endpoint, after_all, 10, LEASE, usize::MAX)
+            .claim(endpoint, after_all, 10, LEASE, usize::MAX, &[])
             .await
             .unwrap()
             .len(),
@@ -235,13 +287,13 @@ async fn a_late_outcome_under_an_expired_lease_is_kept_but_moves_nothing(harness
     let (_, id) = put_message(store.as_ref(), endpoint, 1_000, DeliveryStatus::Pending).await;
     let before = store.delivery(id).await.unwrap().unwrap();
     let old = store
-        .claim(endpoint, DUE, 1, LEASE, usize::MAX)
+        .claim(endpoint, DUE, 1, LEASE, usize::MAX, &[])
         .await
         .unwrap()[0]
         .lease;
     let later = DUE + LEASE.as_millis() as u64 + 1;
     let new = store
-        .claim(endpoint, later, 1, LEASE, usize::MAX)
+        .claim(endpoint, later, 1, LEASE, usize::MAX, &[])
         .await
         .unwrap()[0]
         .lease;
@@ -307,7 +359,7 @@ async fn due_deliveries_are_claimed_earliest_first(harness: &Harness) {
     // Only what is due by `now`, earliest first, and only this endpoint's, with the records an
     // attempt needs.
     let claims = store
-        .claim(endpoint, DUE + 30, 10, LEASE, usize::MAX)
+        .claim(endpoint, DUE + 30, 10, LEASE, usize::MAX, &[])
         .await
         .unwrap();
     for claim in &claims {
@@ -385,7 +437,7 @@ async fn an_outcome_moves_delivery_health_rollup_and_count_atomically(harness: &
     let (_, id) = put_message(store.as_ref(), endpoint, 1_000, DeliveryStatus::Pending).await;
     let before = store.delivery(id).await.unwrap().unwrap();
     let lease = store
-        .claim(endpoint, DUE, 1, LEASE, usize::MAX)
+        .claim(endpoint, DUE, 1, LEASE, usize::MAX, &[])
         .await
         .unwrap()[0]
         .lease;
@@ -415,7 +467,7 @@ async fn an_outcome_moves_delivery_health_rollup_and_count_atomically(harness: &
 
     let before = store.delivery(id).await.unwrap().unwrap();
     let lease = store
-        .claim(endpoint, DUE + 60_000, 1, LEASE, usize::MAX)
+        .claim(endpoint, DUE + 60_000, 1, LEASE, usize::MAX, &[])
         .await
         .unwrap()[0]
         .lease;
@@ -471,7 +523,7 @@ async fn grouped_outcomes_compose_per_endpoint(harness: &Harness) {
     }
     let leases = leases(
         store
-            .claim(endpoint, DUE, 3, LEASE, usize::MAX)
+            .claim(endpoint, DUE, 3, LEASE, usize::MAX, &[])
             .await
             .unwrap(),
     );
@@ -513,7 +565,7 @@ async fn grouped_outcomes_compose_per_endpoint(harness: &Harness) {
     // Untouched leaves the count alone; Reset clears it.
     let (_, id) = put_message(store.as_ref(), endpoint, 2_000, DeliveryStatus::Pending).await;
     let lease = store
-        .claim(endpoint, DUE, 1, LEASE, usize::MAX)
+        .claim(endpoint, DUE, 1, LEASE, usize::MAX, &[])
         .await
         .unwrap()[0]
         .lease;
@@ -545,7 +597,7 @@ async fn the_pending_count_is_exact_across_transitions_and_reopen(harness: &Harn
     // One finishes, one is rescheduled, one is cancelled.
     let leases = leases(
         store
-            .claim(endpoint, DUE, 2, LEASE, usize::MAX)
+            .claim(endpoint, DUE, 2, LEASE, usize::MAX, &[])
             .await
             .unwrap(),
     );
@@ -582,7 +634,7 @@ async fn the_pending_count_is_exact_across_transitions_and_reopen(harness: &Harn
     assert_eq!(store.pending_count().await.unwrap(), 3);
     assert_eq!(
         store
-            .claim(endpoint, u64::MAX / 2, 10, LEASE, usize::MAX)
+            .claim(endpoint, u64::MAX / 2, 10, LEASE, usize::MAX, &[])
             .await
             .unwrap()
             .len(),
@@ -596,7 +648,7 @@ async fn a_replay_transition_keeps_the_history(harness: &Harness) {
     let (_, id) = put_message(store.as_ref(), endpoint, 1_000, DeliveryStatus::Pending).await;
     let before = store.delivery(id).await.unwrap().unwrap();
     let lease = store
-        .claim(endpoint, DUE, 1, LEASE, usize::MAX)
+        .claim(endpoint, DUE, 1, LEASE, usize::MAX, &[])
         .await
         .unwrap()[0]
         .lease;
@@ -630,7 +682,7 @@ async fn a_replay_transition_keeps_the_history(harness: &Harness) {
         .unwrap();
     assert_eq!(store.pending_count().await.unwrap(), 1);
     let lease = store
-        .claim(endpoint, DUE + 10, 1, LEASE, usize::MAX)
+        .claim(endpoint, DUE + 10, 1, LEASE, usize::MAX, &[])
         .await
         .unwrap()[0]
         .lease;
@@ -687,7 +739,7 @@ async fn a_retry_of_a_delivery_in_flight_is_refused(harness: &Harness) {
     let (_, id) = put_message(store.as_ref(), endpoint, 1_000, DeliveryStatus::Pending).await;
     let before = store.delivery(id).await.unwrap().unwrap();
     let lease = store
-        .claim(endpoint, DUE, 1, LEASE, usize::MAX)
+        .claim(endpoint, DUE, 1, LEASE, usize::MAX, &[])
         .await
         .unwrap()[0]
         .lease;
@@ -771,7 +823,7 @@ async fn deleting_an_endpoint_closes_its_deliveries_and_revokes_leases(harness: 
     put_message(store.as_ref(), kept, 1_002, DeliveryStatus::Pending).await;
     let before = store.delivery(leased).await.unwrap().unwrap();
     let lease = store
-        .claim(endpoint, DUE, 1, LEASE, usize::MAX)
+        .claim(endpoint, DUE, 1, LEASE, usize::MAX, &[])
         .await
         .unwrap()[0]
         .lease;

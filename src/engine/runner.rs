@@ -80,9 +80,10 @@ async fn runner(engine: Arc<Engine>, endpoint: EndpointId) {
                 return;
             }
         };
+        let delivery = claim.lease.delivery_id;
         let exchanged = super::attempt::send(&engine, claim, turn).await;
         let pace = exchanged.as_ref().map(|e| e.pace());
-        for _ in 0..scheduler.off_wire(endpoint, pace) {
+        for _ in 0..scheduler.off_wire(endpoint, delivery, pace) {
             spawn(engine.clone(), endpoint);
         }
         match exchanged {
@@ -91,10 +92,10 @@ async fn runner(engine: Arc<Engine>, endpoint: EndpointId) {
                 let engine = engine.clone();
                 tokio::spawn(async move {
                     let settled = super::attempt::settle(&engine, exchanged).await;
-                    engine.scheduler.finished(endpoint, settled);
+                    engine.scheduler.finished(endpoint, delivery, settled);
                 });
             }
-            None => scheduler.finished(endpoint, Default::default()),
+            None => scheduler.finished(endpoint, delivery, Default::default()),
         }
     }
 }

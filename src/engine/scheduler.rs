@@ -31,7 +31,7 @@
 //!   attempts; other endpoints' slots are not affected. In a cluster each start is also
 //!   reserved in the shared store, so that the nodes together keep the limit.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -41,7 +41,7 @@ use super::Engine;
 use super::attempt::Settled;
 use super::pacing::{Pacer, now_us};
 use super::window::{Pace, Window};
-use crate::model::{EndpointId, now_ms};
+use crate::model::{DeliveryId, EndpointId, now_ms};
 use crate::store::{Claim, Lease};
 
 /// One endpoint's scheduling state.
@@ -56,8 +56,9 @@ pub(super) struct Slot {
     /// Claims being attempted now.
     pub(super) in_flight: usize,
     /// Claims whose attempt is done and whose outcome is being recorded. They hold the global
-    /// budget and their leases, not the endpoint's: its next requests need not wait for them.
-    pub(super) settling: usize,
+    /// budget and their leases, not the endpoint's: its next requests need not wait for them
+    /// (a shared store is told which they are, so that it does not count them either).
+    pub(super) settling: HashSet<DeliveryId>,
     /// Runner tasks alive (each attempts one delivery at a time).
     pub(super) runners: usize,
     /// How many attempts may be in flight now.
@@ -102,7 +103,7 @@ impl Slot {
     /// quarter second's worth, so that a claim waits for its start far less than its lease.
     fn wants(&self, claims_per_attempt: usize) -> usize {
         let want = (claims_per_attempt * self.window.limit())
-            .saturating_sub(self.outstanding - self.settling);
+            .saturating_sub(self.outstanding - self.settling.len());
         let seconds = if claims_per_attempt == 1 { 0.25 } else { 1.0 };
         match &self.pacer {
             Some(pacer) => want.min(((pacer.rate() * seconds).ceil() as usize).max(1)),
@@ -187,7 +188,7 @@ impl Scheduler {
             queue: VecDeque::new(),
             outstanding: 0,
             in_flight: 0,
-            settling: 0,
+            settling: HashSet::new(),
             runners: 0,
             window: Window::new(self.endpoint_limit),
             lease: None,
@@ -269,11 +270,16 @@ impl Scheduler {
     /// An attempt of `endpoint` left the wire (its answer came, or it failed); `pace` says
     /// what it showed of the receiver's capacity. Returns how many more runners the endpoint
     /// may have now that its window moved.
-    pub(super) fn off_wire(&self, endpoint: EndpointId, pace: Option<Pace>) -> usize {
+    pub(super) fn off_wire(
+        &self,
+        endpoint: EndpointId,
+        delivery: DeliveryId,
+        pace: Option<Pace>,
+    ) -> usize {
         let mut state = self.lock();
         let slot = self.slot(&mut state, endpoint);
         slot.in_flight -= 1;
-        slot.settling += 1;
+        slot.settling.insert(delivery);
         if let Some(pace) = pace {
             slot.window.record(pace);
         }
@@ -291,14 +297,14 @@ impl Scheduler {
 
     /// One claimed delivery of `endpoint` is done (recorded, or given back): rescheduled, or
     /// making the next of its ordering line due.
-    pub(super) fn finished(&self, endpoint: EndpointId, settled: Settled) {
+    pub(super) fn finished(&self, endpoint: EndpointId, delivery: DeliveryId, settled: Settled) {
         let mut state = self.lock();
         let was_full = state.outstanding >= self.max_in_flight;
         state.outstanding -= 1;
         metrics::gauge!("herald_in_flight").set(state.outstanding as f64);
         let slot = self.slot(&mut state, endpoint);
         slot.outstanding -= 1;
-        slot.settling -= 1;
+        slot.settling.remove(&delivery);
         for due in [settled.next_due, settled.released_due]
             .into_iter()
             .flatten()
@@ -361,6 +367,8 @@ struct ClaimPlan {
     endpoint: EndpointId,
     count: usize,
     lease: Option<Duration>,
+    /// The slot's settling claims as the plan was made (not counted by a shared store).
+    settling: Vec<DeliveryId>,
 }
 
 /// What one pass of the loop does next.
@@ -418,6 +426,7 @@ fn plan_pass(scheduler: &Scheduler, now: u64) -> Pass {
                 endpoint,
                 count,
                 lease: slot.lease,
+                settling: slot.settling.iter().copied().collect(),
             });
         }
         state.outstanding += room - left;
@@ -469,6 +478,7 @@ async fn claim(engine: &Arc<Engine>, plans: Vec<ClaimPlan>, now: u64) {
                     plan.count,
                     plan.lease.unwrap_or(engine.lease_for),
                     engine.max_leased,
+                    &plan.settling,
                 )
                 .await?;
             let head = store.due_head(plan.endpoint, now).await?;

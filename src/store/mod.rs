@@ -401,7 +401,9 @@ pub trait Store: Send + Sync + 'static {
     /// not leased (or whose lease expired), each until `now_ms + lease_for`, and returns them
     /// with their records. Earliest due first. No more than `max_leased` of the endpoint's
     /// deliveries are leased at once, counting every claimer's live leases (the per-endpoint
-    /// concurrency of a cluster).
+    /// concurrency of a cluster) except the caller's `settling` ones: its attempts that are
+    /// off the wire and only wait for their outcome to be recorded. (Other claimers' settling
+    /// leases are counted: an overestimate of what is on the wire, never an underestimate.)
     async fn claim(
         &self,
         endpoint: EndpointId,
@@ -409,6 +411,7 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
         lease_for: Duration,
         max_leased: usize,
+        settling: &[DeliveryId],
     ) -> StoreResult<Vec<Claim>>;
     /// Gives leases back without an attempt; their deliveries stay due as they were.
     async fn release(&self, leases: &[Lease]) -> StoreResult<()>;

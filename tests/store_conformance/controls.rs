@@ -39,7 +39,7 @@ async fn put_keyed(
 /// The deliveries of `endpoint` claimable at `now`, sorted.
 async fn claimable(store: &dyn Store, endpoint: EndpointId, now: u64) -> Vec<DeliveryId> {
     let leases: Vec<_> = store
-        .claim(endpoint, now, 100, LEASE, usize::MAX)
+        .claim(endpoint, now, 100, LEASE, usize::MAX, &[])
         .await
         .unwrap()
         .into_iter()
@@ -67,7 +67,7 @@ async fn attempt(
     retry_at: Option<u64>,
 ) -> Option<u64> {
     let leases: Vec<_> = store
-        .claim(endpoint, now, 100, LEASE, usize::MAX)
+        .claim(endpoint, now, 100, LEASE, usize::MAX, &[])
         .await
         .unwrap()
         .into_iter()
@@ -228,7 +228,11 @@ pub(super) async fn a_replay_is_not_held_by_its_ordering_key(harness: &Harness) 
     let a3 = put_keyed(store.as_ref(), &[e], 1_002, Some("job-7"), DUE).await[0];
     attempt(store.as_ref(), e, a1, DUE, Some("job-7"), None).await;
     // a2 is at the front and being attempted when a1 is replayed.
-    let lease = store.claim(e, DUE, 1, LEASE, usize::MAX).await.unwrap()[0].lease;
+    let lease = store
+        .claim(e, DUE, 1, LEASE, usize::MAX, &[])
+        .await
+        .unwrap()[0]
+        .lease;
     assert_eq!(lease.delivery_id, a2);
     let done = store.delivery(a1).await.unwrap().unwrap();
     let mut replayed = done.clone();

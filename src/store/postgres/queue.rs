@@ -240,6 +240,7 @@ impl PgStore {
         limit: usize,
         lease_for: Duration,
         max_leased: usize,
+        settling: &[DeliveryId],
     ) -> StoreResult<Vec<Claim>> {
         let expires = now_ms.saturating_add(lease_for.as_millis() as u64);
         let mut tx = self.pool.begin().await?;
@@ -249,12 +250,15 @@ impl PgStore {
             .bind(endpoint.0.to_string())
             .execute(&mut *tx)
             .await?;
+        // The caller's settling leases are off the wire: they do not count.
+        let settling: Vec<Uuid> = settling.iter().map(|id| id.0).collect();
         let leased: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM deliveries \
-             WHERE endpoint_id = $1 AND status = 0 AND lease_expires > $2",
+             WHERE endpoint_id = $1 AND status = 0 AND lease_expires > $2 AND id <> ALL($3)",
         )
         .bind(endpoint.0)
         .bind(ms(now_ms))
+        .bind(&settling)
         .fetch_one(&mut *tx)
         .await?;
         let room = i64::try_from(max_leased.min(limit))

@@ -354,8 +354,9 @@ impl Store for PgStore {
         limit: usize,
         lease_for: Duration,
         max_leased: usize,
+        settling: &[DeliveryId],
     ) -> StoreResult<Vec<Claim>> {
-        self.claim_now(endpoint, now_ms, limit, lease_for, max_leased)
+        self.claim_now(endpoint, now_ms, limit, lease_for, max_leased, settling)
             .await
     }
 

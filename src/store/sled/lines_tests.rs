@@ -128,6 +128,7 @@ async fn claimable(store: &SledStore, endpoint: EndpointId) -> Vec<DeliveryId> {
             100,
             std::time::Duration::from_secs(30),
             usize::MAX,
+            &[],
         )
         .await
         .unwrap()

@@ -134,7 +134,9 @@ impl Store for SledStore {
         limit: usize,
         lease_for: Duration,
         max_leased: usize,
+        _settling: &[DeliveryId],
     ) -> StoreResult<Vec<Claim>> {
+        // One process: the scheduler's own count is exact, `max_leased` is not used.
         let leases = self.claim_now(endpoint, now_ms, limit, lease_for, max_leased)?;
         let mut claims = Vec::with_capacity(leases.len());
         for lease in leases {
