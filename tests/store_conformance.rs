@@ -166,43 +166,29 @@ async fn a_shared_store_caps_live_leases_but_not_the_callers_settling_ones(harne
     for i in 0..5 {
         put_message(store.as_ref(), endpoint, 1_000 + i, DeliveryStatus::Pending).await;
     }
-    let now = DUE + 1;
-    let first = leases(store.claim(endpoint, now, 10, LEASE, 2, &[]).await.unwrap());
+    // Claims of up to 10 under a cap of 2, leaving out `settling`.
+    let claim = async |settling: &[herald::model::DeliveryId]| {
+        leases(
+            store
+                .claim(endpoint, DUE + 1, 10, LEASE, 2, settling)
+                .await
+                .unwrap(),
+        )
+    };
+    let first = claim(&[]).await;
     assert_eq!(first.len(), 2, "at most 2 leased");
     assert!(
-        store
-            .claim(endpoint, now, 10, LEASE, 2, &[])
-            .await
-            .unwrap()
-            .is_empty(),
+        claim(&[]).await.is_empty(),
         "the cap holds for every claimer"
     );
     // One of ours is off the wire: room for one more, not two.
     let settling = [first[0].delivery_id];
-    let more = leases(
-        store
-            .claim(endpoint, now, 10, LEASE, 2, &settling)
-            .await
-            .unwrap(),
-    );
-    assert_eq!(more.len(), 1);
-    assert!(
-        store
-            .claim(endpoint, now, 10, LEASE, 2, &settling)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert_eq!(claim(&settling).await.len(), 1);
+    assert!(claim(&settling).await.is_empty());
     // Its outcome recorded, the settling lease is gone: it was left out already, so there is
     // no more room than before (no credit twice).
     store.release(&first[..1]).await.unwrap();
-    assert!(
-        store
-            .claim(endpoint, now, 10, LEASE, 2, &settling)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(claim(&settling).await.is_empty());
 }
 
 async fn leases_are_exclusive_until_given_back_or_expired(harness: &Harness) {
