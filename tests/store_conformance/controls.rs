@@ -36,6 +36,16 @@ async fn put_keyed(
     ids
 }
 
+/// Three messages of key `job-7` to `endpoint`, accepted in order (ms 1,000 to 1,002), due at
+/// `DUE`: a line with a front and two behind it.
+async fn line_of_three(store: &dyn Store, endpoint: EndpointId) -> [DeliveryId; 3] {
+    let mut line = [DeliveryId::new(); 3];
+    for (n, place) in line.iter_mut().enumerate() {
+        *place = put_keyed(store, &[endpoint], 1_000 + n as u64, Some("job-7"), DUE).await[0];
+    }
+    line
+}
+
 /// The deliveries of `endpoint` claimable at `now`, sorted.
 async fn claimable(store: &dyn Store, endpoint: EndpointId, now: u64) -> Vec<DeliveryId> {
     let leases: Vec<_> = store
@@ -161,9 +171,7 @@ pub(super) async fn an_ordering_line_lets_one_delivery_through_at_a_time(harness
 pub(super) async fn a_waiting_delivery_can_be_cancelled_or_retried_in_its_place(harness: &Harness) {
     let store = harness.open().await;
     let e = put_endpoint(store.as_ref()).await;
-    let a1 = put_keyed(store.as_ref(), &[e], 1_000, Some("job-7"), DUE).await[0];
-    let a2 = put_keyed(store.as_ref(), &[e], 1_001, Some("job-7"), DUE).await[0];
-    let a3 = put_keyed(store.as_ref(), &[e], 1_002, Some("job-7"), DUE).await[0];
+    let [a1, a2, a3] = line_of_three(store.as_ref(), e).await;
 
     // Cancelling a2 (it leaves the line) and retrying a3 now (it stays in its place).
     let waiting = store.delivery(a2).await.unwrap().unwrap();
@@ -223,9 +231,7 @@ pub(super) async fn a_waiting_delivery_can_be_cancelled_or_retried_in_its_place(
 pub(super) async fn a_replay_is_not_held_by_its_ordering_key(harness: &Harness) {
     let store = harness.open().await;
     let e = put_endpoint(store.as_ref()).await;
-    let a1 = put_keyed(store.as_ref(), &[e], 1_000, Some("job-7"), DUE).await[0];
-    let a2 = put_keyed(store.as_ref(), &[e], 1_001, Some("job-7"), DUE).await[0];
-    let a3 = put_keyed(store.as_ref(), &[e], 1_002, Some("job-7"), DUE).await[0];
+    let [a1, a2, a3] = line_of_three(store.as_ref(), e).await;
     attempt(store.as_ref(), e, a1, DUE, Some("job-7"), None).await;
     // a2 is at the front and being attempted when a1 is replayed.
     let lease = store

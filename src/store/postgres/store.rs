@@ -102,6 +102,26 @@ impl PgStore {
         Ok((page, Some(next)))
     }
 
+    /// Deletes at most `budget` rows of `table` whose `column` is below `before`: a bounded
+    /// delete that does not hold the hot path's rows for long.
+    async fn delete_before(
+        &self,
+        table: &str,
+        column: &str,
+        before: i64,
+        budget: i64,
+    ) -> StoreResult<u64> {
+        Ok(sqlx::query(&format!(
+            "DELETE FROM {table} WHERE ctid IN \
+             (SELECT ctid FROM {table} WHERE {column} < $1 LIMIT $2)"
+        ))
+        .bind(before)
+        .bind(budget)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
     /// Phases 2 and 3: old attempts of kept deliveries, old roll-ups; in bounded deletes.
     async fn purge_old(
         &self,
@@ -111,36 +131,16 @@ impl PgStore {
     ) -> StoreResult<(PurgePage, Option<Vec<u8>>)> {
         let mut page = PurgePage::default();
         let (removed, next) = if phase == PURGE_ATTEMPTS {
-            let removed = sqlx::query(
-                "DELETE FROM attempts WHERE ctid IN \
-                 (SELECT ctid FROM attempts WHERE started_at < $1 LIMIT $2)",
-            )
-            .bind(cutoff)
-            .bind(budget)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+            let removed = self
+                .delete_before("attempts", "started_at", cutoff, budget)
+                .await?;
             page.attempts = removed;
             (removed, PURGE_ROLLUPS)
         } else {
-            let day = i32::try_from(crate::store::day_of(unms(cutoff))).unwrap_or(i32::MAX);
-            sqlx::query(
-                "DELETE FROM rollup_latency WHERE ctid IN \
-                 (SELECT ctid FROM rollup_latency WHERE day < $1 LIMIT $2)",
-            )
-            .bind(day)
-            .bind(budget)
-            .execute(&self.pool)
-            .await?;
-            let removed = sqlx::query(
-                "DELETE FROM rollups WHERE ctid IN \
-                 (SELECT ctid FROM rollups WHERE day < $1 LIMIT $2)",
-            )
-            .bind(day)
-            .bind(budget)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+            let day = i64::from(crate::store::day_of(unms(cutoff)));
+            self.delete_before("rollup_latency", "day", day, budget)
+                .await?;
+            let removed = self.delete_before("rollups", "day", day, budget).await?;
             page.rollups = removed;
             (removed, 0)
         };
