@@ -147,7 +147,9 @@ impl State {
             self.ready.remove(&(old, endpoint));
         }
         // The rate limit caps how many claims the slot takes, not whether it may take them.
-        let room = (self.claims_per_attempt * slot.window.limit()).saturating_sub(slot.outstanding);
+        // Settling claims are off the wire: they wait for the recorder, not for the endpoint.
+        let room = (self.claims_per_attempt * slot.window.limit())
+            .saturating_sub(slot.outstanding - slot.settling.len());
         let eligible = slot.enabled
             && !slot.claiming
             && room >= (slot.window.limit() * (self.claims_per_attempt - 1)).max(1);
