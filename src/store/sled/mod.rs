@@ -90,9 +90,12 @@ impl From<sled::Error> for StoreError {
 #[derive(Debug, Clone, Copy)]
 struct Held {
     lease: Lease,
+    /// Its outcome is being written: it is not claimed again even once it expires, and it is
+    /// given up once the write is in.
+    recording: bool,
 }
 
-/// What the transition mutex guards.
+/// What the state mutex guards.
 #[derive(Default)]
 struct State {
     /// The leases of this process, by delivery.
@@ -134,9 +137,13 @@ pub struct SledStore {
     /// every endpoint write, both under `state`, so a reader can never put back a record a
     /// writer replaced.
     endpoint_cache: RwLock<HashMap<EndpointId, Endpoint>>,
-    /// Serialises state transitions; holds the leases of this process and the counters.
+    /// Serialises the writers (every read-modify-write of records). Taken before `state`.
+    writes: Mutex<()>,
+    /// The leases of this process and the counters. Writers hold it with `writes` (see
+    /// [`SledStore::lock`]); claims take it alone, so that they never wait for the recorder's
+    /// write, which holds `writes` and takes `state` only to look at and give up its leases.
     state: Mutex<State>,
-    /// Pending deliveries (one due entry each). Changed only under `state`, and stored (key
+    /// Pending deliveries (one due entry each). Changed only by writers (under `writes`), and stored (key
     /// `P`) in the same atomic batch as the due entries it counts, so it is exact after a crash
     /// too and a restart reads it instead of scanning the due index.
     pending: AtomicU64,
@@ -146,10 +153,45 @@ pub struct SledStore {
     adopted: Mutex<std::collections::HashSet<uuid::Uuid>>,
 }
 
+/// A writer's hold: `writes`, then `state`.
+struct Locked<'a> {
+    _writes: MutexGuard<'a, ()>,
+    state: MutexGuard<'a, State>,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.state
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
+}
+
 impl SledStore {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock cannot leave sled half-written (batches are atomic),
-        // so a poisoned lock is safe to take over.
+    // A panic while holding a lock cannot leave sled half-written (batches are atomic), so a
+    // poisoned lock is safe to take over.
+
+    /// For writers: excludes every other writer and every claim.
+    fn lock(&self) -> Locked<'_> {
+        let writes = self.writes();
+        Locked {
+            _writes: writes,
+            state: self.state(),
+        }
+    }
+
+    /// Excludes every other writer, not claims (for the recorder).
+    fn writes(&self) -> MutexGuard<'_, ()> {
+        self.writes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The leases and counters alone (for claims, and inside [`Self::writes`]).
+    fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -254,7 +296,7 @@ impl SledStore {
 
     /// Applies a write that is acknowledged once flushed: the counters, changed by `change`
     /// and with the durable-write sequence advanced (see [`ledger`]), go into the same batch,
-    /// and the pending count moves by `added - removed`. Callers hold `state`.
+    /// and the pending count moves by `added - removed`. Callers hold [`Self::lock`].
     fn apply_durable(
         &self,
         state: &mut State,
@@ -272,7 +314,7 @@ impl SledStore {
     }
 
     /// Applies `batch` with the pending count moved by `added - removed`, written in the same
-    /// batch. Callers hold `state`.
+    /// batch. Callers hold `writes`.
     fn apply_counted(&self, mut batch: Batch, added: u64, removed: u64) -> StoreResult<()> {
         let count = (self.pending.load(Ordering::Relaxed) + added).saturating_sub(removed);
         if added != removed {
@@ -287,7 +329,7 @@ impl SledStore {
     /// then notes in the ledger the sequence that is now durable.
     async fn flush(&self) -> StoreResult<()> {
         self.writable()?;
-        let counters = self.lock().counters;
+        let counters = self.state().counters;
         let inner = self.inner()?;
         let synced = tokio::task::spawn_blocking(move || inner.sync())
             .await

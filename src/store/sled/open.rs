@@ -313,6 +313,7 @@ impl SledStore {
             sealer,
             inner: ArcSwapOption::from_pointee(inner),
             endpoint_cache: RwLock::new(Default::default()),
+            writes: Mutex::new(()),
             state: Mutex::new(State {
                 leases: Default::default(),
                 counters,

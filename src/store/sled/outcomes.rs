@@ -13,10 +13,12 @@ use sled::Batch;
 use super::codec::{Health, encode};
 use super::lines::LineWrites;
 use super::queue::due_key;
-use super::{SledStore, State, keys};
+use super::{SledStore, keys};
 use crate::model::{Delivery, DeliveryId, DeliveryStatus, EndpointId};
 use crate::store::rollup::day_of;
-use crate::store::{DailyRollup, HealthChange, Outcome, Recorded, StoreError, StoreResult};
+use crate::store::{
+    DailyRollup, HealthChange, LeaseToken, Outcome, Recorded, StoreError, StoreResult,
+};
 
 /// The writes of one group, applied as one batch.
 #[derive(Default)]
@@ -37,11 +39,48 @@ impl SledStore {
         &self,
         outcomes: Vec<Outcome>,
     ) -> StoreResult<Vec<StoreResult<Recorded>>> {
-        let mut state = self.lock();
+        let _writes = self.writes();
+        // The group's leases this process still holds are marked, so that no claim takes their
+        // deliveries while the group is written (claims do not wait for it), and given up once
+        // it is, whether or not the write succeeded (the deliveries are then attempted again).
+        let mut held = HashMap::new();
+        {
+            let mut state = self.state();
+            for lease in outcomes.iter().map(|outcome| outcome.lease) {
+                if let Some(h) = state.leases.get_mut(&lease.delivery_id)
+                    && h.lease.token == lease.token
+                {
+                    h.recording = true;
+                    held.insert(lease.delivery_id, lease.token);
+                }
+            }
+        }
+        let written = self.write_outcomes(outcomes, &held);
+        let mut state = self.state();
+        for (id, token) in held {
+            if state
+                .leases
+                .get(&id)
+                .is_some_and(|h| h.lease.token == token)
+            {
+                state.leases.remove(&id);
+            }
+        }
+        written
+    }
+
+    /// Writes a group of outcomes as one batch; `held`: the leases among them this process
+    /// still holds (the others are stale).
+    fn write_outcomes(
+        &self,
+        outcomes: Vec<Outcome>,
+        held: &HashMap<DeliveryId, LeaseToken>,
+    ) -> StoreResult<Vec<StoreResult<Recorded>>> {
         let mut group = Group::default();
         let mut answers = Vec::with_capacity(outcomes.len());
         for outcome in outcomes {
-            answers.push(self.record_one(&mut group, &mut state, outcome));
+            let current = held.get(&outcome.lease.delivery_id) == Some(&outcome.lease.token);
+            answers.push(self.record_one(&mut group, current, outcome));
         }
         for (key, day) in &group.stats {
             group.batch.insert(key.as_slice(), encode(day)?);
@@ -64,12 +103,7 @@ impl SledStore {
     }
 
     /// Adds one outcome to `group`; reads see the group's earlier changes first.
-    fn record_one(
-        &self,
-        group: &mut Group,
-        state: &mut State,
-        outcome: Outcome,
-    ) -> StoreResult<Recorded> {
+    fn record_one(&self, group: &mut Group, held: bool, outcome: Outcome) -> StoreResult<Recorded> {
         let lease = outcome.lease;
         let id = lease.delivery_id;
         let mut stored = match group.deliveries.remove(&id) {
@@ -82,13 +116,6 @@ impl SledStore {
                 delivery
             }
         };
-        let held = state
-            .leases
-            .get(&id)
-            .is_some_and(|h| h.lease.token == lease.token);
-        if held {
-            state.leases.remove(&id);
-        }
         let lease_key = keys::due(lease.endpoint_id, lease.due_ms, id);
         let stale = !held
             || (!group.added_due.contains(&lease_key)

@@ -160,12 +160,14 @@ impl SledStore {
         endpoint: EndpointId,
         now_ms: u64,
     ) -> StoreResult<Option<u64>> {
-        let state = self.lock();
+        let state = self.state();
         let mut lease_ends: Option<u64> = None;
         // Leased entries come first (they were due first): at most the endpoint's claims.
         for key in self.tree()?.scan_prefix(keys::due_prefix(endpoint)).keys() {
             if let Some((_, due_ms, delivery_id)) = keys::parse_due(&key?) {
                 match state.leases.get(&delivery_id) {
+                    // Its outcome is being written; the scheduler hears of what follows.
+                    Some(held) if held.recording => {}
                     Some(held) if held.lease.expires_at_ms > now_ms => {
                         let ends = held.lease.expires_at_ms;
                         lease_ends = Some(lease_ends.map_or(ends, |e| e.min(ends)));
@@ -189,7 +191,8 @@ impl SledStore {
         let start = keys::due(endpoint, 0, nil);
         let end = keys::due(endpoint, now_ms.saturating_add(1), nil);
         let expires_at_ms = now_ms.saturating_add(lease_for.as_millis() as u64);
-        let mut state = self.lock();
+        // Not `lock`: a claim does not wait for the recorder's write (see `Held::recording`).
+        let mut state = self.state();
         let leased = if max_leased == usize::MAX {
             0 // nothing to count against
         } else {
@@ -212,7 +215,7 @@ impl SledStore {
             if state
                 .leases
                 .get(&delivery_id)
-                .is_some_and(|h| h.lease.expires_at_ms > now_ms)
+                .is_some_and(|h| h.recording || h.lease.expires_at_ms > now_ms)
             {
                 continue;
             }
@@ -223,7 +226,8 @@ impl SledStore {
                 expires_at_ms,
                 token: LeaseToken::new(),
             };
-            state.leases.insert(delivery_id, Held { lease });
+            let recording = false;
+            state.leases.insert(delivery_id, Held { lease, recording });
             claimed.push(lease);
         }
         Ok(claimed)
