@@ -9,9 +9,9 @@ mod cli;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// mimalloc's defaults keep what was freed: after opening a store of a million pending
-/// deliveries (sled's recovery allocates and frees a lot) the daemon held 302–321 MiB and spent
-/// 14–16 % of a core while idle; with arenas committed as used and freed memory given back at
-/// once, 134 MiB and 0.6 %, at the same end-to-end throughput (`bench backlog`, `bench/e2e.sh`).
+/// deliveries (sled's recovery allocates and frees a lot) the process held 324–331 MiB; with
+/// arenas committed as used and freed memory given back at once, 256–267 MiB, at the same
+/// end-to-end throughput (`bench backlog`, `bench/e2e.sh`; see the README's Benchmarks).
 /// mimalloc commits its first arena before `main` runs, so these two settings only take effect
 /// from its environment: the process starts itself again (same pid, same arguments) with them,
 /// unless they are set already — an operator's own `MIMALLOC_*` values win.

@@ -183,6 +183,31 @@ impl Endpoint {
         }
         secrets
     }
+
+    /// An enabled default endpoint of tenant `acme` under `policy`, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn sample(policy: &str) -> Endpoint {
+        Endpoint {
+            id: EndpointId::new(),
+            tenant: "acme".into(),
+            url: "https://tms.example/cb".into(),
+            policy: policy.into(),
+            secret: None,
+            previous_secret: None,
+            token: None,
+            headers: Default::default(),
+            event_types: vec![],
+            default: true,
+            enabled: true,
+            consecutive_failures: 0,
+            disabled_reason: None,
+            disabled_at: None,
+            released_at: None,
+            created_at: 0,
+            updated_at: 0,
+            rate_limit: None,
+        }
+    }
 }
 
 /// Where a delivery stands.

@@ -117,13 +117,8 @@ async fn a_node_killed_mid_attempt_is_taken_over_and_nothing_is_lost() {
     };
     let cluster = Cluster::new(url);
     // The first request hangs (the node holding it is killed meanwhile); later ones succeed.
-    let receiver = Receiver::first_then_ok(Reply::Hang).await;
-    let mut doomed = cluster.node(0);
-    create_endpoint(&doomed, "acme", &receiver.url(), "quick").await;
     let body = json!({"tenant": "acme", "event_type": "e", "payload": {"n": 1}});
-    let (status, sent) = send(&doomed, &body).await;
-    assert_eq!(status, 202);
-    assert!(receiver.wait_for(1, Duration::from_secs(10)).await);
+    let (receiver, mut doomed, sent) = cluster.hung_attempt(&body).await;
     let survivor = cluster.node(1);
     doomed.child.kill().unwrap();
     doomed.child.wait().unwrap();

@@ -1,15 +1,15 @@
 //! Delivery controls on a cluster of real `herald serve` processes sharing one real
 //! PostgreSQL: an ordering key's order across nodes and a killed node, a rate limit held by
-//! the nodes together, and a message's trace continued by the node that attempts it. (A test binary of its own: its timings are not shared with the
-//! heavier cluster tests.)
+//! the nodes together, and a message's trace continued by the node that attempts it. (A test
+//! binary of its own: its timings are not shared with the heavier cluster tests.)
 
 mod common;
 
 use std::time::{Duration, Instant};
 
+use common::Receiver;
 use common::daemon::PRODUCER;
 use common::postgres::{self, Cluster, create_endpoint, scrape, send};
-use common::{Receiver, Reply};
 use serde_json::{Value, json};
 
 /// The payload field `n` of each request to `receiver` whose payload `key` is `key`, in
@@ -31,16 +31,12 @@ async fn an_ordering_key_holds_across_nodes_and_a_node_killed_mid_attempt() {
         return;
     };
     let cluster = Cluster::new(url);
-    // The first request hangs: the node attempting it is killed meanwhile.
-    let receiver = Receiver::first_then_ok(Reply::Hang).await;
-    let mut doomed = cluster.node(0);
-    create_endpoint(&doomed, "acme", &receiver.url(), "quick").await;
     let keyed = |key: &str, n: u64| {
         json!({"tenant": "acme", "event_type": "job.status", "ordering_key": key,
                "payload": {"key": key, "n": n}})
     };
-    assert_eq!(send(&doomed, &keyed("job-1", 0)).await.0, 202);
-    assert!(receiver.wait_for(1, Duration::from_secs(10)).await);
+    // The first request hangs: the node attempting it is killed meanwhile.
+    let (receiver, mut doomed, _) = cluster.hung_attempt(&keyed("job-1", 0)).await;
     // The rest of the key goes to both nodes in turn, each acknowledged before the next is
     // sent: acceptance order is 0, 1, ... 9 whichever node took a message.
     let survivor = cluster.node(1);

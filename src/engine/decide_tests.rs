@@ -1,6 +1,5 @@
 //! Table tests of the delivery decision: each row is facts in, records out.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::*;
@@ -29,26 +28,7 @@ disable_on_gone = true
 }
 
 pub(super) fn endpoint() -> Endpoint {
-    Endpoint {
-        id: EndpointId::new(),
-        tenant: "acme".into(),
-        url: "https://tms.example/cb".into(),
-        policy: "test".into(),
-        secret: None,
-        previous_secret: None,
-        token: None,
-        headers: BTreeMap::new(),
-        event_types: vec![],
-        default: true,
-        enabled: true,
-        consecutive_failures: 0,
-        disabled_reason: None,
-        disabled_at: None,
-        released_at: None,
-        created_at: 0,
-        updated_at: 0,
-        rate_limit: None,
-    }
+    Endpoint::sample("test")
 }
 
 /// A pending delivery whose cycle began at `T0`, with `made` attempts behind it.

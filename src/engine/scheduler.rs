@@ -369,7 +369,8 @@ struct ClaimPlan {
     endpoint: EndpointId,
     count: usize,
     lease: Option<Duration>,
-    /// The slot's settling claims as the plan was made (not counted by a shared store).
+    /// The slot's settling claims as the plan was made, for a shared store (which does not
+    /// count them against the endpoint's cap); empty for a store of this process's own.
     settling: Vec<DeliveryId>,
 }
 
@@ -428,7 +429,12 @@ fn plan_pass(scheduler: &Scheduler, now: u64) -> Pass {
                 endpoint,
                 count,
                 lease: slot.lease,
-                settling: slot.settling.iter().copied().collect(),
+                // Only a shared store counts leases against a cap (one claim per attempt).
+                settling: if per_attempt == 1 {
+                    slot.settling.iter().copied().collect()
+                } else {
+                    Vec::new()
+                },
             });
         }
         state.outstanding += room - left;

@@ -330,6 +330,20 @@ impl Cluster {
         }
     }
 
+    /// Node 0 in the middle of an attempt that does not end, for killing a node mid-attempt:
+    /// a receiver whose first request hangs (later ones succeed), tenant `acme`'s default
+    /// `quick` endpoint on it, and `first` sent to node 0 and seen by the receiver. Returns the
+    /// receiver, the node and the send's answer.
+    pub async fn hung_attempt(&self, first: &Value) -> (super::Receiver, Daemon, Value) {
+        let receiver = super::Receiver::first_then_ok(super::Reply::Hang).await;
+        let node = self.node(0);
+        create_endpoint(&node, "acme", &receiver.url(), "quick").await;
+        let (status, sent) = send(&node, first).await;
+        assert_eq!(status, 202, "{sent}");
+        assert!(receiver.wait_for(1, Duration::from_secs(10)).await);
+        (receiver, node, sent)
+    }
+
     /// Starts node `n` (its own data directory, with the `once` policy).
     pub fn node(&self, n: usize) -> Daemon {
         self.node_with(n, &[])

@@ -108,11 +108,10 @@ mod tests {
     use super::*;
 
     fn endpoint(tenant: &str) -> Endpoint {
-        serde_json::from_value(serde_json::json!({
-            "id": EndpointId::new(), "tenant": tenant, "url": "https://example.com/hook",
-            "policy": "standard-webhooks", "enabled": true, "created_at": 0, "updated_at": 0,
-        }))
-        .unwrap_or_else(|e| panic!("{e}"))
+        Endpoint {
+            tenant: tenant.into(),
+            ..Endpoint::sample("standard-webhooks")
+        }
     }
 
     #[test]

@@ -253,3 +253,12 @@ fn ms(value: u64) -> i64 {
 fn unms(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
+
+/// Row ids in the order every writer locks them (ascending, once each), so that writers on
+/// different nodes cannot deadlock.
+fn lock_order(ids: impl Iterator<Item = uuid::Uuid>) -> Vec<uuid::Uuid> {
+    let mut ids: Vec<uuid::Uuid> = ids.collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}

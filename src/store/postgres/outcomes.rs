@@ -9,9 +9,9 @@ use std::collections::{BTreeMap, HashMap};
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::PgStore;
 use super::lines::Lines;
 use super::rows::{self, AttemptColumns, DeliveryColumns};
+use super::{PgStore, lock_order};
 use crate::model::{DeliveryId, EndpointId};
 use crate::store::rollup::{bucket, day_of};
 use crate::store::{HealthChange, Outcome, Recorded, StoreError, StoreResult};
@@ -30,9 +30,7 @@ impl PgStore {
             }),
         )
         .await?;
-        let mut ids: Vec<Uuid> = outcomes.iter().map(|o| o.lease.delivery_id.0).collect();
-        ids.sort_unstable();
-        ids.dedup();
+        let ids = lock_order(outcomes.iter().map(|o| o.lease.delivery_id.0));
         let rows = sqlx::query(
             "SELECT id, lease_token, (line_place IS NOT NULL) AS waits FROM deliveries \
              WHERE id = ANY($1) ORDER BY id FOR UPDATE",
@@ -236,9 +234,7 @@ impl PgStore {
         tx: &mut sqlx::PgConnection,
         kept: &[&Outcome],
     ) -> StoreResult<(Vec<u32>, bool)> {
-        let mut ids: Vec<Uuid> = kept.iter().map(|o| o.lease.endpoint_id.0).collect();
-        ids.sort_unstable();
-        ids.dedup();
+        let ids = lock_order(kept.iter().map(|o| o.lease.endpoint_id.0));
         let rows = sqlx::query(
             "SELECT id, failures FROM endpoints WHERE id = ANY($1) ORDER BY id FOR UPDATE",
         )

@@ -236,9 +236,7 @@ impl DeliveryColumns {
         self.updated_at.push(ms(d.updated_at));
         Ok(())
     }
-}
 
-impl DeliveryColumns {
     /// Writes the decided state of these deliveries, in one statement. Each loses its lease:
     /// a late outcome under it is stale. (A delivery's line and place are not touched.)
     pub(super) async fn update(&self, tx: &mut sqlx::PgConnection) -> StoreResult<()> {

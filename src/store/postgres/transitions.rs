@@ -7,12 +7,11 @@
 use std::collections::HashMap;
 
 use sqlx::Row;
-use uuid::Uuid;
 
 use super::lines::Lines;
 use super::queue::due_notices;
 use super::rows::{self, DELIVERY_COLUMNS, DeliveryColumns};
-use super::{PgStore, ms};
+use super::{PgStore, lock_order, ms};
 use crate::model::{Delivery, DeliveryId, DeliveryStatus};
 use crate::store::{Notice, ReplayJob, StoreError, StoreResult, Transition};
 
@@ -40,9 +39,7 @@ impl PgStore {
             }),
         )
         .await?;
-        let mut ids: Vec<Uuid> = transitions.iter().map(|t| t.expected.id.0).collect();
-        ids.sort_unstable();
-        ids.dedup();
+        let ids = lock_order(transitions.iter().map(|t| t.expected.id.0));
         let current = sqlx::query(&format!(
             "SELECT {DELIVERY_COLUMNS}, (d.lease_expires > $2) AS leased, \
              (d.line_place IS NOT NULL) AS waits FROM deliveries d \

@@ -28,26 +28,7 @@ fn options() -> SledOptions {
 }
 
 fn endpoint() -> Endpoint {
-    Endpoint {
-        id: EndpointId::new(),
-        tenant: "acme".into(),
-        url: "https://tms.example/cb".into(),
-        policy: "tolq".into(),
-        secret: None,
-        previous_secret: None,
-        token: None,
-        headers: Default::default(),
-        event_types: vec![],
-        default: true,
-        enabled: true,
-        consecutive_failures: 0,
-        disabled_reason: None,
-        disabled_at: None,
-        released_at: None,
-        created_at: 0,
-        updated_at: 0,
-        rate_limit: None,
-    }
+    Endpoint::sample("tolq")
 }
 
 /// A keyed message with one pending delivery to `endpoint`, due at once.

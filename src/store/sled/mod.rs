@@ -143,9 +143,9 @@ pub struct SledStore {
     /// [`SledStore::lock`]); claims take it alone, so that they never wait for the recorder's
     /// write, which holds `writes` and takes `state` only to look at and give up its leases.
     state: Mutex<State>,
-    /// Pending deliveries (one due entry each). Changed only by writers (under `writes`), and stored (key
-    /// `P`) in the same atomic batch as the due entries it counts, so it is exact after a crash
-    /// too and a restart reads it instead of scanning the due index.
+    /// Pending deliveries (one due entry each). Changed only by writers (under `writes`), and
+    /// stored (key `P`) in the same atomic batch as the due entries it counts, so it is exact
+    /// after a crash too and a restart reads it instead of scanning the due index.
     pending: AtomicU64,
     ledger: Mutex<Ledger>,
     broken: Mutex<Broken>,

@@ -226,8 +226,11 @@ impl SledStore {
                 expires_at_ms,
                 token: LeaseToken::new(),
             };
-            let recording = false;
-            state.leases.insert(delivery_id, Held { lease, recording });
+            let held = Held {
+                lease,
+                recording: false,
+            };
+            state.leases.insert(delivery_id, held);
             claimed.push(lease);
         }
         Ok(claimed)

@@ -136,7 +136,8 @@ impl Store for SledStore {
         max_leased: usize,
         _settling: &[DeliveryId],
     ) -> StoreResult<Vec<Claim>> {
-        // One process: the scheduler's own count is exact, `max_leased` is not used.
+        // One process: the engine passes no cap (its scheduler's count is exact), so the
+        // settling leases, which only matter to a cap, are not needed here.
         let leases = self.claim_now(endpoint, now_ms, limit, lease_for, max_leased)?;
         let mut claims = Vec::with_capacity(leases.len());
         for lease in leases {
