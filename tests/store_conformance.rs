@@ -189,6 +189,22 @@ async fn a_shared_store_caps_live_leases_but_not_the_callers_settling_ones(harne
     // no more room than before (no credit twice).
     store.release(&first[..1]).await.unwrap();
     assert!(claim(&settling).await.is_empty());
+
+    // Another node counts this one's live leases, and may claim as soon as one is given back
+    // (not once this node claims again, nor once the lease would have expired).
+    let other = harness.open().await;
+    let claim_there = async || {
+        leases(
+            other
+                .claim(endpoint, DUE + 1, 10, LEASE, 2, &[])
+                .await
+                .unwrap(),
+        )
+    };
+    assert!(claim_there().await.is_empty(), "the cap holds across nodes");
+    store.release(&first[1..2]).await.unwrap();
+    assert_eq!(claim_there().await.len(), 1);
+    assert!(claim_there().await.is_empty());
 }
 
 async fn leases_are_exclusive_until_given_back_or_expired(harness: &Harness) {

@@ -173,10 +173,12 @@ impl PgStore {
         .bind(ms(closing.at_ms))
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM endpoint_pacing WHERE endpoint_id = $1")
-            .bind(id.0)
-            .execute(&mut *tx)
-            .await?;
+        for table in ["endpoint_pacing", "lease_counts", "lease_ends"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE endpoint_id = $1"))
+                .bind(id.0)
+                .execute(&mut *tx)
+                .await?;
+        }
         let deleted = sqlx::query("DELETE FROM endpoints WHERE id = $1")
             .bind(id.0)
             .execute(&mut *tx)

@@ -6,6 +6,8 @@
 //!   endpoints (a rate limit held by the whole cluster);
 //! * [`queue`] — messages in (one transaction per group of sends), leases
 //!   (`FOR UPDATE SKIP LOCKED`);
+//! * [`leases`] — this node's live leases, which its claims count against an endpoint's cap
+//!   beside the other nodes' published counts;
 //! * [`lines`] — ordering-key lines: who is at the front, who waits behind it;
 //! * [`transitions`] — decided changes outside an attempt (replay, retry, cancel);
 //! * [`outcomes`] — attempt outcomes, one transaction per group;
@@ -26,6 +28,7 @@
 
 mod cache;
 mod endpoints;
+mod leases;
 mod lines;
 mod outcomes;
 mod queue;
@@ -57,6 +60,8 @@ pub struct PgStore {
     listener: tokio::task::JoinHandle<()>,
     /// Endpoints as last read; cleared by every endpoint write and notice.
     cache: std::sync::Arc<cache::EndpointCache>,
+    /// This node's live leases, counted by its claims.
+    own_leases: leases::OwnLeases,
 }
 
 impl Drop for PgStore {
@@ -147,6 +152,7 @@ impl PgStore {
             notices,
             listener,
             cache,
+            own_leases: leases::OwnLeases::default(),
         })
     }
 

@@ -9,17 +9,31 @@ use std::collections::{BTreeMap, HashMap};
 use sqlx::Row;
 use uuid::Uuid;
 
+use super::leases::Ending;
 use super::lines::Lines;
 use super::rows::{self, AttemptColumns, DeliveryColumns};
 use super::{PgStore, lock_order};
 use crate::model::{DeliveryId, EndpointId};
 use crate::store::rollup::{bucket, day_of};
-use crate::store::{HealthChange, Outcome, Recorded, StoreError, StoreResult};
+use crate::store::{HealthChange, Lease, Outcome, Recorded, StoreError, StoreResult};
 
 impl PgStore {
     pub(super) async fn record_outcomes_now(
         &self,
         outcomes: Vec<Outcome>,
+    ) -> StoreResult<Vec<StoreResult<Recorded>>> {
+        let leases: Vec<Lease> = outcomes.iter().map(|o| o.lease).collect();
+        let ending = self.own_leases.ending(&leases, crate::model::now_ms());
+        let written = self.write_outcomes(outcomes, &ending).await;
+        self.own_leases.settle(&leases, written.is_ok());
+        written
+    }
+
+    /// Records a group of outcomes in one transaction, which ends the leases `ending` counts.
+    async fn write_outcomes(
+        &self,
+        outcomes: Vec<Outcome>,
+        ending: &Ending,
     ) -> StoreResult<Vec<StoreResult<Recorded>>> {
         let mut tx = self.pool.begin().await?;
         let mut lines = Lines::lock(
@@ -98,6 +112,7 @@ impl PgStore {
             .map(|(o, _)| o)
             .collect();
         Self::remember_digests(&mut tx, &successes).await?;
+        self.add_ended(&mut tx, ending).await?;
         tx.commit().await?;
         if moved {
             self.cache.clear(); // a failure count moved

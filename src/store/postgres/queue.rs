@@ -11,6 +11,7 @@ use std::time::Duration;
 use sqlx::Row;
 use uuid::Uuid;
 
+use super::leases::Ending;
 use super::lines;
 use super::rows::{self, DELIVERY_COLUMNS, DeliveryColumns, LineColumns, is_due};
 use super::{PgStore, ms, unms};
@@ -243,6 +244,8 @@ impl PgStore {
         settling: &[DeliveryId],
     ) -> StoreResult<Vec<Claim>> {
         let expires = now_ms.saturating_add(lease_for.as_millis() as u64);
+        let (on_wire, live) = self.own_leases.before_claim(endpoint, now_ms, settling);
+        let cap = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         let mut tx = self.pool.begin().await?;
         // Claims of one endpoint are serialised across the cluster, so that its live leases
         // can be counted against `max_leased`; claims of other endpoints do not wait.
@@ -250,41 +253,41 @@ impl PgStore {
             .bind(endpoint.0.to_string())
             .execute(&mut *tx)
             .await?;
-        // The caller's settling leases are off the wire: they do not count.
-        let settling: Vec<Uuid> = settling.iter().map(|id| id.0).collect();
-        let leased: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM deliveries \
-             WHERE endpoint_id = $1 AND status = 0 AND lease_expires > $2 AND id <> ALL($3)",
-        )
-        .bind(endpoint.0)
-        .bind(ms(now_ms))
-        .bind(&settling)
-        .fetch_one(&mut *tx)
-        .await?;
-        let room = i64::try_from(max_leased.min(limit))
-            .unwrap_or(i64::MAX)
-            .min(
-                i64::try_from(max_leased)
-                    .unwrap_or(i64::MAX)
-                    .saturating_sub(leased),
-            )
-            .max(0);
-        // Due rows nobody holds, earliest first; rows another claimer is taking right now are
-        // skipped, not waited for.
+        // Due rows nobody holds, earliest first, as many as the cap leaves room for beside
+        // this node's leases on the wire and the other nodes' live ones (their published
+        // totals, see `leases`); rows another claimer is taking right now are skipped, not
+        // waited for. This node's own total is published in the same statement.
         let found = sqlx::query(&format!(
             "WITH picked AS ( \
                  SELECT id FROM deliveries \
                  WHERE endpoint_id = $1 AND status = 0 AND line_place IS NULL \
                  AND next_attempt_at <= $2 AND (lease_expires IS NULL OR lease_expires <= $2) \
-                 ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
-             UPDATE deliveries d SET lease_token = gen_random_uuid(), lease_expires = $4 \
-             FROM picked, messages m WHERE d.id = picked.id AND m.id = d.message_id \
-             RETURNING d.lease_token, {DELIVERY_COLUMNS}, {CLAIM_MESSAGE_COLUMNS}"
+                 ORDER BY next_attempt_at \
+                 LIMIT GREATEST(0, LEAST($3, $5 - $6 - ( \
+                     SELECT coalesce(sum(c.claimed - coalesce(e.ended, 0)), 0) \
+                     FROM lease_counts c LEFT JOIN lease_ends e USING (endpoint_id, node) \
+                     WHERE c.endpoint_id = $1 AND c.node <> $7 AND c.expires > $2))) \
+                 FOR UPDATE SKIP LOCKED), \
+             claimed AS ( \
+                 UPDATE deliveries d SET lease_token = gen_random_uuid(), lease_expires = $4 \
+                 FROM picked, messages m WHERE d.id = picked.id AND m.id = d.message_id \
+                 RETURNING d.lease_token, {DELIVERY_COLUMNS}, {CLAIM_MESSAGE_COLUMNS}), \
+             published AS ( \
+                 INSERT INTO lease_counts (endpoint_id, node, claimed, expires) \
+                 SELECT $1, $7, $8 + count(*) + coalesce((SELECT ended FROM lease_ends \
+                     WHERE endpoint_id = $1 AND node = $7), 0), $4 FROM claimed \
+                 ON CONFLICT (endpoint_id, node) DO UPDATE SET claimed = EXCLUDED.claimed, \
+                 expires = GREATEST(lease_counts.expires, EXCLUDED.expires)) \
+             SELECT * FROM claimed"
         ))
         .bind(endpoint.0)
         .bind(ms(now_ms))
-        .bind(room)
+        .bind(cap(limit.min(max_leased)))
         .bind(ms(expires))
+        .bind(cap(max_leased))
+        .bind(cap(on_wire))
+        .bind(self.node)
+        .bind(cap(live))
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -307,6 +310,11 @@ impl PgStore {
             });
         }
         claims.sort_by_key(|c| c.lease.due_ms);
+        self.own_leases.add(
+            endpoint,
+            claims.iter().map(|c| c.lease.delivery_id),
+            expires,
+        );
         Ok(claims)
     }
 
@@ -314,8 +322,16 @@ impl PgStore {
         if leases.is_empty() {
             return Ok(());
         }
+        let ending = self.own_leases.ending(leases, crate::model::now_ms());
+        let written = self.release_rows(leases, &ending).await;
+        self.own_leases.settle(leases, written.is_ok());
+        written
+    }
+
+    async fn release_rows(&self, leases: &[Lease], ending: &Ending) -> StoreResult<()> {
         let ids: Vec<Uuid> = leases.iter().map(|l| l.delivery_id.0).collect();
         let tokens: Vec<Uuid> = leases.iter().map(|l| l.token.as_uuid()).collect();
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE deliveries d SET lease_token = NULL, lease_expires = NULL \
              FROM UNNEST($1::uuid[], $2::uuid[]) AS l(id, token) \
@@ -323,7 +339,33 @@ impl PgStore {
         )
         .bind(&ids)
         .bind(&tokens)
-        .execute(&self.pool)
+        .execute(&mut *tx)
+        .await?;
+        self.add_ended(&mut tx, ending).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Adds the leases `tx` ends to this node's published total of ended leases, so that the
+    /// other nodes may claim in their place at once, not once this node claims again.
+    pub(super) async fn add_ended(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        ending: &Ending,
+    ) -> StoreResult<()> {
+        if ending.endpoints.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO lease_ends (endpoint_id, node, ended) \
+             SELECT e, $3, n FROM UNNEST($1::uuid[], $2::bigint[]) AS v(e, n) \
+             ON CONFLICT (endpoint_id, node) DO UPDATE \
+             SET ended = lease_ends.ended + EXCLUDED.ended",
+        )
+        .bind(&ending.endpoints)
+        .bind(&ending.counts)
+        .bind(self.node)
+        .execute(tx)
         .await?;
         Ok(())
     }

@@ -122,6 +122,22 @@ impl PgStore {
         .rows_affected())
     }
 
+    /// Drops the lease totals of nodes that claimed nothing for an hour (gone, mostly: every
+    /// node restart is a new node). A live node's next claim publishes its totals afresh.
+    async fn forget_gone_nodes(&self) -> StoreResult<()> {
+        let hour_ago = crate::model::now_ms().saturating_sub(3_600_000);
+        sqlx::query(
+            "WITH gone AS (DELETE FROM lease_counts WHERE expires < $1 \
+                 RETURNING endpoint_id, node) \
+             DELETE FROM lease_ends e USING gone \
+             WHERE e.endpoint_id = gone.endpoint_id AND e.node = gone.node",
+        )
+        .bind(ms(hour_ago))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Phases 2 and 3: old attempts of kept deliveries, old roll-ups; in bounded deletes.
     async fn purge_old(
         &self,
@@ -142,6 +158,7 @@ impl PgStore {
                 .await?;
             let removed = self.delete_before("rollups", "day", day, budget).await?;
             page.rollups = removed;
+            self.forget_gone_nodes().await?;
             (removed, 0)
         };
         let next = if removed as i64 == budget {
