@@ -20,11 +20,12 @@
 //! other's changes through `LISTEN/NOTIFY` on the channel `herald` (new due work, endpoint
 //! changes); the engine keeps a bounded fallback timer for notifications lost in a reconnect.
 //!
-//! Leases are rows: `lease_token` and `lease_expires` on the delivery. A claim takes due rows
-//! that are not leased (or whose lease expired) with `FOR UPDATE SKIP LOCKED`, so concurrent
-//! claimers on any node never take the same delivery; a node that dies leaves leases that
-//! expire, and the next claim takes the deliveries over. An outcome moves its delivery only
-//! while its lease token is still the row's.
+//! Leases are rows: `lease_token` and `lease_expires` on the delivery, in no index, so that a
+//! claim's update stays within the row's page (HOT). A claim takes due rows that are not leased
+//! (or whose lease expired) with `FOR UPDATE SKIP LOCKED`, so concurrent claimers on any node
+//! never take the same delivery; a node that dies leaves leases that expire, and the next claim
+//! takes the deliveries over. An outcome moves its delivery only while its lease token is still
+//! the row's. Live leases are counted per node ([`leases`]).
 
 mod cache;
 mod endpoints;

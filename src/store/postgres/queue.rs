@@ -204,8 +204,10 @@ impl PgStore {
     }
 
     /// The earliest claimable time of the given endpoint's (or every endpoint's) pending
-    /// deliveries: two index lookups per endpoint — the first unleased due time, and the
-    /// first lease to expire — never a scan of the queue.
+    /// deliveries: the first unleased due time (an index lookup), or the first time a node's
+    /// live leases of it expire — as that node published it: the expiry of its latest claim,
+    /// so a dead node's deliveries are taken over when its last lease ends, at most one
+    /// attempt timeout after its first. Never a scan of the queue.
     pub(super) async fn due_head_now(
         &self,
         endpoint: Option<EndpointId>,
@@ -217,8 +219,10 @@ impl PgStore {
                   WHERE d.endpoint_id = e.id AND d.status = 0 AND d.line_place IS NULL \
                   AND (d.lease_expires IS NULL OR d.lease_expires <= $2) \
                   ORDER BY d.next_attempt_at LIMIT 1), \
-                 (SELECT min(d.lease_expires) FROM deliveries d \
-                  WHERE d.endpoint_id = e.id AND d.status = 0 AND d.lease_expires > $2) \
+                 (SELECT min(c.expires) FROM lease_counts c \
+                  LEFT JOIN lease_ends l USING (endpoint_id, node) \
+                  WHERE c.endpoint_id = e.id AND c.expires > $2 \
+                  AND c.claimed > coalesce(l.ended, 0)) \
              ) AS head FROM endpoints e WHERE ($1::uuid IS NULL OR e.id = $1)",
         )
         .bind(endpoint.map(|e| e.0))
