@@ -259,3 +259,36 @@ async fn a_database_restart_under_load_loses_nothing_and_leaves_every_node_runni
     }
     let _: &Path = cluster.root.path();
 }
+
+/// An endpoint's concurrency holds for the cluster: two nodes, each free to claim ahead, never
+/// have more requests on the wire to one endpoint than its limit together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoints_concurrency_holds_across_nodes() {
+    let Some(url) = postgres::database().await else {
+        return;
+    };
+    let cluster = Cluster::new(url);
+    let limit = [("HERALD_ENDPOINT_CONCURRENCY", "3")];
+    let nodes: Vec<Daemon> = (0..2).map(|n| cluster.node_with(n, &limit)).collect();
+    // Slow answers: each node's window grows to the limit, and attempts overlap.
+    let receiver =
+        common::Receiver::start(|_, _| Reply::Late(200, Duration::from_millis(50))).await;
+    create_endpoint(&nodes[0], "acme", &receiver.url(), "quick").await;
+
+    // Both nodes take sends, and so know of the work and claim it.
+    for i in 0..120 {
+        let body = json!({"tenant": "acme", "event_type": "e", "payload": {"i": i}});
+        let (status, answer) = send(&nodes[i % 2], &body).await;
+        assert_eq!(status, 202, "{answer}");
+    }
+    assert!(
+        receiver.wait_for(120, Duration::from_secs(30)).await,
+        "{} of 120 delivered",
+        receiver.count()
+    );
+    assert_eq!(
+        receiver.max_on_wire(),
+        3,
+        "the most requests on the wire at once, with a limit of 3"
+    );
+}

@@ -129,7 +129,7 @@ macro_rules! suite {
             an_endpoint_is_disabled_once_and_enabling_resets_its_health,
             deliveries_page_oldest_or_newest_first,
             bulk_replay_progress_is_stored_with_its_batch,
-            a_shared_store_caps_live_leases_but_not_the_callers_settling_ones,
+            a_shared_store_caps_the_leases_of_several_claimers_but_not_the_callers_settling_ones,
         );
     };
 }
@@ -154,57 +154,53 @@ macro_rules! controls {
 controls!(sled as sled_controls);
 controls!(postgres as postgres_controls);
 
-/// A shared store bounds an endpoint's live leases over every claimer (its concurrency in a
-/// cluster), leaving out the caller's settling ones: off the wire, waiting for their outcome.
-/// A store of one process leaves the bound to the scheduler.
-async fn a_shared_store_caps_live_leases_but_not_the_callers_settling_ones(harness: &Harness) {
+/// A shared store bounds an endpoint's leases over every claimer (its concurrency in a
+/// cluster): a claimer alone leases ahead (its own scheduler holds its requests to the
+/// window); beside others it counts theirs, each up to the cap, and its own, except its
+/// settling ones (off the wire, waiting for their outcome).
+async fn a_shared_store_caps_the_leases_of_several_claimers_but_not_the_callers_settling_ones(
+    harness: &Harness,
+) {
     let store = harness.open().await;
     if !store.shared() {
         return;
     }
     let endpoint = put_endpoint(store.as_ref()).await;
-    for i in 0..5 {
+    for i in 0..6 {
         put_message(store.as_ref(), endpoint, 1_000 + i, DeliveryStatus::Pending).await;
     }
+    let other = harness.open().await;
     // Claims of up to 10 under a cap of 2, leaving out `settling`.
-    let claim = async |settling: &[herald::model::DeliveryId]| {
+    let claim = async |node: &Arc<dyn Store>, settling: &[herald::model::DeliveryId]| {
         leases(
-            store
-                .claim(endpoint, DUE + 1, 10, LEASE, 2, settling)
+            node.claim(endpoint, DUE + 1, 10, LEASE, 2, settling)
                 .await
                 .unwrap(),
         )
     };
-    let first = claim(&[]).await;
-    assert_eq!(first.len(), 2, "at most 2 leased");
+    let first = claim(&store, &[]).await;
+    assert_eq!(first.len(), 6, "a claimer alone leases ahead");
     assert!(
-        claim(&[]).await.is_empty(),
-        "the cap holds for every claimer"
+        claim(&other, &[]).await.is_empty(),
+        "another counts its leases up to the cap"
     );
-    // One of ours is off the wire: room for one more, not two.
-    let settling = [first[0].delivery_id];
-    assert_eq!(claim(&settling).await.len(), 1);
-    assert!(claim(&settling).await.is_empty());
+    // Given back but one: another node may claim at once, up to the cap.
+    store.release(&first[1..]).await.unwrap();
+    let second = claim(&other, &[]).await;
+    assert_eq!(second.len(), 1, "one of the two is the first node's");
+    assert!(claim(&other, &[]).await.is_empty());
+    // One of its own is off the wire: room for one more, not two.
+    let settling = [second[0].delivery_id];
+    assert_eq!(claim(&other, &settling).await.len(), 1);
+    assert!(claim(&other, &settling).await.is_empty());
+    assert!(
+        claim(&store, &[]).await.is_empty(),
+        "the first node counts the other's settling lease too"
+    );
     // Its outcome recorded, the settling lease is gone: it was left out already, so there is
     // no more room than before (no credit twice).
-    store.release(&first[..1]).await.unwrap();
-    assert!(claim(&settling).await.is_empty());
-
-    // Another node counts this one's live leases, and may claim as soon as one is given back
-    // (not once this node claims again, nor once the lease would have expired).
-    let other = harness.open().await;
-    let claim_there = async || {
-        leases(
-            other
-                .claim(endpoint, DUE + 1, 10, LEASE, 2, &[])
-                .await
-                .unwrap(),
-        )
-    };
-    assert!(claim_there().await.is_empty(), "the cap holds across nodes");
-    store.release(&first[1..2]).await.unwrap();
-    assert_eq!(claim_there().await.len(), 1);
-    assert!(claim_there().await.is_empty());
+    other.release(&second).await.unwrap();
+    assert!(claim(&other, &settling).await.is_empty());
 }
 
 async fn leases_are_exclusive_until_given_back_or_expired(harness: &Harness) {

@@ -145,8 +145,9 @@ impl Engine {
                 config.endpoint_concurrency,
                 store.shared(),
             ),
-            // In a cluster every claim is an attempt in flight (no queue): counting leases
-            // bounds an endpoint's attempts over all nodes.
+            // In a cluster a claim counts the other nodes' leases, each node's up to this
+            // limit (its window bounds its requests on the wire): that bounds an endpoint's
+            // attempts over all nodes.
             max_leased: if store.shared() {
                 config.endpoint_concurrency
             } else {
@@ -204,14 +205,14 @@ impl Engine {
     }
 
     /// How long claims on `endpoint`'s deliveries last: its policy's timeout for each attempt
-    /// a claim may wait for (one queued ahead of it, without a cluster), plus a margin. A node
+    /// a claim may wait for (one ahead of it in the queue, and its own), plus a margin. A node
     /// that dies mid-attempt leaves leases the others take over after this.
     pub(crate) fn lease_for(&self, endpoint: &crate::model::Endpoint) -> Duration {
         let timeout = self
             .policies
             .get(&endpoint.policy)
             .map_or(self.lease_for, |p| p.request.timeout);
-        timeout * self.scheduler.claims_per_attempt() + LEASE_MARGIN
+        timeout * scheduler::CLAIMS_PER_ATTEMPT as u32 + LEASE_MARGIN
     }
 
     /// Schedules an endpoint as its record says (enabled or not, its lease time).

@@ -90,21 +90,21 @@ impl Slot {
     }
 }
 
-impl Scheduler {
-    /// Claims a slot may hold per attempt its window allows (see [`State`]).
-    pub(crate) fn claims_per_attempt(&self) -> u32 {
-        self.lock().claims_per_attempt as u32
-    }
-}
+/// Claims a slot may hold per attempt its window allows: one attempting, one queued, so that
+/// runners find the next delivery in memory instead of waiting for a claim's round trip. In a
+/// cluster too: the endpoint's concurrency counts requests on the wire, which each node's
+/// window bounds, and a claim counts the other nodes' leases only up to the endpoint's limit
+/// (see [`crate::store::Store::claim`]).
+pub(crate) const CLAIMS_PER_ATTEMPT: usize = 2;
 
 impl Slot {
     /// Claims the slot could take now: for a rate-limited endpoint, at most a second's worth
-    /// of starts; in a cluster (one claim per attempt), where the nodes' starts interleave, a
-    /// quarter second's worth, so that a claim waits for its start far less than its lease.
-    fn wants(&self, claims_per_attempt: usize) -> usize {
-        let want = (claims_per_attempt * self.window.limit())
+    /// of starts; in a cluster, where the nodes' starts interleave, a quarter second's worth,
+    /// so that a claim waits for its start far less than its lease.
+    fn wants(&self, shared: bool) -> usize {
+        let want = (CLAIMS_PER_ATTEMPT * self.window.limit())
             .saturating_sub(self.outstanding - self.settling.len());
-        let seconds = if claims_per_attempt == 1 { 0.25 } else { 1.0 };
+        let seconds = if shared { 0.25 } else { 1.0 };
         match &self.pacer {
             Some(pacer) => want.min(((pacer.rate() * seconds).ceil() as usize).max(1)),
             None => want,
@@ -115,10 +115,9 @@ impl Slot {
 /// All slots and the ordered set of those that may claim.
 #[derive(Debug, Default)]
 pub(super) struct State {
-    /// Claims a slot may hold per attempt its window allows: 2 (one attempting, one queued,
-    /// so runners find the next delivery in memory) with a store of its own, 1 in a cluster,
-    /// where every claim counts against the endpoint's concurrency on every node.
-    claims_per_attempt: usize,
+    /// The store is shared with other nodes: claims name the slot's settling leases (which
+    /// the store leaves out of the endpoint's count), and rate-limited slots claim less ahead.
+    shared: bool,
     slots: HashMap<EndpointId, Slot>,
     ready: BTreeSet<(u64, EndpointId)>,
     pub(super) outstanding: usize,
@@ -148,11 +147,11 @@ impl State {
         }
         // The rate limit caps how many claims the slot takes, not whether it may take them.
         // Settling claims are off the wire: they wait for the recorder, not for the endpoint.
-        let room = (self.claims_per_attempt * slot.window.limit())
+        let room = (CLAIMS_PER_ATTEMPT * slot.window.limit())
             .saturating_sub(slot.outstanding - slot.settling.len());
         let eligible = slot.enabled
             && !slot.claiming
-            && room >= (slot.window.limit() * (self.claims_per_attempt - 1)).max(1);
+            && room >= (slot.window.limit() * (CLAIMS_PER_ATTEMPT - 1)).max(1);
         match slot.ready_at().filter(|_| eligible) {
             Some(head) => {
                 slot.ready_key = Some(head);
@@ -165,12 +164,12 @@ impl State {
 }
 
 impl Scheduler {
-    /// `shared`: the store is shared with other nodes (see [`State::claims_per_attempt`]).
+    /// `shared`: the store is shared with other nodes (see [`State::shared`]).
     pub(crate) fn new(max_in_flight: usize, endpoint_limit: usize, shared: bool) -> Scheduler {
         Scheduler {
             state: Mutex::new(State {
                 wake_at: 0,
-                claims_per_attempt: if shared { 1 } else { 2 },
+                shared,
                 ..State::default()
             }),
             wake: Notify::new(),
@@ -399,11 +398,11 @@ fn plan_pass(scheduler: &Scheduler, now: u64) -> Pass {
         .range(..(now.saturating_add(1), EndpointId(uuid::Uuid::nil())))
     {
         let slot = &state.slots[&endpoint];
-        wanted += slot.wants(state.claims_per_attempt);
+        wanted += slot.wants(state.shared);
         due.push((slot.outstanding, head, endpoint));
     }
     let room = scheduler.max_in_flight.saturating_sub(state.outstanding);
-    let per_attempt = state.claims_per_attempt;
+    let shared = state.shared;
     let mut plans = Vec::new();
     if room > 0 && !due.is_empty() {
         due.sort_unstable();
@@ -422,15 +421,15 @@ fn plan_pass(scheduler: &Scheduler, now: u64) -> Pass {
             slot.ready_key = None;
             slot.claiming = true;
             slot.head = None;
-            let count = slot.wants(per_attempt).min(share).min(left);
+            let count = slot.wants(shared).min(share).min(left);
             slot.outstanding += count;
             left -= count;
             plans.push(ClaimPlan {
                 endpoint,
                 count,
                 lease: slot.lease,
-                // Only a shared store counts leases against a cap (one claim per attempt).
-                settling: if per_attempt == 1 {
+                // Only a shared store counts leases against a cap.
+                settling: if shared {
                     slot.settling.iter().copied().collect()
                 } else {
                     Vec::new()

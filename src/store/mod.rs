@@ -399,11 +399,16 @@ pub trait Store: Send + Sync + 'static {
     async fn due_head(&self, endpoint: EndpointId, now_ms: u64) -> StoreResult<Option<u64>>;
     /// Leases up to `limit` of an endpoint's deliveries due at or before `now_ms` that are
     /// not leased (or whose lease expired), each until `now_ms + lease_for`, and returns them
-    /// with their records. Earliest due first. No more than `max_leased` of the endpoint's
-    /// deliveries are leased at once, counting every claimer's live leases (the per-endpoint
-    /// concurrency of a cluster) except the caller's `settling` ones: its attempts that are
-    /// off the wire and only wait for their outcome to be recorded. (Other claimers' settling
-    /// leases are counted: an overestimate of what is on the wire, never an underestimate.)
+    /// with their records. Earliest due first.
+    ///
+    /// `max_leased` is the endpoint's concurrency over every claimer (a cluster's nodes):
+    /// each claimer's scheduler keeps its own requests on the wire within it, so a claimer
+    /// alone may lease ahead (its queue); with others holding leases, it leases no more than
+    /// leaves its own live leases plus every other claimer's — each counted up to
+    /// `max_leased`, more than its window could have on the wire — within `max_leased`. The
+    /// caller's `settling` leases (attempts off the wire that only wait for their outcome to
+    /// be recorded) are left out of its own; other claimers' settling and queued leases
+    /// count: an overestimate of what is on the wire, never an underestimate.
     async fn claim(
         &self,
         endpoint: EndpointId,

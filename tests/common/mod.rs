@@ -44,6 +44,8 @@ pub enum Reply {
     Status(u16, &'static str),
     /// Accept the request and never answer.
     Hang,
+    /// Answer with this status after this long.
+    Late(u16, Duration),
 }
 
 type Script = Arc<dyn Fn(usize, &Received) -> Reply + Send + Sync>;
@@ -53,6 +55,8 @@ struct Shared {
     requests: Arc<Mutex<Vec<Received>>>,
     arrived: Arc<Notify>,
     script: Script,
+    /// Requests being answered now, and the most there ever were at once.
+    on_wire: Arc<Mutex<(usize, usize)>>,
 }
 
 /// A local HTTP receiver that records requests.
@@ -80,6 +84,7 @@ impl Receiver {
             requests: Arc::default(),
             arrived: Arc::new(Notify::new()),
             script: Arc::new(script),
+            on_wire: Arc::default(),
         };
         let app = axum::Router::new()
             .fallback(handle)
@@ -123,6 +128,11 @@ impl Receiver {
 
     pub fn requests(&self) -> Vec<Received> {
         self.shared.requests.lock().unwrap().clone()
+    }
+
+    /// The most requests that were being answered at once.
+    pub fn max_on_wire(&self) -> usize {
+        self.shared.on_wire.lock().unwrap().1
     }
 
     pub fn count(&self) -> usize {
@@ -170,11 +180,26 @@ async fn handle(
         requests.push(received);
         reply
     };
-    shared.arrived.notify_waiters();
-    match reply {
-        Reply::Status(code, body) => (StatusCode::from_u16(code).unwrap(), body).into_response(),
-        Reply::Hang => std::future::pending().await,
+    {
+        let mut on_wire = shared.on_wire.lock().unwrap();
+        on_wire.0 += 1;
+        on_wire.1 = on_wire.1.max(on_wire.0);
     }
+    shared.arrived.notify_waiters();
+    let code = match reply {
+        Reply::Status(code, _) => code,
+        Reply::Hang => std::future::pending().await,
+        Reply::Late(code, after) => {
+            tokio::time::sleep(after).await;
+            code
+        }
+    };
+    shared.on_wire.lock().unwrap().0 -= 1;
+    let body = match reply {
+        Reply::Status(_, body) => body,
+        _ => "",
+    };
+    (StatusCode::from_u16(code).unwrap(), body).into_response()
 }
 
 /// A tenant's default endpoint.

@@ -1,5 +1,5 @@
 //! This node's live leases, by endpoint: what it counts of its own against an endpoint's
-//! concurrency cap, and what it tells the other nodes, which count them from two totals per
+//! concurrency cap beside other nodes' leases, and what it tells the other nodes, which count them from two totals per
 //! node and endpoint: `lease_ends.ended`, added to by every outcome group and hand-back that
 //! ends leases held here, and `lease_counts.claimed`, set by every claim to that total (as
 //! the claim reads it) plus the leases live here — so the others' `claimed - ended` is this
@@ -39,10 +39,10 @@ impl OwnLeases {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// For a claim of `endpoint` at `now_ms`: its leases here that are on the wire (live and
-    /// not `settling`, i.e. answered and waiting for the recorder), which count against its cap
-    /// here, and all its live ones, which the other nodes count. Forgets leases that expired
-    /// with no write ending them.
+    /// For a claim of `endpoint` at `now_ms`: its leases here that count against its cap here
+    /// (live and not `settling`, i.e. queued or on the wire, not answered and waiting for the
+    /// recorder), and all its live ones, which the other nodes count. Forgets leases that
+    /// expired with no write ending them.
     pub(super) fn before_claim(
         &self,
         endpoint: EndpointId,

@@ -248,7 +248,7 @@ impl PgStore {
         settling: &[DeliveryId],
     ) -> StoreResult<Vec<Claim>> {
         let expires = now_ms.saturating_add(lease_for.as_millis() as u64);
-        let (on_wire, live) = self.own_leases.before_claim(endpoint, now_ms, settling);
+        let (counted, live) = self.own_leases.before_claim(endpoint, now_ms, settling);
         let cap = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         let mut tx = self.pool.begin().await?;
         // Claims of one endpoint are serialised across the cluster, so that its live leases
@@ -257,20 +257,23 @@ impl PgStore {
             .bind(endpoint.0.to_string())
             .execute(&mut *tx)
             .await?;
-        // Due rows nobody holds, earliest first, as many as the cap leaves room for beside
-        // this node's leases on the wire and the other nodes' live ones (their published
-        // totals, see `leases`); rows another claimer is taking right now are skipped, not
-        // waited for. This node's own total is published in the same statement.
+        // Due rows nobody holds, earliest first: alone, as many as asked (the scheduler's
+        // window bounds this node's requests); beside other nodes' live leases (their
+        // published totals, see `leases`, each counted up to the cap), as many as leave room
+        // under the cap with this node's own. Rows another claimer is taking right now are
+        // skipped, not waited for. This node's total is published in the same statement.
         let found = sqlx::query(&format!(
             "WITH picked AS ( \
                  SELECT id FROM deliveries \
                  WHERE endpoint_id = $1 AND status = 0 AND line_place IS NULL \
                  AND next_attempt_at <= $2 AND (lease_expires IS NULL OR lease_expires <= $2) \
                  ORDER BY next_attempt_at \
-                 LIMIT GREATEST(0, LEAST($3, $5 - $6 - ( \
-                     SELECT coalesce(sum(c.claimed - coalesce(e.ended, 0)), 0) \
+                 LIMIT (SELECT CASE WHEN others = 0 THEN $3 \
+                     ELSE GREATEST(0, LEAST($3, $5 - $6 - others)) END FROM ( \
+                     SELECT coalesce(sum(LEAST(c.claimed - coalesce(e.ended, 0), $5)), 0) \
+                     AS others \
                      FROM lease_counts c LEFT JOIN lease_ends e USING (endpoint_id, node) \
-                     WHERE c.endpoint_id = $1 AND c.node <> $7 AND c.expires > $2))) \
+                     WHERE c.endpoint_id = $1 AND c.node <> $7 AND c.expires > $2) o) \
                  FOR UPDATE SKIP LOCKED), \
              claimed AS ( \
                  UPDATE deliveries d SET lease_token = gen_random_uuid(), lease_expires = $4 \
@@ -286,10 +289,10 @@ impl PgStore {
         ))
         .bind(endpoint.0)
         .bind(ms(now_ms))
-        .bind(cap(limit.min(max_leased)))
+        .bind(cap(limit))
         .bind(ms(expires))
         .bind(cap(max_leased))
-        .bind(cap(on_wire))
+        .bind(cap(counted))
         .bind(self.node)
         .bind(cap(live))
         .fetch_all(&mut *tx)
