@@ -8,9 +8,11 @@
 //!   one after it ([`Link`]). Its front is the one delivery of the line in the due index.
 //!
 //! A delivery joins at the end (at the front when the line is empty): its predecessor's record
-//! gains a successor. When the front finishes, its record — read and rewritten by that write
-//! anyway — names the next delivery, which enters the due index: the line itself is not
-//! written at all, only read when it ends. A finished record carries no link, so the new
+//! gains a successor, and the successor's due time. When the front finishes, its record — read
+//! and rewritten by that write anyway — names the next delivery and when it is due, so the
+//! next enters the due index without a read: the line itself is not written at all, only read
+//! when it ends. (A link written before links carried the due time names the successor only;
+//! passing such a line on reads the successor's record.) A finished record carries no link, so the new
 //! front's link back to it goes nowhere, which is how a front is told from a waiting delivery
 //! (whose predecessor is still in line, with a link). A waiting delivery that finishes early
 //! (cancelled) is unlinked from its neighbours. Every step is a few point reads and writes:
@@ -34,16 +36,22 @@ use crate::store::StoreResult;
 
 /// A line record: this byte, then the last delivery's id.
 const LINE_V2: u8 = 6;
-/// A delivery record in line: this byte, the delivery before it and the one after it (16
-/// bytes each, all zero for none), then the record as it would be stored out of line.
+/// A delivery record in line, as first linked: this byte, the delivery before it and the one
+/// after it (16 bytes each, all zero for none), then the record as stored out of line.
 const LINKED: u8 = 7;
-const LINK_BYTES: usize = 1 + 16 + 16;
+/// The same, with the due time of the one after it (8 bytes, big-endian, after the two ids;
+/// `u64::MAX` when there is none, or it is not known).
+const LINKED_DUE: u8 = 8;
+const LINK_BYTES: usize = 1 + 16 + 16 + 8;
+const UNKNOWN_DUE: u64 = u64::MAX;
 
 /// A delivery's neighbours in its line.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct Link {
     prev: Option<DeliveryId>,
     next: Option<DeliveryId>,
+    /// When `next` is due (its `next_attempt_at`), where known.
+    next_due: Option<u64>,
 }
 
 impl Link {
@@ -54,14 +62,25 @@ impl Link {
 
 /// Splits a stored delivery value into its link and its record.
 pub(super) fn split(value: &[u8]) -> (Link, &[u8]) {
+    let id = |bytes: &[u8]| DeliveryId::from_slice(bytes).filter(|id| !id.0.is_nil());
     match value.split_first() {
         Some((&LINKED, rest)) if rest.len() > 32 => {
-            let id = |bytes: &[u8]| DeliveryId::from_slice(bytes).filter(|id| !id.0.is_nil());
             let link = Link {
                 prev: id(&rest[..16]),
                 next: id(&rest[16..32]),
+                next_due: None,
             };
             (link, &rest[32..])
+        }
+        Some((&LINKED_DUE, rest)) if rest.len() > 40 => {
+            let due = u64::from_be_bytes(rest[32..40].try_into().unwrap_or([0xff; 8]));
+            let next = id(&rest[16..32]);
+            let link = Link {
+                prev: id(&rest[..16]),
+                next,
+                next_due: next.and((due != UNKNOWN_DUE).then_some(due)),
+            };
+            (link, &rest[40..])
         }
         _ => (Link::default(), value),
     }
@@ -73,10 +92,12 @@ fn linked(link: Link, record: &[u8]) -> Vec<u8> {
         return record.to_vec();
     }
     let mut value = Vec::with_capacity(LINK_BYTES + record.len());
-    value.push(LINKED);
+    value.push(LINKED_DUE);
     for id in [link.prev, link.next] {
         value.extend_from_slice(&id.map_or([0; 16], |id| *id.as_bytes()));
     }
+    let due = link.next.and(link.next_due).unwrap_or(UNKNOWN_DUE);
+    value.extend_from_slice(&due.to_be_bytes());
     value.extend_from_slice(record);
     value
 }
@@ -186,14 +207,15 @@ impl LineWrites {
         }
     }
 
-    /// `delivery`, created in this batch as `record`, joins the end of its line; true when it
-    /// is at the front (due now), false when it waits behind others. Its record is written by
-    /// [`Self::write`].
+    /// `delivery`, created in this batch as `record` and due at `due_ms`, joins the end of its
+    /// line; true when it is at the front (due now), false when it waits behind others. Its
+    /// record is written by [`Self::write`].
     pub(super) fn join(
         &mut self,
         store: &SledStore,
         line: Vec<u8>,
         delivery: DeliveryId,
+        due_ms: u64,
         record: Vec<u8>,
     ) -> StoreResult<bool> {
         self.created.insert(delivery, record);
@@ -206,30 +228,48 @@ impl LineWrites {
         };
         let mut before = self.link(store, last)?;
         before.next = Some(delivery);
+        before.next_due = Some(due_ms);
         self.relink(last, before);
         let link = Link {
             prev: Some(last),
             next: None,
+            next_due: None,
         };
         self.relink(delivery, link);
         Ok(false)
     }
 
     /// The front `delivery` (its link noted) leaves its line. Returns the delivery behind it,
-    /// which is now at the front: the caller puts it in the due index (or, if it is no longer
-    /// pending, makes it leave as well).
+    /// which is now at the front, with its due time where the link knows it: the caller puts
+    /// it in the due index (or, if it is no longer pending, makes it leave as well).
     pub(super) fn leave_front(
         &mut self,
         store: &SledStore,
         line: &[u8],
         delivery: DeliveryId,
-    ) -> StoreResult<Option<DeliveryId>> {
-        let next = self.link(store, delivery)?.next;
+    ) -> StoreResult<Option<(DeliveryId, Option<u64>)>> {
+        let Link { next, next_due, .. } = self.link(store, delivery)?;
         self.links.insert(delivery, Link::default());
         if next.is_none() && self.last(store, line)? == Some(delivery) {
             self.lines.insert(line.to_vec(), None);
         }
-        Ok(next)
+        Ok(next.map(|next| (next, next_due)))
+    }
+
+    /// The waiting `delivery` is now due at `due_ms` (retried in its place): the link before
+    /// it says so.
+    pub(super) fn due_changed(
+        &mut self,
+        store: &SledStore,
+        delivery: DeliveryId,
+        due_ms: u64,
+    ) -> StoreResult<()> {
+        if let Some(prev) = self.link(store, delivery)?.prev {
+            let mut before = self.link(store, prev)?;
+            before.next_due = Some(due_ms);
+            self.relink(prev, before);
+        }
+        Ok(())
     }
 
     /// The waiting `delivery` leaves its line before its turn (cancelled): its neighbours are
@@ -240,11 +280,16 @@ impl LineWrites {
         line: &[u8],
         delivery: DeliveryId,
     ) -> StoreResult<()> {
-        let Link { prev, next } = self.link(store, delivery)?;
+        let Link {
+            prev,
+            next,
+            next_due,
+        } = self.link(store, delivery)?;
         self.links.insert(delivery, Link::default());
         if let Some(prev) = prev {
             let mut before = self.link(store, prev)?;
             before.next = next;
+            before.next_due = next_due;
             self.relink(prev, before);
         }
         match next {
@@ -372,6 +417,7 @@ pub(super) fn upgrade(tree: &sled::Tree) -> StoreResult<()> {
             let link = Link {
                 prev: i.checked_sub(1).map(|i| members[i]),
                 next: members.get(i + 1).copied(),
+                next_due: None, // read when the line is passed on
             };
             if let Some(value) = tree.get(keys::delivery(*id))? {
                 batch.insert(keys::delivery(*id), linked(link, split(&value).1));

@@ -102,10 +102,14 @@ fn first_layout(
 }
 
 async fn claimable(store: &SledStore, endpoint: EndpointId) -> Vec<DeliveryId> {
+    claimable_at(store, endpoint, 10).await
+}
+
+async fn claimable_at(store: &SledStore, endpoint: EndpointId, now: u64) -> Vec<DeliveryId> {
     let leases: Vec<_> = store
         .claim(
             endpoint,
-            10,
+            now,
             100,
             std::time::Duration::from_secs(30),
             usize::MAX,
@@ -169,4 +173,65 @@ async fn lines_of_the_first_layout_are_counted_and_keep_their_order_once_upgrade
     assert_eq!(store.pending_count().await.unwrap(), 1);
     cancel(&store, ids[3]).await;
     assert!(tree.scan_prefix([keys::LINE]).next().is_none());
+}
+
+#[test]
+fn a_link_carries_the_next_deliverys_due_time_and_links_without_it_still_read() {
+    let (a, b) = (DeliveryId::new(), DeliveryId::new());
+    let link = Link {
+        prev: Some(a),
+        next: Some(b),
+        next_due: Some(42),
+    };
+    let value = linked(link, b"record");
+    assert_eq!(split(&value), (link, &b"record"[..]));
+    // As first linked: the ids only.
+    let mut first = vec![LINKED];
+    first.extend_from_slice(a.as_bytes());
+    first.extend_from_slice(b.as_bytes());
+    first.extend_from_slice(b"record");
+    let old = Link {
+        next_due: None,
+        ..link
+    };
+    assert_eq!(split(&first), (old, &b"record"[..]));
+    // A last delivery has no successor, so no due time either.
+    let last = Link {
+        prev: Some(a),
+        next: None,
+        next_due: None,
+    };
+    assert_eq!(split(&linked(last, b"r")), (last, &b"r"[..]));
+}
+
+#[tokio::test]
+async fn a_line_passes_on_at_the_next_deliverys_own_due_time_even_once_retried_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path(), &options()).unwrap();
+    let endpoint = endpoint();
+    store.put_endpoint(&endpoint).await.unwrap();
+    let writes: Vec<_> = (0..3).map(|_| keyed(endpoint.id)).collect();
+    store.insert_messages(&writes).await.unwrap();
+    let ids: Vec<_> = writes.iter().map(|w| w.deliveries[0].id).collect();
+
+    // The second, waiting, is moved to 5 s in its place; the third stays due at once.
+    let expected = store.delivery(ids[1]).await.unwrap().unwrap();
+    let mut later = expected.clone();
+    later.next_attempt_at = Some(5_000);
+    let transition = Transition {
+        expected,
+        delivery: later,
+        release: None,
+    };
+    store.apply_transitions(&[transition], None).await.unwrap();
+    assert_eq!(claimable(&store, endpoint.id).await, [ids[0]]);
+
+    cancel(&store, ids[0]).await;
+    assert!(
+        claimable(&store, endpoint.id).await.is_empty(),
+        "the new front is due at its own time"
+    );
+    assert_eq!(claimable_at(&store, endpoint.id, 5_000).await, [ids[1]]);
+    cancel(&store, ids[1]).await;
+    assert_eq!(claimable(&store, endpoint.id).await, [ids[2]]);
 }

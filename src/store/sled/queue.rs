@@ -82,7 +82,8 @@ impl SledStore {
                 let front = match &message.ordering_key {
                     Some(key) => {
                         let line = keys::line(delivery.endpoint_id, key);
-                        lines.join(self, line, delivery.id, record)?
+                        let due_ms = delivery.next_attempt_at.unwrap_or_default();
+                        lines.join(self, line, delivery.id, due_ms, record)?
                     }
                     None => {
                         batch.insert(keys::delivery(delivery.id), record);
@@ -271,6 +272,12 @@ impl SledStore {
                 )));
             }
             let waiting = due_key(&current).is_some() && lines.is_waiting(self, id)?;
+            if let (true, Some(due)) = (waiting, new.next_attempt_at)
+                && due_key(new).is_some()
+                && new.next_attempt_at != current.next_attempt_at
+            {
+                lines.due_changed(self, id, due)?;
+            }
             if let Some(old) = due_key(&current) {
                 batch.remove(old);
                 removed += 1;
@@ -322,9 +329,13 @@ impl SledStore {
         read: impl Fn(DeliveryId) -> StoreResult<Option<Delivery>>,
     ) -> StoreResult<Option<Vec<u8>>> {
         let mut leaving = left;
-        while let Some(next) = lines.leave_front(self, line, leaving)? {
-            // A waiting delivery leaves the line when it finishes, so the next one is pending;
-            // should it not be, it leaves as well rather than block the line.
+        while let Some((next, due)) = lines.leave_front(self, line, leaving)? {
+            // Waiting deliveries are pending (one that finishes leaves the line), and the link
+            // knows when the next is due, but for links written before it did.
+            if let (Some(due), Some(endpoint)) = (due, keys::line_endpoint(line)) {
+                return Ok(Some(keys::due(endpoint, due, next)));
+            }
+            // Should it not be pending, it leaves as well rather than block the line.
             match read(next)?.as_ref().and_then(due_key) {
                 Some(due) => return Ok(Some(due)),
                 None => leaving = next,
