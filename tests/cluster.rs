@@ -271,8 +271,7 @@ async fn an_endpoints_concurrency_holds_across_nodes() {
     let limit = [("HERALD_ENDPOINT_CONCURRENCY", "3")];
     let nodes: Vec<Daemon> = (0..2).map(|n| cluster.node_with(n, &limit)).collect();
     // Slow answers: each node's window grows to the limit, and attempts overlap.
-    let receiver =
-        common::Receiver::start(|_, _| Reply::Late(200, Duration::from_millis(50))).await;
+    let receiver = Receiver::start(|_, _| Reply::Late(200, Duration::from_millis(50))).await;
     create_endpoint(&nodes[0], "acme", &receiver.url(), "quick").await;
 
     // Both nodes take sends, and so know of the work and claim it.

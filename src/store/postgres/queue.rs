@@ -213,18 +213,16 @@ impl PgStore {
         endpoint: Option<EndpointId>,
         now_ms: u64,
     ) -> StoreResult<Vec<(EndpointId, u64)>> {
-        let found = sqlx::query(
+        let found = sqlx::query(&format!(
             "SELECT e.id, LEAST( \
                  (SELECT d.next_attempt_at FROM deliveries d \
                   WHERE d.endpoint_id = e.id AND d.status = 0 AND d.line_place IS NULL \
                   AND (d.lease_expires IS NULL OR d.lease_expires <= $2) \
                   ORDER BY d.next_attempt_at LIMIT 1), \
-                 (SELECT min(c.expires) FROM lease_counts c \
-                  LEFT JOIN lease_ends l USING (endpoint_id, node) \
-                  WHERE c.endpoint_id = e.id AND c.expires > $2 \
-                  AND c.claimed > coalesce(l.ended, 0)) \
-             ) AS head FROM endpoints e WHERE ($1::uuid IS NULL OR e.id = $1)",
-        )
+                 (SELECT min(n.expires) FROM ({NODE_LEASES}) n \
+                  WHERE n.endpoint_id = e.id AND n.expires > $2 AND n.live > 0) \
+             ) AS head FROM endpoints e WHERE ($1::uuid IS NULL OR e.id = $1)"
+        ))
         .bind(endpoint.map(|e| e.0))
         .bind(ms(now_ms))
         .fetch_all(&self.pool)
@@ -270,10 +268,8 @@ impl PgStore {
                  ORDER BY next_attempt_at \
                  LIMIT (SELECT CASE WHEN others = 0 THEN $3 \
                      ELSE GREATEST(0, LEAST($3, $5 - $6 - others)) END FROM ( \
-                     SELECT coalesce(sum(LEAST(c.claimed - coalesce(e.ended, 0), $5)), 0) \
-                     AS others \
-                     FROM lease_counts c LEFT JOIN lease_ends e USING (endpoint_id, node) \
-                     WHERE c.endpoint_id = $1 AND c.node <> $7 AND c.expires > $2) o) \
+                     SELECT coalesce(sum(LEAST(n.live, $5)), 0) AS others FROM ({NODE_LEASES}) n \
+                     WHERE n.endpoint_id = $1 AND n.node <> $7 AND n.expires > $2) o) \
                  FOR UPDATE SKIP LOCKED), \
              claimed AS ( \
                  UPDATE deliveries d SET lease_token = gen_random_uuid(), lease_expires = $4 \
@@ -377,6 +373,12 @@ impl PgStore {
         Ok(())
     }
 }
+
+/// Each node's live leases of each endpoint, from its published totals (see `leases`), with
+/// when the latest of them expires.
+const NODE_LEASES: &str = "SELECT c.endpoint_id, c.node, c.expires, \
+    c.claimed - coalesce(e.ended, 0) AS live \
+    FROM lease_counts c LEFT JOIN lease_ends e USING (endpoint_id, node)";
 
 /// The message columns of a claim row, beside the delivery's (whose `message_id` is the
 /// message's id, and whose `created_at` would collide).

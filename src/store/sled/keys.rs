@@ -154,14 +154,6 @@ pub(crate) fn line(endpoint: EndpointId, ordering_key: &str) -> Vec<u8> {
     key(LINE, &[endpoint.as_bytes(), ordering_key.as_bytes()])
 }
 
-/// The endpoint of a line key.
-pub(crate) fn line_endpoint(line: &[u8]) -> Option<EndpointId> {
-    match line.split_first() {
-        Some((&LINE, rest)) if rest.len() >= 16 => EndpointId::from_slice(&rest[..16]),
-        _ => None,
-    }
-}
-
 /// Every line of one endpoint (`H`), or every due entry (`Q`).
 pub(crate) fn endpoint_prefix(prefix: u8, endpoint: EndpointId) -> Vec<u8> {
     key(prefix, &[endpoint.as_bytes()])

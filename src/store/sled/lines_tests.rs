@@ -124,30 +124,49 @@ async fn claimable_at(store: &SledStore, endpoint: EndpointId, now: u64) -> Vec<
     leases.iter().map(|l| l.delivery_id).collect()
 }
 
-/// Cancels `id`, which leaves its line.
-async fn cancel(store: &SledStore, id: DeliveryId) {
+/// A store in `dir` with one endpoint and `n` keyed deliveries to it, in one line.
+async fn line_of(dir: &std::path::Path, n: usize) -> (SledStore, EndpointId, Vec<DeliveryId>) {
+    let store = SledStore::open(dir, &options()).unwrap();
+    let endpoint = endpoint();
+    store.put_endpoint(&endpoint).await.unwrap();
+    let writes: Vec<_> = (0..n).map(|_| keyed(endpoint.id)).collect();
+    store.insert_messages(&writes).await.unwrap();
+    let ids = writes.iter().map(|w| w.deliveries[0].id).collect();
+    (store, endpoint.id, ids)
+}
+
+/// Applies `change` to `id` as a transition; `release`: it leaves its line.
+async fn transition(
+    store: &SledStore,
+    id: DeliveryId,
+    change: impl FnOnce(&mut Delivery),
+    release: bool,
+) {
     let expected = store.delivery(id).await.unwrap().unwrap();
-    let mut cancelled = expected.clone();
-    cancelled.status = DeliveryStatus::Failed;
-    cancelled.next_attempt_at = None;
+    let mut delivery = expected.clone();
+    change(&mut delivery);
     let transition = Transition {
         expected,
-        delivery: cancelled,
-        release: Some(KEY.into()),
+        delivery,
+        release: release.then(|| KEY.into()),
     };
     store.apply_transitions(&[transition], None).await.unwrap();
+}
+
+/// Cancels `id`, which leaves its line.
+async fn cancel(store: &SledStore, id: DeliveryId) {
+    let cancelled = |d: &mut Delivery| {
+        d.status = DeliveryStatus::Failed;
+        d.next_attempt_at = None;
+    };
+    transition(store, id, cancelled, true).await;
 }
 
 #[tokio::test]
 async fn lines_of_the_first_layout_are_counted_and_keep_their_order_once_upgraded() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path(), &options()).unwrap();
-    let endpoint = endpoint();
-    store.put_endpoint(&endpoint).await.unwrap();
-    let writes: Vec<_> = (0..4).map(|_| keyed(endpoint.id)).collect();
-    store.insert_messages(&writes).await.unwrap();
-    let ids: Vec<_> = writes.iter().map(|w| w.deliveries[0].id).collect();
-    first_layout(&store.tree().unwrap(), endpoint.id, ids[0], &ids[1..]);
+    let (store, endpoint, ids) = line_of(dir.path(), 4).await;
+    first_layout(&store.tree().unwrap(), endpoint, ids[0], &ids[1..]);
     store.sync().await.unwrap();
     drop(store);
 
@@ -164,12 +183,12 @@ async fn lines_of_the_first_layout_are_counted_and_keep_their_order_once_upgrade
         assert!(tree.scan_prefix([prefix]).next().is_none(), "{prefix}");
     }
     assert_eq!(waiting(&tree).unwrap(), 3);
-    assert_eq!(claimable(&store, endpoint.id).await, [ids[0]]);
+    assert_eq!(claimable(&store, endpoint).await, [ids[0]]);
     cancel(&store, ids[2]).await;
     cancel(&store, ids[0]).await;
-    assert_eq!(claimable(&store, endpoint.id).await, [ids[1]]);
+    assert_eq!(claimable(&store, endpoint).await, [ids[1]]);
     cancel(&store, ids[1]).await;
-    assert_eq!(claimable(&store, endpoint.id).await, [ids[3]]);
+    assert_eq!(claimable(&store, endpoint).await, [ids[3]]);
     assert_eq!(store.pending_count().await.unwrap(), 1);
     cancel(&store, ids[3]).await;
     assert!(tree.scan_prefix([keys::LINE]).next().is_none());
@@ -207,31 +226,18 @@ fn a_link_carries_the_next_deliverys_due_time_and_links_without_it_still_read() 
 #[tokio::test]
 async fn a_line_passes_on_at_the_next_deliverys_own_due_time_even_once_retried_in_place() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path(), &options()).unwrap();
-    let endpoint = endpoint();
-    store.put_endpoint(&endpoint).await.unwrap();
-    let writes: Vec<_> = (0..3).map(|_| keyed(endpoint.id)).collect();
-    store.insert_messages(&writes).await.unwrap();
-    let ids: Vec<_> = writes.iter().map(|w| w.deliveries[0].id).collect();
+    let (store, endpoint, ids) = line_of(dir.path(), 3).await;
 
     // The second, waiting, is moved to 5 s in its place; the third stays due at once.
-    let expected = store.delivery(ids[1]).await.unwrap().unwrap();
-    let mut later = expected.clone();
-    later.next_attempt_at = Some(5_000);
-    let transition = Transition {
-        expected,
-        delivery: later,
-        release: None,
-    };
-    store.apply_transitions(&[transition], None).await.unwrap();
-    assert_eq!(claimable(&store, endpoint.id).await, [ids[0]]);
+    transition(&store, ids[1], |d| d.next_attempt_at = Some(5_000), false).await;
+    assert_eq!(claimable(&store, endpoint).await, [ids[0]]);
 
     cancel(&store, ids[0]).await;
     assert!(
-        claimable(&store, endpoint.id).await.is_empty(),
+        claimable(&store, endpoint).await.is_empty(),
         "the new front is due at its own time"
     );
-    assert_eq!(claimable_at(&store, endpoint.id, 5_000).await, [ids[1]]);
+    assert_eq!(claimable_at(&store, endpoint, 5_000).await, [ids[1]]);
     cancel(&store, ids[1]).await;
-    assert_eq!(claimable(&store, endpoint.id).await, [ids[2]]);
+    assert_eq!(claimable(&store, endpoint).await, [ids[2]]);
 }

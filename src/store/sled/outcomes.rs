@@ -160,7 +160,8 @@ impl SledStore {
                     None => self.delivery_at(id),
                 };
                 let line = keys::line(lease.endpoint_id, key);
-                if let Some(front) = self.pass_on(&mut group.lines, id, &line, read)? {
+                let endpoint = lease.endpoint_id;
+                if let Some(front) = self.pass_on(&mut group.lines, endpoint, id, &line, read)? {
                     released_due = keys::parse_due(&front).map(|(_, due, _)| due);
                     group.batch.insert(front.as_slice(), &[]);
                     group.removed_due.remove(&front);

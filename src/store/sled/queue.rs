@@ -272,9 +272,11 @@ impl SledStore {
                 )));
             }
             let waiting = due_key(&current).is_some() && lines.is_waiting(self, id)?;
-            if let (true, Some(due)) = (waiting, new.next_attempt_at)
-                && due_key(new).is_some()
-                && new.next_attempt_at != current.next_attempt_at
+            // Retried in its place: the link before it carries its new due time.
+            if waiting
+                && new.status == DeliveryStatus::Pending
+                && let Some(due) = new.next_attempt_at
+                && current.next_attempt_at != Some(due)
             {
                 lines.due_changed(self, id, due)?;
             }
@@ -303,7 +305,7 @@ impl SledStore {
                     Some(delivery) => Ok(Some(Delivery::clone(delivery))),
                     None => self.delivery_at(id),
                 };
-                if let Some(front) = self.pass_on(&mut lines, id, &line, read)? {
+                if let Some(front) = self.pass_on(&mut lines, new.endpoint_id, id, &line, read)? {
                     batch.insert(front, &[]);
                 }
             }
@@ -319,11 +321,12 @@ impl SledStore {
         Ok(())
     }
 
-    /// The front `left` (finished) leaves `line`; the next pending delivery in line becomes the
-    /// front. Returns its due key, for the caller's batch.
+    /// The front `left` (finished) leaves `line`, one of `endpoint`'s; the next pending delivery
+    /// in line becomes the front. Returns its due key, for the caller's batch.
     pub(super) fn pass_on(
         &self,
         lines: &mut LineWrites,
+        endpoint: EndpointId,
         left: DeliveryId,
         line: &[u8],
         read: impl Fn(DeliveryId) -> StoreResult<Option<Delivery>>,
@@ -332,7 +335,7 @@ impl SledStore {
         while let Some((next, due)) = lines.leave_front(self, line, leaving)? {
             // Waiting deliveries are pending (one that finishes leaves the line), and the link
             // knows when the next is due, but for links written before it did.
-            if let (Some(due), Some(endpoint)) = (due, keys::line_endpoint(line)) {
+            if let Some(due) = due {
                 return Ok(Some(keys::due(endpoint, due, next)));
             }
             // Should it not be pending, it leaves as well rather than block the line.
