@@ -22,6 +22,7 @@ use controls::{
     concurrent_sends_of_one_key_keep_their_order_in_line,
     deleting_an_endpoint_closes_deliveries_waiting_in_line,
     rate_limits_ordering_keys_and_trace_context_are_kept,
+    reserved_starts_leave_room_for_the_largest_tolerance,
 };
 use herald::DeliveryStatus;
 use herald::model::now_ms;
@@ -147,6 +148,7 @@ macro_rules! controls {
             deleting_an_endpoint_closes_deliveries_waiting_in_line,
             concurrent_sends_of_one_key_keep_their_order_in_line,
             rate_limits_ordering_keys_and_trace_context_are_kept,
+            reserved_starts_leave_room_for_the_largest_tolerance,
         );
     };
 }

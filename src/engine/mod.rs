@@ -116,6 +116,8 @@ pub(crate) struct Engine {
     pub(crate) stop: tokio::sync::watch::Sender<bool>,
     /// Tenants whose unrouted messages were already logged.
     pub(crate) unrouted_tenants: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// In a cluster: how long reserving a rate-limited start takes ([`pacing::RoundTrip`]).
+    pub(crate) round_trip: pacing::RoundTrip,
 }
 
 impl Engine {
@@ -139,6 +141,7 @@ impl Engine {
         Ok(Arc::new(Engine {
             lease_for: slowest * 2 + Duration::from_secs(30),
             unrouted_tenants: Default::default(),
+            round_trip: Default::default(),
             stop: tokio::sync::watch::Sender::new(false),
             scheduler: Scheduler::new(
                 config.max_in_flight,

@@ -10,14 +10,20 @@
 //! So there, once its own pacer lets an attempt start, a runner reserves the start in the
 //! shared store ([`Store::reserve_start`](crate::store::Store::reserve_start): one atomic
 //! statement moves the endpoint's last start on) and waits for it. Another node may already
-//! hold the start after it, so a start that began late (a busy machine) would come too close
-//! to that one, and nothing can move it back. Hence a node that wakes more than
-//! [`CLUSTER_LATENESS`] after its reserved start gives the start up and reserves another,
-//! and reservations are spaced by the interval plus that tolerance shared out over a second's
-//! starts ([`Pacer::spacing`]): any `rate` consecutive starts then still span a second.
+//! hold the start after it, so a start that began late (a busy machine, a slow answer) would
+//! come too close to that one, and nothing can move it back. Hence each reservation declares
+//! a tolerance: the round trip to the store as recently measured ([`RoundTrip`]) plus
+//! [`CLUSTER_LATENESS`] for waking up. A node that begins later than that after its reserved
+//! time, measured from when it asked, gives the start up and reserves another; and the store
+//! spaces reservations by the interval plus the largest tolerance shared out over a second's
+//! starts: any `rate` consecutive starts then still span a second.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use crate::model::Endpoint;
 use crate::policy::Policy;
+use crate::store::StartRequest;
 
 /// Where an endpoint's limit comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
@@ -55,9 +61,10 @@ pub(crate) struct Pacer {
     next_start_us: u64,
 }
 
-/// In a cluster: how late after its reserved start an attempt may still begin; a node that
-/// wakes later gives the start up and reserves another.
-pub(crate) const CLUSTER_LATENESS: std::time::Duration = std::time::Duration::from_millis(5);
+/// In a cluster: how late after its reserved start an attempt may still begin, beyond the
+/// round trip of the reservation; a node that wakes later gives the start up and reserves
+/// another.
+pub(crate) const CLUSTER_LATENESS: Duration = Duration::from_millis(5);
 
 impl Pacer {
     /// A pacer for `rate` attempts per second whose first attempt may start at once.
@@ -89,14 +96,14 @@ impl Pacer {
         Ok(())
     }
 
-    /// In a cluster: how far after the last start reserved by any node to reserve the next
-    /// one. Starts may begin up to [`CLUSTER_LATENESS`] after their reservation, so `n`
-    /// reservations in a row (`n` = a second's worth) are spaced by a second plus that
-    /// lateness: any `n` consecutive starts then span at least a second.
-    pub(crate) fn spacing(&self) -> std::time::Duration {
-        let per_second = (self.rate.ceil() as u64).max(1);
-        let margin = (CLUSTER_LATENESS.as_micros() as u64).div_ceil(per_second);
-        std::time::Duration::from_micros(self.interval_us.saturating_add(margin))
+    /// In a cluster: the start to reserve for this endpoint, for a node that may begin its
+    /// attempt up to `tolerance` after the reserved time.
+    pub(crate) fn start_request(&self, tolerance: Duration) -> StartRequest {
+        StartRequest {
+            interval: Duration::from_micros(self.interval_us),
+            per_second: (self.rate.ceil() as u32).max(1),
+            tolerance,
+        }
     }
 
     /// In a cluster: a reserved start began at `now_us`; this node's next start is no sooner
@@ -116,6 +123,30 @@ impl Pacer {
             let last_start = self.next_start_us.saturating_sub(old);
             self.next_start_us = last_start.saturating_add(self.interval_us);
         }
+    }
+}
+
+/// The round trip of a reservation to the shared store, as this node measures it: the
+/// largest of the recent ones (each reservation lowers the estimate by an eighth unless it
+/// took longer). What a node declares it may be late by follows it, so a node far from the
+/// database keeps its starts instead of giving every one up.
+#[derive(Debug, Default)]
+pub(crate) struct RoundTrip(AtomicU64);
+
+impl RoundTrip {
+    /// How late after its reserved time this node may begin an attempt.
+    pub(crate) fn tolerance(&self) -> Duration {
+        CLUSTER_LATENESS + Duration::from_micros(self.0.load(Ordering::Relaxed))
+    }
+
+    /// A reservation took `took`, asked to answered.
+    pub(crate) fn observe(&self, took: Duration) {
+        let took = took.as_micros() as u64;
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |estimate| {
+                Some(took.max(estimate - estimate / 8))
+            });
     }
 }
 
@@ -188,18 +219,50 @@ mod tests {
 
     #[test]
     fn reservations_in_a_cluster_leave_room_for_a_late_start() {
-        // 20/s: 50 ms, plus 5 ms shared out over 20 starts.
         let pacer = Pacer::new(20.0);
-        assert_eq!(pacer.spacing(), std::time::Duration::from_micros(50_250));
-        // 20 reserved starts in a row, the first as late as tolerated and the last on time,
+        let tolerance = Duration::from_millis(6);
+        let request = pacer.start_request(tolerance);
+        assert_eq!(request.interval, Duration::from_millis(50));
+        assert_eq!(request.per_second, 20);
+        // The store spaces reservations by the interval plus the tolerance shared out over a
+        // second's starts: 20 in a row, the first as late as tolerated and the last on time,
         // still span a second.
-        let spacing = pacer.spacing().as_micros() as u64;
-        let late = CLUSTER_LATENESS.as_micros() as u64;
-        assert!(20 * spacing - late >= 1_000_000);
-        // 1/s: a second plus the whole tolerance.
+        let spacing = request.interval + request.tolerance / request.per_second;
+        assert!(spacing * 20 - tolerance >= Duration::from_secs(1));
+        // A fractional limit rounds the starts a second up, the interval too.
+        let request = Pacer::new(2.5).start_request(tolerance);
         assert_eq!(
-            Pacer::new(1.0).spacing(),
-            std::time::Duration::from_millis(1_005)
+            (request.interval, request.per_second),
+            (Duration::from_millis(400), 3)
+        );
+    }
+
+    #[test]
+    fn the_tolerance_follows_the_round_trips_to_the_store() {
+        let round_trip = RoundTrip::default();
+        assert_eq!(round_trip.tolerance(), CLUSTER_LATENESS);
+        round_trip.observe(Duration::from_millis(16));
+        assert_eq!(
+            round_trip.tolerance(),
+            CLUSTER_LATENESS + Duration::from_millis(16)
+        );
+        // Faster answers lower it by an eighth each; a slower one raises it at once.
+        round_trip.observe(Duration::from_micros(300));
+        assert_eq!(
+            round_trip.tolerance(),
+            CLUSTER_LATENESS + Duration::from_millis(14)
+        );
+        round_trip.observe(Duration::from_millis(20));
+        assert_eq!(
+            round_trip.tolerance(),
+            CLUSTER_LATENESS + Duration::from_millis(20)
+        );
+        for _ in 0..100 {
+            round_trip.observe(Duration::from_micros(300));
+        }
+        assert_eq!(
+            round_trip.tolerance(),
+            CLUSTER_LATENESS + Duration::from_micros(300)
         );
     }
 

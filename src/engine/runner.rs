@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Engine;
-use super::pacing::{CLUSTER_LATENESS, now_us};
+use super::pacing::now_us;
 use super::scheduler::Scheduler;
 use crate::model::EndpointId;
 use crate::store::{Claim, Lease};
@@ -130,29 +130,35 @@ fn next_step(scheduler: &Scheduler, endpoint: EndpointId) -> Step {
 }
 
 /// Waits for the start the shared store reserves for this attempt, in a cluster (a store of
-/// this process's own reserves nothing: the pacer was exact). A node that wakes too late for
+/// this process's own reserves nothing: the pacer was exact). A node that begins too late for
 /// its start gives it up and reserves another (see [`super::pacing`]). Should the store not
 /// answer, the pacer has spaced the attempt already, and the limit holds per node until it is
 /// back.
 pub(super) async fn reserved_start(engine: &Engine, endpoint: EndpointId) {
     let scheduler = &engine.scheduler;
     loop {
-        // How far after the last start reserved by any node (None: no limit any more).
-        let spacing = {
+        let tolerance = engine.round_trip.tolerance();
+        let request = {
             let mut state = scheduler.lock();
             let slot = scheduler.slot(&mut state, endpoint);
-            slot.pacer.as_ref().map(|pacer| pacer.spacing())
+            slot.pacer
+                .as_ref()
+                .map(|pacer| pacer.start_request(tolerance))
         };
-        let Some(spacing) = spacing else {
-            return;
+        let Some(request) = request else {
+            return; // no limit any more
         };
-        match engine.store.reserve_start(endpoint, spacing).await {
+        let asked = tokio::time::Instant::now();
+        match engine.store.reserve_start(endpoint, request).await {
             Ok(Some(wait)) => {
-                let reserved = tokio::time::Instant::now() + wait;
-                tokio::time::sleep_until(reserved).await;
-                let late = tokio::time::Instant::now().saturating_duration_since(reserved);
-                if late > CLUSTER_LATENESS {
-                    tracing::debug!(%endpoint, ?late, "woke too late for a reserved start; reserving another");
+                let answered = tokio::time::Instant::now();
+                engine.round_trip.observe(answered - asked);
+                // The reserved time is somewhere in `asked + wait ..= answered + wait`: wait
+                // for the latest, and count lateness from the earliest.
+                tokio::time::sleep_until(answered + wait).await;
+                let late = tokio::time::Instant::now().saturating_duration_since(asked + wait);
+                if late > request.tolerance {
+                    tracing::debug!(%endpoint, ?late, "began too late for a reserved start; reserving another");
                     metrics::counter!("herald_rate_limit_starts_given_up_total").increment(1);
                     continue;
                 }

@@ -332,6 +332,24 @@ pub enum ReplayState {
     Done,
 }
 
+/// A start to reserve for an attempt to a rate-limited endpoint in a cluster
+/// ([`Store::reserve_start`]).
+///
+/// Why a tolerance travels with each request: the process learns its start as "in `wait`"
+/// when the answer arrives, and the answer's way back is time it cannot see. It may begin its
+/// attempt only until `tolerance` after the reserved time, measured from when it asked (so the
+/// whole round trip counts), and declares that tolerance so the reservations after it leave
+/// room for it. A process far from the store declares more; the store keeps the largest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartRequest {
+    /// The least time between two starts: a second divided by the limit, rounded up.
+    pub interval: Duration,
+    /// The starts one second may hold: the limit, rounded up.
+    pub per_second: u32,
+    /// How late after its reserved time the caller may begin the attempt.
+    pub tolerance: Duration,
+}
+
 /// The durable state of a herald instance (or of a cluster of them).
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -486,17 +504,21 @@ pub trait Store: Send + Sync + 'static {
     fn notices(&self) -> Option<tokio::sync::broadcast::Receiver<Notice>> {
         None
     }
-    /// Rate limits held by a cluster: reserves the start of one attempt to `endpoint`, at
-    /// least `spacing` after the start last reserved for it by any process sharing the store
-    /// and not before now, in one atomic step, and returns how long from now that start is.
-    /// The engine calls it just before an attempt to a rate-limited endpoint, with a spacing
-    /// of its choosing (`engine::pacing`: the interval, plus a margin for a start that begins
-    /// a little late), and starts the attempt then. A store that only this process uses answers
-    /// `None` (the default): the engine's own pacer is exact there.
+    /// Rate limits held by a cluster: reserves the start of one attempt to `endpoint`, in one
+    /// atomic step, and returns how long from now (on the store's clock) that start is. The
+    /// start is not before now, and at least `request.interval` plus a margin after the start
+    /// last reserved for the endpoint by any process sharing the store. The margin is the
+    /// largest `tolerance` declared for the endpoint over the last minute, shared out over
+    /// `per_second` starts: then any `per_second` starts in a row, each begun no later than
+    /// its tolerance after its reserved time, still span a second ([`StartRequest`]).
+    ///
+    /// The engine calls it just before an attempt to a rate-limited endpoint and begins the
+    /// attempt within its tolerance, or gives the start up and reserves another. A store that
+    /// only this process uses answers `None` (the default): the engine's own pacer is exact.
     async fn reserve_start(
         &self,
         _endpoint: EndpointId,
-        _spacing: Duration,
+        _request: StartRequest,
     ) -> StoreResult<Option<Duration>> {
         Ok(None)
     }

@@ -3,7 +3,9 @@
 
 use herald::DeliveryStatus;
 use herald::model::{DeliveryId, EndpointId, MessageId};
-use herald::store::{Closing, MessageWrite, Store, Transition};
+use std::time::{Duration, Instant};
+
+use herald::store::{Closing, MessageWrite, StartRequest, Store, Transition};
 
 use super::Harness;
 use crate::common::fixtures::{
@@ -383,4 +385,51 @@ pub(super) async fn rate_limits_ordering_keys_and_trace_context_are_kept(harness
     store.put_endpoint(&endpoint).await.unwrap();
     let read = store.endpoint(endpoint.id).await.unwrap().unwrap();
     assert_eq!(read.rate_limit, None);
+}
+
+/// A shared store spaces the starts it reserves for a rate-limited endpoint by the interval
+/// plus the largest tolerance declared meanwhile, shared out over a second's starts, so that
+/// a node that begins late is still a second from the start `per_second` after its own; a
+/// store of one process reserves nothing (its engine's pacer is exact).
+pub(super) async fn reserved_starts_leave_room_for_the_largest_tolerance(harness: &Harness) {
+    let store = harness.open().await;
+    let endpoint = put_endpoint(&*store).await;
+    let request = |tolerance_ms| StartRequest {
+        interval: Duration::from_secs(1),
+        per_second: 1,
+        tolerance: Duration::from_millis(tolerance_ms),
+    };
+    if !store.shared() {
+        assert_eq!(
+            store.reserve_start(endpoint, request(0)).await.unwrap(),
+            None
+        );
+        return;
+    }
+    // Reservations one after another go further and further ahead; where each lands, on this
+    // machine's clock (the database's round trip is far below the differences checked).
+    let mut reserved = Vec::new();
+    for tolerance_ms in [0, 0, 400, 0, 100] {
+        let wait = store
+            .reserve_start(endpoint, request(tolerance_ms))
+            .await
+            .unwrap();
+        reserved.push(Instant::now() + wait.unwrap());
+    }
+    let gaps: Vec<u128> = reserved
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_millis())
+        .collect();
+    // The interval; then the interval plus 400 ms, declared and then remembered.
+    for (gap, expected) in gaps.iter().zip([1_000, 1_400, 1_400, 1_400]) {
+        assert!(gap.abs_diff(expected) < 150, "{gaps:?}");
+    }
+    // Another endpoint's starts are its own.
+    let other = put_endpoint(&*store).await;
+    let wait = store
+        .reserve_start(other, request(0))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(wait < Duration::from_millis(150), "{wait:?}");
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::rows::{self, ENDPOINT_COLUMNS};
 use super::{PgStore, ms};
 use crate::model::{Endpoint, EndpointId};
-use crate::store::{Closing, Notice, StoreResult, codec};
+use crate::store::{Closing, Notice, StartRequest, StoreResult, codec};
 
 impl PgStore {
     pub(super) async fn put_endpoint_now(&self, endpoint: &Endpoint) -> StoreResult<()> {
@@ -193,27 +193,64 @@ impl PgStore {
         Ok(deleted)
     }
 
-    /// Reserves the next start of an attempt to a rate-limited endpoint in one statement: at
-    /// least `spacing` after the start reserved before it (by any node), and not before now,
-    /// both on the database's clock (so the nodes' clocks need not agree). Returns how long
-    /// from now that start is.
+    /// Reserves the next start of an attempt to a rate-limited endpoint in one statement, as
+    /// [`Store::reserve_start`](crate::store::Store::reserve_start) says, on the database's
+    /// clock (so the nodes' clocks need not agree). Returns how long from now that start is.
     pub(super) async fn reserve_start_now(
         &self,
         id: EndpointId,
-        spacing: Duration,
+        request: StartRequest,
     ) -> StoreResult<Duration> {
-        // clock_timestamp(), not now(): the time after the row lock was granted.
-        let wait_us: i64 = sqlx::query_scalar(
-            "INSERT INTO endpoint_pacing AS p (endpoint_id, last_start_us) \
-             VALUES ($1, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint) \
-             ON CONFLICT (endpoint_id) DO UPDATE SET last_start_us = GREATEST( \
-                 p.last_start_us + $2, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint) \
-             RETURNING last_start_us - (extract(epoch FROM clock_timestamp()) * 1000000)::bigint",
-        )
-        .bind(id.0)
-        .bind(i64::try_from(spacing.as_micros()).unwrap_or(i64::MAX))
-        .fetch_one(&self.pool)
-        .await?;
+        // clock_timestamp(), not now(): the time after the row lock was granted. A tolerance
+        // is remembered for a minute unless a larger one is declared meanwhile.
+        macro_rules! db_now {
+            () => {
+                "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
+            };
+        }
+        macro_rules! slack_kept {
+            () => {
+                concat!(
+                    "(p.slack_at_us > ",
+                    db_now!(),
+                    " - 60000000 AND p.slack_us > $4)"
+                )
+            };
+        }
+        const RESERVE: &str = concat!(
+            "INSERT INTO endpoint_pacing AS p (endpoint_id, last_start_us, slack_us, slack_at_us) \
+             VALUES ($1, ",
+            db_now!(),
+            ", $4, ",
+            db_now!(),
+            ") \
+             ON CONFLICT (endpoint_id) DO UPDATE SET \
+                 last_start_us = GREATEST(p.last_start_us + $2 \
+                     + (CASE WHEN ",
+            slack_kept!(),
+            " THEN p.slack_us ELSE $4 END + $3 - 1) / $3, \
+                     ",
+            db_now!(),
+            "), \
+                 slack_us = CASE WHEN ",
+            slack_kept!(),
+            " THEN p.slack_us ELSE $4 END, \
+                 slack_at_us = CASE WHEN ",
+            slack_kept!(),
+            " THEN p.slack_at_us ELSE ",
+            db_now!(),
+            " END \
+             RETURNING last_start_us - ",
+            db_now!()
+        );
+        let micros = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+        let wait_us: i64 = sqlx::query_scalar(RESERVE)
+            .bind(id.0)
+            .bind(micros(request.interval))
+            .bind(i64::from(request.per_second.max(1)))
+            .bind(micros(request.tolerance))
+            .fetch_one(&self.pool)
+            .await?;
         Ok(Duration::from_micros(u64::try_from(wait_us).unwrap_or(0)))
     }
 }

@@ -12,8 +12,8 @@ use super::{PgStore, ms, unms};
 use crate::model::{Attempt, Delivery, DeliveryId, Endpoint, EndpointId, Message, MessageId};
 use crate::store::{
     BackupReport, Claim, Closing, DailyRollup, DeliveryFilter, Inserted, Lease, MAX_PAYLOAD_BYTES,
-    MessageWrite, Notice, Outcome, PurgeCursor, PurgePage, Recorded, ReplayJob, ReplayState, Store,
-    StoreError, StoreResult, Transition,
+    MessageWrite, Notice, Outcome, PurgeCursor, PurgePage, Recorded, ReplayJob, ReplayState,
+    StartRequest, Store, StoreError, StoreResult, Transition,
 };
 
 /// A job whose node made no progress for this long is taken over by another node.
@@ -473,9 +473,9 @@ impl Store for PgStore {
     async fn reserve_start(
         &self,
         endpoint: EndpointId,
-        spacing: Duration,
+        request: StartRequest,
     ) -> StoreResult<Option<Duration>> {
-        self.reserve_start_now(endpoint, spacing).await.map(Some)
+        self.reserve_start_now(endpoint, request).await.map(Some)
     }
 
     fn notices(&self) -> Option<tokio::sync::broadcast::Receiver<Notice>> {
