@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::fixtures::{
-    DUE, LEASE, delivery_record, message_record, outcome, put_endpoint, put_message,
-    put_message_due, record_attempt,
+    DUE, LEASE, delivery_record, endpoint_record, message_record, outcome, put_endpoint,
+    put_message, put_message_due, record_attempt,
 };
 use controls::{
     a_replay_is_not_held_by_its_ordering_key,
@@ -129,6 +129,7 @@ macro_rules! suite {
             deleting_an_endpoint_closes_its_deliveries_and_revokes_leases,
             an_endpoint_is_disabled_once_and_enabling_resets_its_health,
             deliveries_page_oldest_or_newest_first,
+            endpoint_reads_follow_every_change,
             bulk_replay_progress_is_stored_with_its_batch,
             a_shared_store_caps_the_leases_of_several_claimers_but_not_the_callers_settling_ones,
         );
@@ -904,6 +905,53 @@ async fn an_endpoint_is_disabled_once_and_enabling_resets_its_health(harness: &H
         store.endpoint(endpoint).await.unwrap().unwrap().released_at,
         Some(6_000)
     );
+}
+
+/// Reads of an endpoint, alone and in its tenant's list, follow every change to it, read
+/// between each: its health after outcomes, disabling and enabling, a move to another tenant
+/// and its deletion (a backend that keeps endpoints in memory must forget what changes).
+async fn endpoint_reads_follow_every_change(harness: &Harness) {
+    let store = harness.open().await;
+    let mut endpoint = endpoint_record();
+    store.put_endpoint(&endpoint).await.unwrap();
+    let id = endpoint.id;
+    let store = store.as_ref();
+    let read = || async { store.endpoint(id).await.unwrap() };
+    let listed = |tenant: &'static str| async move { store.endpoints(Some(tenant)).await.unwrap() };
+    assert_eq!(read().await.unwrap().consecutive_failures, 0);
+    assert_eq!(listed("acme").await[0].consecutive_failures, 0);
+
+    let (_, delivery) = put_message(store, id, 1_000, DeliveryStatus::Failed).await;
+    record_attempt(store, id, delivery, 1_000, false).await;
+    assert_eq!(read().await.unwrap().consecutive_failures, 1);
+    assert_eq!(listed("acme").await[0].consecutive_failures, 1);
+    record_attempt(store, id, delivery, 1_001, true).await;
+    assert_eq!(read().await.unwrap().consecutive_failures, 0);
+
+    assert!(store.disable_endpoint(id, 5_000, "by hand").await.unwrap());
+    let disabled = read().await.unwrap();
+    assert!(!disabled.enabled);
+    assert_eq!(disabled.disabled_reason.as_deref(), Some("by hand"));
+    assert_eq!(listed("acme").await[0].disabled_at, Some(5_000));
+    store.enable_endpoint(id, 6_000).await.unwrap();
+    assert_eq!(read().await.unwrap().released_at, Some(6_000));
+    assert!(listed("acme").await[0].enabled);
+
+    endpoint.tenant = "globex".into();
+    endpoint.url = "https://globex.example/cb".into();
+    store.put_endpoint(&endpoint).await.unwrap();
+    assert_eq!(read().await.unwrap().url, endpoint.url);
+    assert!(listed("acme").await.is_empty());
+    assert_eq!(listed("globex").await[0].id, id);
+
+    let closing = Closing {
+        status: DeliveryStatus::Failed,
+        reason: "endpoint deleted".into(),
+        at_ms: now_ms(),
+    };
+    assert!(store.delete_endpoint(id, &closing).await.unwrap());
+    assert!(read().await.is_none());
+    assert!(listed("globex").await.is_empty());
 }
 
 async fn deliveries_page_oldest_or_newest_first(harness: &Harness) {

@@ -3,6 +3,7 @@
 
 use sled::{Batch, IVec};
 
+use super::cache::EndpointCache;
 use super::codec::{self, Health, encode};
 use super::lines::LineWrites;
 use super::{SledStore, keys};
@@ -13,26 +14,39 @@ use crate::store::{Closing, StoreResult};
 const DELETE_BATCH: usize = 1_000;
 
 impl SledStore {
+    fn cache(&self) -> std::sync::RwLockReadGuard<'_, EndpointCache> {
+        self.endpoint_cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cache, to fill or to forget in; callers hold `writes` ([`super::cache`]).
+    pub(super) fn cache_mut(&self) -> std::sync::RwLockWriteGuard<'_, EndpointCache> {
+        self.endpoint_cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The endpoint record (configuration, no health), from the cache when possible.
     fn stored_endpoint(&self, id: EndpointId) -> StoreResult<Option<Endpoint>> {
-        if let Some(endpoint) = self.cached_endpoint(id) {
+        if let Some(endpoint) = self.cache().config(id) {
             return Ok(Some(endpoint));
         }
-        let _guard = self.lock();
-        self.load_endpoint(id)
+        match self.try_writes() {
+            Some(_writes) => self.load_endpoint(id),
+            None => {
+                let key = keys::endpoint(id);
+                match self.tree()?.get(&key)? {
+                    Some(bytes) => codec::open_endpoint(&self.sealer, &key, &bytes).map(Some),
+                    None => Ok(None),
+                }
+            }
+        }
     }
 
-    fn cached_endpoint(&self, id: EndpointId) -> Option<Endpoint> {
-        let cache = self
-            .endpoint_cache
-            .read()
-            .unwrap_or_else(|p| p.into_inner());
-        cache.get(&id).cloned()
-    }
-
-    /// Like `stored_endpoint`, for callers already holding `transition`.
+    /// Like `stored_endpoint`, for callers already holding `writes`.
     pub(super) fn load_endpoint(&self, id: EndpointId) -> StoreResult<Option<Endpoint>> {
-        if let Some(endpoint) = self.cached_endpoint(id) {
+        if let Some(endpoint) = self.cache().config(id) {
             return Ok(Some(endpoint));
         }
         let key = keys::endpoint(id);
@@ -40,28 +54,30 @@ impl SledStore {
             return Ok(None);
         };
         let endpoint: Endpoint = codec::open_endpoint(&self.sealer, &key, &bytes)?;
-        self.cache_endpoint(id, Some(&endpoint));
+        self.cache_mut().keep_config(&endpoint);
         Ok(Some(endpoint))
     }
 
-    /// Sets (or with `None` forgets) a cached record; callers hold `transition`.
-    fn cache_endpoint(&self, id: EndpointId, endpoint: Option<&Endpoint>) {
-        let mut cache = self
-            .endpoint_cache
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        match endpoint {
-            Some(endpoint) => cache.insert(id, endpoint.clone()),
-            None => cache.remove(&id),
-        };
-    }
-
+    /// The endpoint's health as stored, for callers holding `writes`.
     pub(super) fn health(&self, endpoint: EndpointId) -> StoreResult<Health> {
         let key = keys::failures(endpoint);
         match self.tree()?.get(&key)? {
             Some(bytes) => Health::decode(&key, &bytes),
             None => Ok(Health::default()),
         }
+    }
+
+    /// The endpoint's health, from the cache when possible.
+    fn current_health(&self, endpoint: EndpointId) -> StoreResult<Health> {
+        if let Some(health) = self.cache().health(endpoint) {
+            return Ok(health);
+        }
+        let writes = self.try_writes();
+        let health = self.health(endpoint)?;
+        if writes.is_some() {
+            self.cache_mut().keep_health(endpoint, &health);
+        }
+        Ok(health)
     }
 
     /// The endpoint's health, written into the batch (absent when all default).
@@ -79,7 +95,7 @@ impl SledStore {
     }
 
     fn with_health(&self, mut endpoint: Endpoint) -> StoreResult<Endpoint> {
-        let health = self.health(endpoint.id)?;
+        let health = self.current_health(endpoint.id)?;
         endpoint.consecutive_failures = health.failures;
         endpoint.disabled_reason = health.disabled_reason;
         endpoint.disabled_at = health.disabled_at;
@@ -94,16 +110,31 @@ impl SledStore {
         }
     }
 
+    /// A tenant's endpoints, in the order of their index keys, from the cache when possible.
+    fn tenant_endpoints(&self, tenant: &str) -> StoreResult<Vec<EndpointId>> {
+        if let Some(ids) = self.cache().tenant(tenant) {
+            return Ok(ids);
+        }
+        let writes = self.try_writes();
+        let prefix = keys::tenant_prefix(tenant);
+        let mut ids = Vec::new();
+        for entry in self.tree()?.scan_prefix(&prefix).keys() {
+            if let Some(id) = EndpointId::from_slice(&entry?[prefix.len()..]) {
+                ids.push(id);
+            }
+        }
+        if writes.is_some() {
+            self.cache_mut().keep_tenant(tenant, ids.clone());
+        }
+        Ok(ids)
+    }
+
     pub(super) fn endpoints_now(&self, tenant: Option<&str>) -> StoreResult<Vec<Endpoint>> {
         let mut out = Vec::new();
         match tenant {
             Some(tenant) => {
-                let prefix = keys::tenant_prefix(tenant);
-                for entry in self.tree()?.scan_prefix(&prefix).keys() {
-                    let key = entry?;
-                    if let Some(id) = EndpointId::from_slice(&key[prefix.len()..])
-                        && let Some(endpoint) = self.endpoint_now(id)?
-                    {
+                for id in self.tenant_endpoints(tenant)? {
+                    if let Some(endpoint) = self.endpoint_now(id)? {
                         out.push(endpoint);
                     }
                 }
@@ -133,7 +164,13 @@ impl SledStore {
             codec::seal_endpoint(&self.sealer, endpoint)?,
         );
         batch.insert(keys::tenant_endpoint(&endpoint.tenant, endpoint.id), &[]);
-        self.cache_endpoint(endpoint.id, None);
+        let mut cache = self.cache_mut();
+        cache.forget(endpoint.id);
+        cache.forget_tenant(&endpoint.tenant);
+        if let Some(old) = &old {
+            cache.forget_tenant(&old.tenant);
+        }
+        drop(cache);
         let added = u64::from(old.is_none());
         self.apply_durable(&mut state, batch, (0, 0), |c| c.endpoints += added)
     }
@@ -162,7 +199,7 @@ impl SledStore {
             codec::seal_endpoint(&self.sealer, &endpoint)?,
         );
         Self::put_health(&mut batch, id, &health)?;
-        self.cache_endpoint(id, None);
+        self.cache_mut().forget(id);
         self.apply_durable(&mut state, batch, (0, 0), |_| {})?;
         Ok(true)
     }
@@ -193,7 +230,7 @@ impl SledStore {
             codec::seal_endpoint(&self.sealer, &endpoint)?,
         );
         Self::put_health(&mut batch, id, &health)?;
-        self.cache_endpoint(id, None);
+        self.cache_mut().forget(id);
         self.apply_durable(&mut state, batch, (0, 0), |_| {})?;
         drop(state);
         self.endpoint_now(id)
@@ -208,7 +245,10 @@ impl SledStore {
         let Some(endpoint) = self.load_endpoint(id)? else {
             return Ok(false);
         };
-        self.cache_endpoint(id, None);
+        let mut cache = self.cache_mut();
+        cache.forget(id);
+        cache.forget_tenant(&endpoint.tenant);
+        drop(cache);
         // The deliveries waiting in its ordering lines (from the end of each line, so that
         // every batch leaves whole lines behind), then the due index, then the lines.
         self.close_waiting(&mut state, id, closing)?;

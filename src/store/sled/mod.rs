@@ -28,6 +28,7 @@
 //! is reopened. The store then answers writes with [`StoreError::Unavailable`] and, at most
 //! once a second when asked again, reopens sled once the disk has room.
 
+mod cache;
 mod codec;
 mod endpoints;
 mod keys;
@@ -52,7 +53,7 @@ use sled::Batch;
 use super::MAX_PAYLOAD_BYTES;
 use super::seal::Sealer;
 use super::{Lease, StoreError, StoreResult};
-use crate::model::{DeliveryId, Endpoint, EndpointId};
+use crate::model::DeliveryId;
 use codec::{decode, encode};
 use ledger::{Counters, Ledger};
 
@@ -133,10 +134,8 @@ pub struct SledStore {
     sealer: Sealer,
     /// `None` only while sled is being reopened.
     inner: ArcSwapOption<Inner>,
-    /// Decoded endpoint records (configuration, not health). Filled on a miss and changed by
-    /// every endpoint write, both under `state`, so a reader can never put back a record a
-    /// writer replaced.
-    endpoint_cache: RwLock<HashMap<EndpointId, Endpoint>>,
+    /// Decoded endpoint records, their health and each tenant's endpoints ([`cache`]).
+    endpoint_cache: RwLock<cache::EndpointCache>,
     /// Serialises the writers (every read-modify-write of records). Taken before `state`.
     writes: Mutex<()>,
     /// The leases of this process and the counters. Writers hold it with `writes` (see
@@ -188,6 +187,16 @@ impl SledStore {
     /// Excludes every other writer, not claims (for the recorder).
     fn writes(&self) -> MutexGuard<'_, ()> {
         self.writes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// [`Self::writes`] if no writer holds it now: a reader that may fill the endpoint cache
+    /// ([`cache`]) but need not wait for the recorder's write to read.
+    fn try_writes(&self) -> Option<MutexGuard<'_, ()>> {
+        match self.writes.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
     }
 
     /// The leases and counters alone (for claims, and inside [`Self::writes`]).

@@ -358,10 +358,7 @@ impl SledStore {
             Ok((inner, pending, counters)) => {
                 self.pending.store(pending, Ordering::Relaxed);
                 state.counters = counters;
-                self.endpoint_cache
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clear();
+                self.cache_mut().clear();
                 self.inner.store(Some(Arc::new(inner)));
                 let reason = self.broken().reason.take();
                 tracing::info!(

@@ -87,6 +87,7 @@ impl SledStore {
         }
         for (endpoint, (health, changed)) in &group.health {
             if *changed {
+                self.cache_mut().forget_health(*endpoint);
                 Self::put_health(&mut group.batch, *endpoint, health)?;
             }
         }
