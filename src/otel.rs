@@ -102,10 +102,25 @@ impl HttpClient for OnRuntime {
     }
 }
 
+/// `span`'s OpenTelemetry context, when a `tracing-opentelemetry` layer builds one for it
+/// (herald's exporter, or an embedding application's own layer). Without one there is
+/// nothing to propagate, and checking first spares every send and attempt the carriers.
+fn exported(span: &tracing::Span) -> Option<Context> {
+    use opentelemetry::trace::TraceContextExt as _;
+    let context = span.context();
+    context.has_active_span().then_some(context)
+}
+
+/// Whether `span` is exported: attributes recorded only for the exporter can be skipped.
+pub(crate) fn is_exported(span: &tracing::Span) -> bool {
+    exported(span).is_some()
+}
+
 /// The W3C `traceparent` of `span`, when it is exported.
 pub(crate) fn traceparent(span: &tracing::Span) -> Option<String> {
+    let context = exported(span)?;
     let mut carrier = HashMap::new();
-    TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
+    TraceContextPropagator::new().inject_context(&context, &mut carrier);
     carrier.remove("traceparent")
 }
 
@@ -124,7 +139,10 @@ pub fn remote_parent(headers: &axum::http::HeaderMap) -> Context {
 
 /// The headers that carry `span`'s trace context to a receiver; none when it is not exported.
 pub(crate) fn context_headers(span: &tracing::Span) -> Vec<(String, String)> {
+    let Some(context) = exported(span) else {
+        return Vec::new();
+    };
     let mut carrier = HashMap::new();
-    TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
+    TraceContextPropagator::new().inject_context(&context, &mut carrier);
     carrier.into_iter().collect()
 }

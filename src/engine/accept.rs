@@ -97,6 +97,11 @@ impl Engine {
             endpoint_id = tracing::field::Empty,
         );
         let receipt = self.accept(new, &span).instrument(span.clone()).await?;
+        // Known only now that the message is accepted: attributes for the exported span (no
+        // event is logged in the span after this, so the log does not need them).
+        if !crate::otel::is_exported(&span) {
+            return Ok(receipt);
+        }
         let ids = |id: &dyn Fn(&DeliveryReceipt) -> String| {
             receipt
                 .deliveries
