@@ -26,9 +26,9 @@ fn memory_mib(pid: u32) -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// CPU seconds process `pid` has used (user + system), from `/proc/PID/stat`.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+/// CPU seconds (user + system) from a `/proc/.../stat` file.
+fn stat_seconds(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     // Fields after the command name (which is in parentheses and may contain spaces).
     let rest = stat.rsplit(')').next().unwrap_or("");
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -40,6 +40,25 @@ fn cpu_seconds(pid: u32) -> f64 {
     };
     // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU seconds process `pid` has used, and how many of them sled's own threads (its log
+/// flusher, which also cleans segments, and its I/O pool) used: what herald's scheduler
+/// spends while it waits is the difference.
+fn cpu_seconds(pid: u32) -> (f64, f64) {
+    let total = stat_seconds(&format!("/proc/{pid}/stat"));
+    let mut sled = 0.0;
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten();
+    for task in tasks.flatten() {
+        let path = task.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if comm.starts_with("sled") || comm.starts_with("log flusher") {
+            sled += stat_seconds(&path.join("stat").to_string_lossy());
+        }
+    }
+    (total, sled)
 }
 
 /// With `delay`, the backlog is scheduled sends that far ahead on enabled endpoints: the
@@ -126,9 +145,12 @@ pub async fn backlog(
     // Idle: everything else is held; nothing should run.
     let idle = Duration::from_secs(5);
     let pid = child.id();
-    let cpu_before = cpu_seconds(pid);
+    let (total_before, sled_before) = cpu_seconds(pid);
     tokio::time::sleep(idle).await;
-    let idle_cpu = (cpu_seconds(pid) - cpu_before) / idle.as_secs_f64() * 100.0;
+    let (total_after, sled_after) = cpu_seconds(pid);
+    let percent = |seconds: f64| seconds / idle.as_secs_f64() * 100.0;
+    let idle_cpu = percent(total_after - total_before);
+    let idle_sled = percent(sled_after - sled_before);
     let (rss_restarted, peak_restarted) = memory_mib(pid);
     let _ = child.kill();
     let _ = child.wait();
@@ -156,6 +178,7 @@ pub async fn backlog(
         ("first delivery s".into(), first_delivery),
         ("pending after restart".into(), pending),
         ("idle CPU % (5 s)".into(), idle_cpu),
+        ("of it sled's threads %".into(), idle_sled),
         ("RSS MiB".into(), rss_restarted),
         ("peak RSS MiB".into(), peak_restarted),
     ];
