@@ -25,7 +25,8 @@ pub(super) struct EndpointCache {
     /// Endpoint records (configuration, no health).
     configs: HashMap<EndpointId, Endpoint>,
     health: HashMap<EndpointId, Health>,
-    /// Each tenant's endpoints, in the order of their index keys.
+    /// Each tenant's endpoints, in the order of their index keys; only tenants that have some
+    /// (bounded by the endpoints, whatever tenant names producers send).
     tenants: HashMap<String, Vec<EndpointId>>,
 }
 

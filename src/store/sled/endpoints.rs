@@ -123,7 +123,9 @@ impl SledStore {
                 ids.push(id);
             }
         }
-        if writes.is_some() {
+        // A tenant without endpoints is not kept: producers name tenants, and the cache must
+        // not grow with every name one sends.
+        if writes.is_some() && !ids.is_empty() {
             self.cache_mut().keep_tenant(tenant, ids.clone());
         }
         Ok(ids)
