@@ -74,7 +74,9 @@ impl SledStore {
         }
         let writes = self.try_writes();
         let health = self.health(endpoint)?;
-        if writes.is_some() {
+        // Kept only for an endpoint that still exists (it may have been deleted since the
+        // caller read its record): the cache holds live endpoints only.
+        if writes.is_some() && self.tree()?.contains_key(keys::endpoint(endpoint))? {
             self.cache_mut().keep_health(endpoint, &health);
         }
         Ok(health)
