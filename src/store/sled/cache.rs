@@ -4,15 +4,15 @@
 //! its health (an endpoint released from being disabled moves the schedule of what it held).
 //! From sled that was a prefix scan and a health read per send and a health read per attempt,
 //! on pages the writers keep changing: measured end to end (`bench/e2e.sh`, alternating), the
-//! daemon delivered ~15 % more a second once they came from memory.
+//! daemon delivered ~18 % more a second once they came from memory.
 //!
 //! The rule that keeps the cache exact: it is filled only by a caller holding the store's
 //! `writes` lock (after a miss; a reader that finds the lock taken reads sled and fills
-//! nothing, rather than wait for the recorder's write), and every writer of an endpoint record, its health or its
-//! tenant's list forgets what it changes, holding that same lock, before its batch is
-//! applied. A fill can therefore never put back a state a writer replaced; a reader that
-//! finds an entry sees the state before or after a write in progress, as it would reading
-//! sled a moment earlier or later.
+//! nothing, rather than wait for the recorder's write), and every writer of an endpoint
+//! record, its health or its tenant's list forgets what it changes, holding that same lock,
+//! before its batch is applied. A fill can therefore never put back a state a writer
+//! replaced; a reader that finds an entry sees the state before or after a write in progress,
+//! as it would reading sled a moment earlier or later.
 
 use std::collections::HashMap;
 
