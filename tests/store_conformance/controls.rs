@@ -1,10 +1,10 @@
 //! The conformance suite's part on delivery controls: ordering-key lines, and the fields the
 //! store keeps for rate limits and tracing.
 
-use herald::DeliveryStatus;
-use herald::model::{DeliveryId, EndpointId, MessageId};
 use std::time::{Duration, Instant};
 
+use herald::DeliveryStatus;
+use herald::model::{DeliveryId, EndpointId, MessageId};
 use herald::store::{Closing, MessageWrite, StartRequest, Store, Transition};
 
 use super::Harness;

@@ -27,7 +27,7 @@ fn memory_mib(pid: u32) -> (f64, f64) {
 }
 
 /// CPU seconds (user + system) from a `/proc/.../stat` file.
-fn stat_seconds(path: &str) -> f64 {
+fn stat_seconds(path: &std::path::Path) -> f64 {
     let stat = std::fs::read_to_string(path).unwrap_or_default();
     // Fields after the command name (which is in parentheses and may contain spaces).
     let rest = stat.rsplit(')').next().unwrap_or("");
@@ -46,16 +46,15 @@ fn stat_seconds(path: &str) -> f64 {
 /// flusher, which also cleans segments, and its I/O pool) used: what herald's scheduler
 /// spends while it waits is the difference.
 fn cpu_seconds(pid: u32) -> (f64, f64) {
-    let total = stat_seconds(&format!("/proc/{pid}/stat"));
+    let proc = std::path::PathBuf::from(format!("/proc/{pid}"));
+    let total = stat_seconds(&proc.join("stat"));
     let mut sled = 0.0;
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .into_iter()
-        .flatten();
+    let tasks = std::fs::read_dir(proc.join("task")).into_iter().flatten();
     for task in tasks.flatten() {
         let path = task.path();
         let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
         if comm.starts_with("sled") || comm.starts_with("log flusher") {
-            sled += stat_seconds(&path.join("stat").to_string_lossy());
+            sled += stat_seconds(&path.join("stat"));
         }
     }
     (total, sled)

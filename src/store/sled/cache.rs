@@ -55,20 +55,19 @@ impl EndpointCache {
         self.tenants.insert(tenant.to_string(), ids);
     }
 
-    /// An endpoint's record and health are about to change.
-    pub(super) fn forget(&mut self, id: EndpointId) {
+    /// An endpoint's record and health are about to change, and with them the lists of
+    /// `tenants` (the one it is in, and the one it leaves).
+    pub(super) fn forget(&mut self, id: EndpointId, tenants: &[&str]) {
         self.configs.remove(&id);
         self.health.remove(&id);
+        for tenant in tenants {
+            self.tenants.remove(*tenant);
+        }
     }
 
     /// An endpoint's health is about to change.
     pub(super) fn forget_health(&mut self, id: EndpointId) {
         self.health.remove(&id);
-    }
-
-    /// A tenant's list of endpoints is about to change.
-    pub(super) fn forget_tenant(&mut self, tenant: &str) {
-        self.tenants.remove(tenant);
     }
 
     /// Everything (sled was reopened).

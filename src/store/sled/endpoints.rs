@@ -34,13 +34,7 @@ impl SledStore {
         }
         match self.try_writes() {
             Some(_writes) => self.load_endpoint(id),
-            None => {
-                let key = keys::endpoint(id);
-                match self.tree()?.get(&key)? {
-                    Some(bytes) => codec::open_endpoint(&self.sealer, &key, &bytes).map(Some),
-                    None => Ok(None),
-                }
-            }
+            None => self.read_endpoint(id),
         }
     }
 
@@ -49,13 +43,20 @@ impl SledStore {
         if let Some(endpoint) = self.cache().config(id) {
             return Ok(Some(endpoint));
         }
+        let endpoint = self.read_endpoint(id)?;
+        if let Some(endpoint) = &endpoint {
+            self.cache_mut().keep_config(endpoint);
+        }
+        Ok(endpoint)
+    }
+
+    /// The endpoint record as stored, decoded.
+    fn read_endpoint(&self, id: EndpointId) -> StoreResult<Option<Endpoint>> {
         let key = keys::endpoint(id);
-        let Some(bytes) = self.tree()?.get(&key)? else {
-            return Ok(None);
-        };
-        let endpoint: Endpoint = codec::open_endpoint(&self.sealer, &key, &bytes)?;
-        self.cache_mut().keep_config(&endpoint);
-        Ok(Some(endpoint))
+        match self.tree()?.get(&key)? {
+            Some(bytes) => codec::open_endpoint(&self.sealer, &key, &bytes).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The endpoint's health as stored, for callers holding `writes`.
@@ -168,13 +169,9 @@ impl SledStore {
             codec::seal_endpoint(&self.sealer, endpoint)?,
         );
         batch.insert(keys::tenant_endpoint(&endpoint.tenant, endpoint.id), &[]);
-        let mut cache = self.cache_mut();
-        cache.forget(endpoint.id);
-        cache.forget_tenant(&endpoint.tenant);
-        if let Some(old) = &old {
-            cache.forget_tenant(&old.tenant);
-        }
-        drop(cache);
+        let old_tenant = old.as_ref().map_or("", |old| old.tenant.as_str());
+        self.cache_mut()
+            .forget(endpoint.id, &[&endpoint.tenant, old_tenant]);
         let added = u64::from(old.is_none());
         self.apply_durable(&mut state, batch, (0, 0), |c| c.endpoints += added)
     }
@@ -203,7 +200,7 @@ impl SledStore {
             codec::seal_endpoint(&self.sealer, &endpoint)?,
         );
         Self::put_health(&mut batch, id, &health)?;
-        self.cache_mut().forget(id);
+        self.cache_mut().forget(id, &[]);
         self.apply_durable(&mut state, batch, (0, 0), |_| {})?;
         Ok(true)
     }
@@ -234,7 +231,7 @@ impl SledStore {
             codec::seal_endpoint(&self.sealer, &endpoint)?,
         );
         Self::put_health(&mut batch, id, &health)?;
-        self.cache_mut().forget(id);
+        self.cache_mut().forget(id, &[]);
         self.apply_durable(&mut state, batch, (0, 0), |_| {})?;
         drop(state);
         self.endpoint_now(id)
@@ -249,10 +246,7 @@ impl SledStore {
         let Some(endpoint) = self.load_endpoint(id)? else {
             return Ok(false);
         };
-        let mut cache = self.cache_mut();
-        cache.forget(id);
-        cache.forget_tenant(&endpoint.tenant);
-        drop(cache);
+        self.cache_mut().forget(id, &[&endpoint.tenant]);
         // The deliveries waiting in its ordering lines (from the end of each line, so that
         // every batch leaves whole lines behind), then the due index, then the lines.
         self.close_waiting(&mut state, id, closing)?;
