@@ -17,10 +17,11 @@ use serde_json::{Value, json};
 
 use super::daemon::{Daemon, PRODUCER, metric};
 
-/// The running server; it stops when the test process exits (its watchdog sees stdin close).
+/// The running server; it stops when the test process exits (its watchdog sees stdin close)
+/// and its watchdog then removes its directory: a static is never dropped, so a `TempDir`
+/// here would leave a cluster of every test process behind in `/tmp`.
 pub struct PgServer {
     pub port: u16,
-    _dir: tempfile::TempDir,
     _watchdog: Child,
 }
 
@@ -101,15 +102,17 @@ fn start() -> Result<PgServer, String> {
         .and_then(|l| l.local_addr())
         .map_err(|e| e.to_string())?
         .port();
-    // A watchdog shell runs the server and stops it when our end of its stdin closes, i.e.
-    // when the test process exits, however it exits.
+    // A watchdog shell runs the server, stops it when our end of its stdin closes (when the
+    // test process exits, however it exits) and then removes the cluster's directory.
+    let dir = dir.keep();
     let postgres = bin.join("postgres");
     let script = format!(
-        "{} -D {} -p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=on \
-         -c max_connections=300 -c shared_buffers=64MB & pid=$!; read _; kill -QUIT $pid; wait",
+        "{} -D {} -p {port} -k {dir} -c listen_addresses=127.0.0.1 -c fsync=on \
+         -c max_connections=300 -c shared_buffers=64MB & pid=$!; read _; kill -QUIT $pid; \
+         wait; rm -rf {dir}",
         postgres.display(),
         data.display(),
-        dir.path().display()
+        dir = dir.display()
     );
     let mut watchdog = Command::new("sh");
     watchdog
@@ -118,7 +121,10 @@ fn start() -> Result<PgServer, String> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     as_server_user(&mut watchdog);
-    let mut watchdog = watchdog.spawn().map_err(|e| format!("postgres: {e}"))?;
+    let mut watchdog = watchdog.spawn().map_err(|e| {
+        let _ = std::fs::remove_dir_all(&dir);
+        format!("postgres: {e}")
+    })?;
     // Ready when it says so.
     let stderr = watchdog.stderr.take().ok_or("no stderr")?;
     let (tx, rx) = std::sync::mpsc::channel();
@@ -133,7 +139,6 @@ fn start() -> Result<PgServer, String> {
         .map_err(|_| "postgres did not start within 30 s".to_string())?;
     Ok(PgServer {
         port,
-        _dir: dir,
         _watchdog: watchdog,
     })
 }
