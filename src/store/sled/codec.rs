@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::model::{Message, MessageId};
+use crate::model::{DeliveryId, Message, MessageId};
 use crate::store::codec::encode_as;
 pub(super) use crate::store::codec::{
     corrupt, decode, encode, open, open_endpoint, seal, seal_endpoint,
@@ -16,6 +16,9 @@ use crate::store::{StoreError, StoreResult};
 const MESSAGE_V2: u8 = 3;
 /// A message header that also carries the `traceparent` of the span that accepted it.
 const MESSAGE_V3: u8 = 4;
+/// A [`MESSAGE_V3`] header followed by the message's delivery ids, which records of the
+/// earlier versions list under `m` keys instead (one key range more written per message).
+const MESSAGE_V4: u8 = 5;
 
 /// A message as first stored: everything but the payload, the callback URL in clear.
 #[derive(Deserialize)]
@@ -59,24 +62,31 @@ struct MessageHeader {
 
 /// `header length (u32 BE) || header || payload`: the payload is kept byte for byte and is
 /// not copied through a serializer.
-pub(super) fn encode_message(sealer: &Sealer, message: &Message) -> StoreResult<Vec<u8>> {
+pub(super) fn encode_message(
+    sealer: &Sealer,
+    message: &Message,
+    deliveries: &[DeliveryId],
+) -> StoreResult<Vec<u8>> {
     let callback_url = match &message.callback_url {
         Some(url) => Some(sealer.seal(url.as_bytes()).map_err(StoreError::Backend)?),
         None => None,
     };
     let header = encode_as(
-        MESSAGE_V3,
-        &MessageHeader {
-            id: message.id,
-            tenant: message.tenant.clone(),
-            event_type: message.event_type.clone(),
-            callback_url,
-            idempotency_key: message.idempotency_key.clone(),
-            dedup_key: message.dedup_key.clone(),
-            ordering_key: message.ordering_key.clone(),
-            traceparent: message.traceparent.clone(),
-            created_at: message.created_at,
-        },
+        MESSAGE_V4,
+        &(
+            MessageHeader {
+                id: message.id,
+                tenant: message.tenant.clone(),
+                event_type: message.event_type.clone(),
+                callback_url,
+                idempotency_key: message.idempotency_key.clone(),
+                dedup_key: message.dedup_key.clone(),
+                ordering_key: message.ordering_key.clone(),
+                traceparent: message.traceparent.clone(),
+                created_at: message.created_at,
+            },
+            deliveries,
+        ),
     )?;
     let payload = message.payload.get().as_bytes();
     let mut out = Vec::with_capacity(4 + header.len() + payload.len());
@@ -86,7 +96,8 @@ pub(super) fn encode_message(sealer: &Sealer, message: &Message) -> StoreResult<
     Ok(out)
 }
 
-pub(super) fn decode_message(sealer: &Sealer, key: &[u8], bytes: &[u8]) -> StoreResult<Message> {
+/// The header of a stored message, and where its payload starts.
+fn split_message<'a>(key: &[u8], bytes: &'a [u8]) -> StoreResult<(&'a [u8], usize)> {
     let len = bytes
         .get(..4)
         .and_then(|b| b.try_into().ok())
@@ -95,8 +106,26 @@ pub(super) fn decode_message(sealer: &Sealer, key: &[u8], bytes: &[u8]) -> Store
     let header = bytes
         .get(4..4 + len)
         .ok_or_else(|| corrupt(key, "short header"))?;
+    Ok((header, 4 + len))
+}
+
+/// The delivery ids a stored message lists, without opening its sealed parts; `None` for a
+/// record of a version that did not list them (its deliveries have `m` keys).
+pub(super) fn message_deliveries(key: &[u8], bytes: &[u8]) -> StoreResult<Option<Vec<DeliveryId>>> {
+    match split_message(key, bytes)?.0.split_first() {
+        Some((&MESSAGE_V4, record)) => {
+            let (_, ids): (MessageHeader, Vec<DeliveryId>) =
+                postcard::from_bytes(record).map_err(|e| corrupt(key, e.to_string()))?;
+            Ok(Some(ids))
+        }
+        _ => Ok(None),
+    }
+}
+
+pub(super) fn decode_message(sealer: &Sealer, key: &[u8], bytes: &[u8]) -> StoreResult<Message> {
+    let (header, payload_at) = split_message(key, bytes)?;
     let payload =
-        std::str::from_utf8(&bytes[4 + len..]).map_err(|_| corrupt(key, "payload utf-8"))?;
+        std::str::from_utf8(&bytes[payload_at..]).map_err(|_| corrupt(key, "payload utf-8"))?;
     let payload =
         RawValue::from_string(payload.to_string()).map_err(|_| corrupt(key, "payload json"))?;
     let open_url = |sealed: Option<Vec<u8>>| match sealed {
@@ -111,9 +140,10 @@ pub(super) fn decode_message(sealer: &Sealer, key: &[u8], bytes: &[u8]) -> Store
         None => Ok(None),
     };
     let header = match header.split_first() {
-        Some((&MESSAGE_V3, record)) => {
-            let h: MessageHeader =
-                postcard::from_bytes(record).map_err(|e| corrupt(key, e.to_string()))?;
+        Some((&(MESSAGE_V3 | MESSAGE_V4), record)) => {
+            // A V4 header is a V3 one with the delivery ids after it.
+            let (h, _): (MessageHeader, _) =
+                postcard::take_from_bytes(record).map_err(|e| corrupt(key, e.to_string()))?;
             Message {
                 id: h.id,
                 tenant: h.tenant,
@@ -187,15 +217,25 @@ impl Health {
     }
 }
 
+/// `bytes`, a stored message, as the version before records listed their deliveries wrote it.
+#[cfg(test)]
+pub(super) fn as_previous_version(bytes: &[u8]) -> Vec<u8> {
+    let (header, payload_at) = split_message(b"M", bytes).unwrap();
+    let (header, _): (MessageHeader, Vec<DeliveryId>) = postcard::from_bytes(&header[1..]).unwrap();
+    let header = encode_as(MESSAGE_V3, &header).unwrap();
+    let mut out = (header.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&bytes[payload_at..]);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::KEY_BYTES;
 
-    #[test]
-    fn messages_round_trip_with_the_callback_url_sealed() {
-        let sealer = Sealer::new(&[3; KEY_BYTES]);
-        let message = Message {
+    fn sample() -> Message {
+        Message {
             id: MessageId::new(),
             tenant: "acme".into(),
             event_type: "job.completed".into(),
@@ -206,15 +246,37 @@ mod tests {
             ordering_key: Some("job-7".into()),
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
             created_at: 42,
-        };
-        let bytes = encode_message(&sealer, &message).unwrap();
+        }
+    }
+
+    #[test]
+    fn messages_round_trip_with_the_callback_url_sealed() {
+        let sealer = Sealer::new(&[3; KEY_BYTES]);
+        let message = sample();
+        let deliveries = [DeliveryId::new(), DeliveryId::new()];
+        let bytes = encode_message(&sealer, &message, &deliveries).unwrap();
         assert!(!bytes.windows(6).any(|w| w == b"s3cret"));
+        let listed = message_deliveries(b"M", &bytes).unwrap();
+        assert_eq!(listed.as_deref(), Some(&deliveries[..]));
         let back = decode_message(&sealer, b"M", &bytes).unwrap();
         assert_eq!(back.payload.get(), r#"{"job_id": 7}"#);
         assert_eq!(back.callback_url, message.callback_url);
         assert_eq!(back.ordering_key.as_deref(), Some("job-7"));
         assert_eq!(back.traceparent, message.traceparent);
         assert_eq!(back.created_at, 42);
+    }
+
+    #[test]
+    fn a_message_of_the_previous_version_lists_no_deliveries_and_still_decodes() {
+        let sealer = Sealer::new(&[3; KEY_BYTES]);
+        let mut message = sample();
+        message.callback_url = None;
+        let bytes = encode_message(&sealer, &message, &[DeliveryId::new()]).unwrap();
+        let bytes = as_previous_version(&bytes);
+        assert_eq!(message_deliveries(b"M", &bytes).unwrap(), None);
+        let back = decode_message(&sealer, b"M", &bytes).unwrap();
+        assert_eq!(back.ordering_key.as_deref(), Some("job-7"));
+        assert_eq!(back.payload.get(), r#"{"job_id": 7}"#);
     }
 
     #[test]

@@ -8,8 +8,8 @@
 //! |--------|---------------------------------------|-------------------------------|
 //! | `E`    | endpoint id                           | endpoint (sealed)             |
 //! | `T`    | tenant, 0, endpoint id                | —  (tenant → endpoints)       |
-//! | `M`    | message id                            | message header + payload      |
-//! | `m`    | message id, delivery id               | —  (message → deliveries)     |
+//! | `M`    | message id                            | message header (with its delivery ids) + payload |
+//! | `m`    | message id, delivery id               | —  (message → deliveries, for records that do not list them) |
 //! | `D`    | delivery id                           | delivery (in an ordering line: with its neighbours, see `lines`) |
 //! | `Q`    | endpoint id, due ms, delivery id      | —  (the due index)            |
 //! | `A`    | delivery id, attempt number           | attempt                       |

@@ -1,5 +1,7 @@
 //! Lines in the sled layout: a store written with the first layout (waiting deliveries at `W`
-//! places) is counted right before the upgrade and keeps every line's order after it.
+//! places) is counted right before the upgrade and keeps every line's order after it. And a
+//! message stored before records listed their deliveries (an `m` key each) still lists and
+//! purges them.
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -240,4 +242,29 @@ async fn a_line_passes_on_at_the_next_deliverys_own_due_time_even_once_retried_i
     assert_eq!(claimable_at(&store, endpoint, 5_000).await, [ids[1]]);
     cancel(&store, ids[1]).await;
     assert_eq!(claimable(&store, endpoint).await, [ids[2]]);
+}
+
+#[tokio::test]
+async fn a_message_stored_with_delivery_keys_still_lists_and_purges_its_deliveries() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _, ids) = line_of(dir.path(), 1).await;
+    let tree = store.tree().unwrap();
+    let message = store.delivery(ids[0]).await.unwrap().unwrap().message_id;
+    let key = keys::message(message);
+    let record = tree.get(&key).unwrap().unwrap();
+    let mut batch = Batch::default();
+    batch.insert(
+        key.clone(),
+        super::super::codec::as_previous_version(&record),
+    );
+    batch.insert(keys::message_delivery(message, ids[0]), &[]);
+    tree.apply_batch(batch).unwrap();
+
+    let listed = store.message_deliveries(message).await.unwrap();
+    assert_eq!(listed.iter().map(|d| d.id).collect::<Vec<_>>(), ids);
+    cancel(&store, ids[0]).await;
+    let page = store.purge_page(u64::MAX >> 17, None, 100).await.unwrap();
+    assert_eq!((page.messages, page.deliveries), (1, 1), "{page:?}");
+    assert!(tree.get(&key).unwrap().is_none());
+    assert!(tree.scan_prefix([keys::MESSAGE_DELIVERY]).next().is_none());
 }

@@ -6,7 +6,7 @@ use sled::Batch;
 use super::codec::{self, decode};
 use super::queue::first_id_at;
 use super::{SledStore, keys};
-use crate::model::{Attempt, Delivery, MessageId};
+use crate::model::{Attempt, MessageId};
 use crate::store::rollup::day_of;
 use crate::store::{PurgeCursor, PurgePage, StoreResult};
 
@@ -58,7 +58,11 @@ impl SledStore {
             scanned += 1;
             last = Some(key.to_vec());
             let message = codec::decode_message(&self.sealer, &key, &value)?;
-            let deliveries: Vec<Delivery> = self.message_deliveries_now(message.id)?;
+            let listed = self.delivery_ids(&key, Some(&value), message.id)?;
+            let mut deliveries = Vec::with_capacity(listed.ids.len());
+            for id in listed.ids {
+                deliveries.extend(self.delivery_at(id)?);
+            }
             if deliveries.iter().any(|d| !d.status.is_final()) {
                 continue; // pending deliveries are never purged
             }
@@ -72,7 +76,9 @@ impl SledStore {
                     page.attempts += 1;
                 }
                 batch.remove(keys::delivery(delivery.id));
-                batch.remove(keys::message_delivery(message.id, delivery.id));
+                if listed.indexed {
+                    batch.remove(keys::message_delivery(message.id, delivery.id));
+                }
                 page.deliveries += 1;
             }
             if let Some(idempotency_key) = &message.idempotency_key {

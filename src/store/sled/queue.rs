@@ -34,6 +34,13 @@ pub(super) fn due_key(delivery: &Delivery) -> Option<Vec<u8>> {
     }
 }
 
+/// A message's deliveries, and whether each has an `m` key (messages stored before their
+/// records listed their deliveries), which a purge removes with them.
+pub(super) struct DeliveryIds {
+    pub(super) ids: Vec<DeliveryId>,
+    pub(super) indexed: bool,
+}
+
 impl SledStore {
     pub(super) fn insert_messages_now(
         &self,
@@ -67,12 +74,12 @@ impl SledStore {
                 batch.insert(key.as_slice(), message.id.as_bytes());
                 claimed_keys.insert(key, message.id);
             }
+            let ids: Vec<DeliveryId> = write.deliveries.iter().map(|d| d.id).collect();
             batch.insert(
                 keys::message(message.id),
-                codec::encode_message(&self.sealer, message)?,
+                codec::encode_message(&self.sealer, message, &ids)?,
             );
             for delivery in &write.deliveries {
-                batch.insert(keys::message_delivery(message.id, delivery.id), &[]);
                 let record = self.encode_delivery(delivery)?;
                 let Some(due) = due_key(delivery) else {
                     batch.insert(keys::delivery(delivery.id), record);
@@ -103,17 +110,41 @@ impl SledStore {
     }
 
     pub(super) fn message_deliveries_now(&self, id: MessageId) -> StoreResult<Vec<Delivery>> {
-        let prefix = keys::message_deliveries_prefix(id);
-        let mut out = Vec::new();
-        for entry in self.tree()?.scan_prefix(&prefix).keys() {
-            let key = entry?;
-            if let Some(delivery_id) = DeliveryId::from_slice(&key[prefix.len()..])
-                && let Some(delivery) = self.delivery_at(delivery_id)?
-            {
+        let key = keys::message(id);
+        let record = self.tree()?.get(&key)?;
+        let listed = self.delivery_ids(&key, record.as_deref(), id)?;
+        let mut out = Vec::with_capacity(listed.ids.len());
+        for delivery_id in listed.ids {
+            if let Some(delivery) = self.delivery_at(delivery_id)? {
                 out.push(delivery);
             }
         }
         Ok(out)
+    }
+
+    /// A message's delivery ids, from its stored record (`None`: there is none): listed in the
+    /// record itself, or under `m` keys for records written before records listed them.
+    pub(super) fn delivery_ids(
+        &self,
+        key: &[u8],
+        record: Option<&[u8]>,
+        id: MessageId,
+    ) -> StoreResult<DeliveryIds> {
+        if let Some(record) = record
+            && let Some(ids) = codec::message_deliveries(key, record)?
+        {
+            return Ok(DeliveryIds {
+                ids,
+                indexed: false,
+            });
+        }
+        let prefix = keys::message_deliveries_prefix(id);
+        let mut ids = Vec::new();
+        for entry in self.tree()?.scan_prefix(&prefix).keys() {
+            let key = entry?;
+            ids.extend(DeliveryId::from_slice(&key[prefix.len()..]));
+        }
+        Ok(DeliveryIds { ids, indexed: true })
     }
 
     pub(super) fn deliveries_now(&self, filter: &DeliveryFilter) -> StoreResult<Vec<Delivery>> {
