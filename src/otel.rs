@@ -6,10 +6,11 @@
 //! Without it no exporter runs, and the helpers below find no trace context and do nothing.
 //!
 //! Trace context travels the W3C way: a producer's `traceparent` on `POST /v1/messages`
-//! parents the request's span ([`remote_parent`]); the accepting span's own `traceparent` is
-//! stored with the message ([`traceparent`]) so that every attempt, after a restart too, joins
-//! that trace ([`parent`]); and each delivery request carries the attempt span's
-//! `traceparent` ([`context_headers`]), so a receiver's tracing joins it.
+//! parents a span of the request ([`remote_parent`]; without one the accepting span is the
+//! trace's root); the accepting span's own `traceparent` is stored with the message
+//! ([`traceparent`]) so that every attempt, after a restart too, joins that trace
+//! ([`parent`]); and each delivery request carries the attempt span's `traceparent`
+//! ([`context_headers`]), so a receiver's tracing joins it.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -132,9 +133,14 @@ pub(crate) fn parent(span: &tracing::Span, traceparent: Option<&str>) {
     }
 }
 
-/// The trace context a producer sent (`traceparent`, `tracestate`); empty without one.
-pub fn remote_parent(headers: &axum::http::HeaderMap) -> Context {
-    TraceContextPropagator::new().extract(&HeaderExtractor(headers))
+/// The trace context a producer sent (`traceparent`, `tracestate`); `None` without a valid one.
+pub fn remote_parent(headers: &axum::http::HeaderMap) -> Option<Context> {
+    use opentelemetry::trace::TraceContextExt as _;
+    if !headers.contains_key("traceparent") {
+        return None;
+    }
+    let context = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    context.span().span_context().is_valid().then_some(context)
 }
 
 /// The headers that carry `span`'s trace context to a receiver; none when it is not exported.
