@@ -50,6 +50,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// The trace context a producer sent with the request (`traceparent`, `tracestate`), read
+/// where it is: axum's `HeaderMap` extractor would copy every header of every request for it.
+pub struct RemoteParent(pub Option<opentelemetry::Context>);
+
+impl<S: Send + Sync> FromRequestParts<S> for RemoteParent {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(RemoteParent(crate::otel::remote_parent(&parts.headers)))
+    }
+}
+
 /// Query-string parameters; anything that does not fit `T` is a 400 `invalid_request` naming
 /// the parameter.
 pub struct ApiQuery<T>(pub T);

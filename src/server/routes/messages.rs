@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -13,7 +13,7 @@ use super::{ApiResult, PRODUCER, id};
 use crate::Herald;
 use crate::api::{NewMessage, SendReceipt};
 use crate::model::{MessageId, rfc3339};
-use crate::server::extract::{ApiJson, ApiPath};
+use crate::server::extract::{ApiJson, ApiPath, RemoteParent};
 use crate::server::problem::{NotFound, Problem};
 use crate::server::views::{DeliveryView, delivery_views};
 
@@ -33,13 +33,13 @@ use crate::server::views::{DeliveryView, delivery_views};
 )]
 pub async fn send(
     State(herald): State<Herald>,
-    headers: HeaderMap,
+    RemoteParent(parent): RemoteParent,
     ApiJson(message): ApiJson<NewMessage>,
 ) -> ApiResult {
     // A producer's `traceparent` parents a span of the request, and so the message's spans.
     // Without one the message's `accept` span is the root: a span per request more costs ~1 %
     // of the daemon's throughput, and its only field would have been the route.
-    let receipt = match crate::otel::remote_parent(&headers) {
+    let receipt = match parent {
         Some(parent) => {
             let span = tracing::info_span!("POST /v1/messages");
             let _ = span.set_parent(parent);
