@@ -2,6 +2,7 @@
 //! Without tokens, only requests addressed to a loopback name are answered.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::http::header::{AUTHORIZATION, HOST};
@@ -74,17 +75,17 @@ fn bearer(request: &Request) -> Option<&str> {
 /// (DNS rebinding) is same-origin for the browser and can read the answers; its requests
 /// still carry the attacker's name in `Host`, and that is what gives them away.
 pub async fn loopback_hosts_only(request: Request, next: Next) -> Response {
-    let host = request
-        .headers()
-        .get(HOST)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .unwrap_or_default();
+    let host = request.headers().get(HOST);
     let target = request.uri().authority().map(|a| a.as_str());
-    if is_loopback_name(&host) && target.is_none_or(is_loopback_name) {
-        next.run(request).await
-    } else {
-        ApiError::misdirected(target.unwrap_or(&host)).into_response()
+    let host_is_loopback = host
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(is_loopback_name);
+    if host_is_loopback && target.is_none_or(is_loopback_name) {
+        return next.run(request).await;
     }
+    let host = host.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let named = target.or(host.as_deref()).unwrap_or_default();
+    ApiError::misdirected(named).into_response()
 }
 
 /// `localhost` or a loopback IP address, with or without a port (`[::1]:8088`).
@@ -115,7 +116,7 @@ fn is_port(text: &str) -> bool {
 }
 
 /// Admin routes: the admin token.
-pub async fn admin(State(tokens): State<Tokens>, request: Request, next: Next) -> Response {
+pub async fn admin(State(tokens): State<Arc<Tokens>>, request: Request, next: Next) -> Response {
     match tokens.role(&request) {
         Ok(Some(Role::Admin)) => next.run(request).await,
         Ok(_) => ApiError::forbidden().into_response(),
@@ -124,7 +125,7 @@ pub async fn admin(State(tokens): State<Tokens>, request: Request, next: Next) -
 }
 
 /// Producer routes: either token.
-pub async fn producer(State(tokens): State<Tokens>, request: Request, next: Next) -> Response {
+pub async fn producer(State(tokens): State<Arc<Tokens>>, request: Request, next: Next) -> Response {
     match tokens.role(&request) {
         Ok(Some(_)) => next.run(request).await,
         Ok(None) => ApiError::forbidden().into_response(),

@@ -68,6 +68,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// Producer and admin routes, each registered with its OpenAPI description in one step.
 fn api_router(tokens: Tokens) -> OpenApiRouter<Herald> {
     use routes::{deliveries, endpoints, messages, ops, policies};
+    // Shared, not copied into every request.
+    let tokens = std::sync::Arc::new(tokens);
     let ops = OpenApiRouter::new()
         .routes(utoipa_axum::routes!(ops::healthz))
         .routes(utoipa_axum::routes!(ops::readyz))
