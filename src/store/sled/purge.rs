@@ -58,15 +58,11 @@ impl SledStore {
             scanned += 1;
             last = Some(key.to_vec());
             let message = codec::decode_message(&self.sealer, &key, &value)?;
-            let listed = self.delivery_ids(&key, Some(&value), message.id)?;
-            let mut deliveries = Vec::with_capacity(listed.ids.len());
-            for id in listed.ids {
-                deliveries.extend(self.delivery_at(id)?);
-            }
-            if deliveries.iter().any(|d| !d.status.is_final()) {
+            let listed = self.deliveries_of(&key, Some(&value), message.id)?;
+            if listed.deliveries.iter().any(|d| !d.status.is_final()) {
                 continue; // pending deliveries are never purged
             }
-            for delivery in &deliveries {
+            for delivery in &listed.deliveries {
                 for attempt in self
                     .tree()?
                     .scan_prefix(keys::attempts_prefix(delivery.id))

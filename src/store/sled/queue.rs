@@ -36,8 +36,8 @@ pub(super) fn due_key(delivery: &Delivery) -> Option<Vec<u8>> {
 
 /// A message's deliveries, and whether each has an `m` key (messages stored before their
 /// records listed their deliveries), which a purge removes with them.
-pub(super) struct DeliveryIds {
-    pub(super) ids: Vec<DeliveryId>,
+pub(super) struct MessageDeliveries {
+    pub(super) deliveries: Vec<Delivery>,
     pub(super) indexed: bool,
 }
 
@@ -112,39 +112,37 @@ impl SledStore {
     pub(super) fn message_deliveries_now(&self, id: MessageId) -> StoreResult<Vec<Delivery>> {
         let key = keys::message(id);
         let record = self.tree()?.get(&key)?;
-        let listed = self.delivery_ids(&key, record.as_deref(), id)?;
-        let mut out = Vec::with_capacity(listed.ids.len());
-        for delivery_id in listed.ids {
-            if let Some(delivery) = self.delivery_at(delivery_id)? {
-                out.push(delivery);
-            }
-        }
-        Ok(out)
+        Ok(self.deliveries_of(&key, record.as_deref(), id)?.deliveries)
     }
 
-    /// A message's delivery ids, from its stored record (`None`: there is none): listed in the
+    /// A message's deliveries, from its stored record (`None`: there is none): listed in the
     /// record itself, or under `m` keys for records written before records listed them.
-    pub(super) fn delivery_ids(
+    pub(super) fn deliveries_of(
         &self,
         key: &[u8],
         record: Option<&[u8]>,
         id: MessageId,
-    ) -> StoreResult<DeliveryIds> {
-        if let Some(record) = record
-            && let Some(ids) = codec::message_deliveries(key, record)?
-        {
-            return Ok(DeliveryIds {
-                ids,
-                indexed: false,
-            });
+    ) -> StoreResult<MessageDeliveries> {
+        let (ids, indexed) = match record.map(|r| codec::message_deliveries(key, r)) {
+            Some(Err(e)) => return Err(e),
+            Some(Ok(Some(ids))) => (ids, false),
+            _ => {
+                let prefix = keys::message_deliveries_prefix(id);
+                let mut ids = Vec::new();
+                for entry in self.tree()?.scan_prefix(&prefix).keys() {
+                    ids.extend(DeliveryId::from_slice(&entry?[prefix.len()..]));
+                }
+                (ids, true)
+            }
+        };
+        let mut deliveries = Vec::with_capacity(ids.len());
+        for id in ids {
+            deliveries.extend(self.delivery_at(id)?);
         }
-        let prefix = keys::message_deliveries_prefix(id);
-        let mut ids = Vec::new();
-        for entry in self.tree()?.scan_prefix(&prefix).keys() {
-            let key = entry?;
-            ids.extend(DeliveryId::from_slice(&key[prefix.len()..]));
-        }
-        Ok(DeliveryIds { ids, indexed: true })
+        Ok(MessageDeliveries {
+            deliveries,
+            indexed,
+        })
     }
 
     pub(super) fn deliveries_now(&self, filter: &DeliveryFilter) -> StoreResult<Vec<Delivery>> {
