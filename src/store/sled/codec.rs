@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::model::{DeliveryId, Message, MessageId};
-use crate::store::codec::encode_as;
+use crate::store::codec::{RECORD_V1, encode_as};
 pub(super) use crate::store::codec::{
     corrupt, decode, encode, open, open_endpoint, seal, seal_endpoint,
 };
@@ -62,32 +62,32 @@ struct MessageHeader {
 
 /// `header length (u32 BE) || header || payload`: the payload is kept byte for byte and is
 /// not copied through a serializer.
+/// `deliveries`: the ids the record lists ([`MESSAGE_V4`]); `None`: it lists none
+/// ([`MESSAGE_V3`]), and the caller writes an `m` key for each delivery instead.
 pub(super) fn encode_message(
     sealer: &Sealer,
     message: &Message,
-    deliveries: &[DeliveryId],
+    deliveries: Option<&[DeliveryId]>,
 ) -> StoreResult<Vec<u8>> {
     let callback_url = match &message.callback_url {
         Some(url) => Some(sealer.seal(url.as_bytes()).map_err(StoreError::Backend)?),
         None => None,
     };
-    let header = encode_as(
-        MESSAGE_V4,
-        &(
-            MessageHeader {
-                id: message.id,
-                tenant: message.tenant.clone(),
-                event_type: message.event_type.clone(),
-                callback_url,
-                idempotency_key: message.idempotency_key.clone(),
-                dedup_key: message.dedup_key.clone(),
-                ordering_key: message.ordering_key.clone(),
-                traceparent: message.traceparent.clone(),
-                created_at: message.created_at,
-            },
-            deliveries,
-        ),
-    )?;
+    let header = MessageHeader {
+        id: message.id,
+        tenant: message.tenant.clone(),
+        event_type: message.event_type.clone(),
+        callback_url,
+        idempotency_key: message.idempotency_key.clone(),
+        dedup_key: message.dedup_key.clone(),
+        ordering_key: message.ordering_key.clone(),
+        traceparent: message.traceparent.clone(),
+        created_at: message.created_at,
+    };
+    let header = match deliveries {
+        Some(ids) => encode_as(MESSAGE_V4, &(header, ids))?,
+        None => encode_as(MESSAGE_V3, &header)?,
+    };
     let payload = message.payload.get().as_bytes();
     let mut out = Vec::with_capacity(4 + header.len() + payload.len());
     out.extend_from_slice(&(header.len() as u32).to_be_bytes());
@@ -110,16 +110,40 @@ fn split_message<'a>(key: &[u8], bytes: &'a [u8]) -> StoreResult<(&'a [u8], usiz
 }
 
 /// The delivery ids a stored message lists, without opening its sealed parts; `None` for a
-/// record of a version that did not list them (its deliveries have `m` keys).
+/// record that does not list them (its deliveries have `m` keys): one of a version before
+/// [`MESSAGE_V4`], or of a message with more deliveries than a record lists.
 pub(super) fn message_deliveries(key: &[u8], bytes: &[u8]) -> StoreResult<Option<Vec<DeliveryId>>> {
     match split_message(key, bytes)?.0.split_first() {
-        Some((&MESSAGE_V4, record)) => {
-            let (_, ids): (MessageHeader, Vec<DeliveryId>) =
-                postcard::from_bytes(record).map_err(|e| corrupt(key, e.to_string()))?;
-            Ok(Some(ids))
+        Some((&version @ (MESSAGE_V3 | MESSAGE_V4), record)) => {
+            Ok(current_header(key, version, record)?.1)
         }
-        _ => Ok(None),
+        Some((&(RECORD_V1 | MESSAGE_V2), _)) => Ok(None),
+        Some((version, _)) => Err(corrupt(key, format!("unknown record version {version}"))),
+        None => Err(corrupt(key, "empty header")),
     }
+}
+
+/// A header of the current layout, and the delivery ids a [`MESSAGE_V4`] one lists after it.
+/// Read to its last byte, so that `store check` finds a damaged list and a record whose
+/// version byte was damaged does not pass for the other version.
+fn current_header(
+    key: &[u8],
+    version: u8,
+    record: &[u8],
+) -> StoreResult<(MessageHeader, Option<Vec<DeliveryId>>)> {
+    let bad = |e: postcard::Error| corrupt(key, e.to_string());
+    let (header, rest) = postcard::take_from_bytes::<MessageHeader>(record).map_err(bad)?;
+    let (ids, rest) = match version {
+        MESSAGE_V4 => {
+            let (ids, rest) = postcard::take_from_bytes::<Vec<DeliveryId>>(rest).map_err(bad)?;
+            (Some(ids), rest)
+        }
+        _ => (None, rest),
+    };
+    if !rest.is_empty() {
+        return Err(corrupt(key, "bytes after the message header"));
+    }
+    Ok((header, ids))
 }
 
 pub(super) fn decode_message(sealer: &Sealer, key: &[u8], bytes: &[u8]) -> StoreResult<Message> {
@@ -140,10 +164,8 @@ pub(super) fn decode_message(sealer: &Sealer, key: &[u8], bytes: &[u8]) -> Store
         None => Ok(None),
     };
     let header = match header.split_first() {
-        Some((&(MESSAGE_V3 | MESSAGE_V4), record)) => {
-            // A V4 header is a V3 one with the delivery ids after it.
-            let (h, _): (MessageHeader, _) =
-                postcard::take_from_bytes(record).map_err(|e| corrupt(key, e.to_string()))?;
+        Some((&version @ (MESSAGE_V3 | MESSAGE_V4), record)) => {
+            let (h, _) = current_header(key, version, record)?;
             Message {
                 id: h.id,
                 tenant: h.tenant,
@@ -217,18 +239,6 @@ impl Health {
     }
 }
 
-/// `bytes`, a stored message, as the version before records listed their deliveries wrote it.
-#[cfg(test)]
-pub(super) fn as_previous_version(bytes: &[u8]) -> Vec<u8> {
-    let (header, payload_at) = split_message(b"M", bytes).unwrap();
-    let (header, _): (MessageHeader, Vec<DeliveryId>) = postcard::from_bytes(&header[1..]).unwrap();
-    let header = encode_as(MESSAGE_V3, &header).unwrap();
-    let mut out = (header.len() as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(&header);
-    out.extend_from_slice(&bytes[payload_at..]);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,7 +264,7 @@ mod tests {
         let sealer = Sealer::new(&[3; KEY_BYTES]);
         let message = sample();
         let deliveries = [DeliveryId::new(), DeliveryId::new()];
-        let bytes = encode_message(&sealer, &message, &deliveries).unwrap();
+        let bytes = encode_message(&sealer, &message, Some(&deliveries)).unwrap();
         assert!(!bytes.windows(6).any(|w| w == b"s3cret"));
         let listed = message_deliveries(b"M", &bytes).unwrap();
         assert_eq!(listed.as_deref(), Some(&deliveries[..]));
@@ -267,16 +277,37 @@ mod tests {
     }
 
     #[test]
-    fn a_message_of_the_previous_version_lists_no_deliveries_and_still_decodes() {
+    fn a_message_that_lists_no_deliveries_still_decodes() {
         let sealer = Sealer::new(&[3; KEY_BYTES]);
-        let mut message = sample();
-        message.callback_url = None;
-        let bytes = encode_message(&sealer, &message, &[DeliveryId::new()]).unwrap();
-        let bytes = as_previous_version(&bytes);
+        let bytes = encode_message(&sealer, &sample(), None).unwrap();
         assert_eq!(message_deliveries(b"M", &bytes).unwrap(), None);
         let back = decode_message(&sealer, b"M", &bytes).unwrap();
         assert_eq!(back.ordering_key.as_deref(), Some("job-7"));
         assert_eq!(back.payload.get(), r#"{"job_id": 7}"#);
+    }
+
+    #[test]
+    fn a_damaged_delivery_list_or_version_byte_is_found() {
+        let sealer = Sealer::new(&[3; KEY_BYTES]);
+        let bytes = encode_message(&sealer, &sample(), Some(&[DeliveryId::new()])).unwrap();
+        let (header, payload_at) = split_message(b"M", &bytes).unwrap();
+        let with_header = |header: &[u8]| {
+            let mut out = (header.len() as u32).to_be_bytes().to_vec();
+            out.extend_from_slice(header);
+            out.extend_from_slice(&bytes[payload_at..]);
+            out
+        };
+        let cut = with_header(&header[..header.len() - 1]);
+        let mut relabelled = header.to_vec();
+        relabelled[0] = MESSAGE_V3;
+        let relabelled = with_header(&relabelled);
+        let mut unknown = header.to_vec();
+        unknown[0] = 9;
+        let unknown = with_header(&unknown);
+        for damaged in [cut, relabelled, unknown] {
+            assert!(decode_message(&sealer, b"M", &damaged).is_err());
+            assert!(message_deliveries(b"M", &damaged).is_err());
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Lines in the sled layout: a store written with the first layout (waiting deliveries at `W`
 //! places) is counted right before the upgrade and keeps every line's order after it. And a
-//! message stored before records listed their deliveries (an `m` key each) still lists and
-//! purges them.
+//! message lists its deliveries in its record up to a limit, beyond it with an `m` key each,
+//! and is listed and purged either way.
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -244,27 +244,57 @@ async fn a_line_passes_on_at_the_next_deliverys_own_due_time_even_once_retried_i
     assert_eq!(claimable(&store, endpoint).await, [ids[2]]);
 }
 
-#[tokio::test]
-async fn a_message_stored_with_delivery_keys_still_lists_and_purges_its_deliveries() {
-    let dir = tempfile::tempdir().unwrap();
-    let (store, _, ids) = line_of(dir.path(), 1).await;
-    let tree = store.tree().unwrap();
-    let message = store.delivery(ids[0]).await.unwrap().unwrap().message_id;
-    let key = keys::message(message);
-    let record = tree.get(&key).unwrap().unwrap();
-    let mut batch = Batch::default();
-    batch.insert(
-        key.clone(),
-        super::super::codec::as_previous_version(&record),
-    );
-    batch.insert(keys::message_delivery(message, ids[0]), &[]);
-    tree.apply_batch(batch).unwrap();
+/// A message with `n` pending deliveries to `endpoint`, not keyed.
+fn fan_out(endpoint: EndpointId, n: usize) -> MessageWrite {
+    let mut write = keyed(endpoint);
+    write.message.ordering_key = None;
+    let first = write.deliveries[0].clone();
+    write.deliveries = (0..n)
+        .map(|_| Delivery {
+            id: DeliveryId::new(),
+            ..first.clone()
+        })
+        .collect();
+    write
+}
 
-    let listed = store.message_deliveries(message).await.unwrap();
-    assert_eq!(listed.iter().map(|d| d.id).collect::<Vec<_>>(), ids);
-    cancel(&store, ids[0]).await;
-    let page = store.purge_page(u64::MAX >> 17, None, 100).await.unwrap();
-    assert_eq!((page.messages, page.deliveries), (1, 1), "{page:?}");
-    assert!(tree.get(&key).unwrap().is_none());
-    assert!(tree.scan_prefix([keys::MESSAGE_DELIVERY]).next().is_none());
+#[tokio::test]
+async fn a_message_lists_its_deliveries_up_to_the_limit_and_has_delivery_keys_beyond_it() {
+    use super::super::queue::LISTED_DELIVERIES;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path(), &options()).unwrap();
+    let endpoint = endpoint();
+    store.put_endpoint(&endpoint).await.unwrap();
+    let tree = store.tree().unwrap();
+    let limit = LISTED_DELIVERIES;
+    for (n, delivery_keys) in [(limit, 0), (limit + 1, limit + 1)] {
+        let write = fan_out(endpoint.id, n);
+        store
+            .insert_messages(std::slice::from_ref(&write))
+            .await
+            .unwrap();
+        let id = write.message.id;
+        let keys_written = tree
+            .scan_prefix(keys::message_deliveries_prefix(id))
+            .count();
+        assert_eq!(keys_written, delivery_keys, "{n} deliveries");
+        let listed = store.message_deliveries(id).await.unwrap();
+        assert_eq!(listed.len(), n);
+
+        let finished = |expected: Delivery| {
+            let mut delivery = expected.clone();
+            delivery.status = DeliveryStatus::Failed;
+            delivery.next_attempt_at = None;
+            Transition {
+                expected,
+                delivery,
+                release: None,
+            }
+        };
+        let transitions: Vec<_> = listed.into_iter().map(finished).collect();
+        store.apply_transitions(&transitions, None).await.unwrap();
+        let page = store.purge_page(u64::MAX >> 17, None, 10).await.unwrap();
+        assert_eq!((page.messages, page.deliveries), (1, n as u64), "{page:?}");
+        assert!(tree.scan_prefix([keys::MESSAGE_DELIVERY]).next().is_none());
+    }
 }

@@ -34,8 +34,14 @@ pub(super) fn due_key(delivery: &Delivery) -> Option<Vec<u8>> {
     }
 }
 
+/// The most deliveries a message record lists itself; a message with more (a tenant with
+/// thousands of endpoints) has an `m` key for each instead, so that a record stays far below
+/// the size sled would move out of its synced log (see the module docs of [`super`]).
+pub(super) const LISTED_DELIVERIES: usize = 1024;
+
 /// A message's deliveries, and whether each has an `m` key (messages stored before their
-/// records listed their deliveries), which a purge removes with them.
+/// records listed their deliveries, or with more than [`LISTED_DELIVERIES`]), which a purge
+/// removes with them.
 pub(super) struct MessageDeliveries {
     pub(super) deliveries: Vec<Delivery>,
     pub(super) indexed: bool,
@@ -75,11 +81,15 @@ impl SledStore {
                 claimed_keys.insert(key, message.id);
             }
             let ids: Vec<DeliveryId> = write.deliveries.iter().map(|d| d.id).collect();
+            let listed = (ids.len() <= LISTED_DELIVERIES).then_some(ids.as_slice());
             batch.insert(
                 keys::message(message.id),
-                codec::encode_message(&self.sealer, message, &ids)?,
+                codec::encode_message(&self.sealer, message, listed)?,
             );
             for delivery in &write.deliveries {
+                if listed.is_none() {
+                    batch.insert(keys::message_delivery(message.id, delivery.id), &[]);
+                }
                 let record = self.encode_delivery(delivery)?;
                 let Some(due) = due_key(delivery) else {
                     batch.insert(keys::delivery(delivery.id), record);
@@ -116,7 +126,8 @@ impl SledStore {
     }
 
     /// A message's deliveries, from its stored record (`None`: there is none): listed in the
-    /// record itself, or under `m` keys for records written before records listed them.
+    /// record itself, or under `m` keys (records written before records listed them, and
+    /// messages with more than [`LISTED_DELIVERIES`]).
     pub(super) fn deliveries_of(
         &self,
         key: &[u8],
