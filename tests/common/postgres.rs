@@ -104,19 +104,19 @@ fn start() -> Result<PgServer, String> {
         .port();
     // A watchdog shell runs the server, stops it when our end of its stdin closes (when the
     // test process exits, however it exits) and then removes the cluster's directory.
+    // The paths are the script's arguments, quoted where used: a space or a glob character
+    // in TMPDIR must not turn `rm -rf` on anything else.
     let dir = dir.keep();
-    let postgres = bin.join("postgres");
-    let script = format!(
-        "{} -D {} -p {port} -k {dir} -c listen_addresses=127.0.0.1 -c fsync=on \
-         -c max_connections=300 -c shared_buffers=64MB & pid=$!; read _; kill -QUIT $pid; \
-         wait; rm -rf {dir}",
-        postgres.display(),
-        data.display(),
-        dir = dir.display()
-    );
+    let script = "\"$1\" -D \"$2\" -p \"$3\" -k \"$4\" -c listen_addresses=127.0.0.1 -c fsync=on \
+                  -c max_connections=300 -c shared_buffers=64MB & pid=$!; read _; kill -QUIT $pid; \
+                  wait; rm -rf -- \"$4\"";
     let mut watchdog = Command::new("sh");
     watchdog
-        .args(["-c", &script])
+        .args(["-c", script, "sh"])
+        .arg(bin.join("postgres"))
+        .arg(&data)
+        .arg(port.to_string())
+        .arg(&dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
