@@ -11,6 +11,7 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use sled::Batch;
@@ -88,27 +89,48 @@ fn check_conf(dir: &Path) -> StoreResult<()> {
 }
 
 /// Opens sled with herald's settings; errors name the directory and say what to do.
-fn open_inner(dir: &Path, options: &SledOptions) -> StoreResult<Inner> {
-    let db = sled::Config::new()
+/// How long opening waits for a handle of this same process to let go of the directory. sled
+/// finishes a dropped handle's last log writes on its own threads, which hold the lock until
+/// they are done and give no signal then; without the wait, dropping a store and opening it
+/// again (an embedding application, `store check` in a test) fails now and then on a loaded
+/// machine. Reopening after a full disk does not wait: it holds the store's lock meanwhile,
+/// and tries again a second later anyway.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
+
+/// Opens sled in `dir`, waiting up to `release_wait` for a handle of this process to let go.
+fn open_inner(dir: &Path, options: &SledOptions, release_wait: Duration) -> StoreResult<Inner> {
+    let config = sled::Config::new()
         .path(dir)
         .cache_capacity(options.cache_bytes)
         .segment_size(SEGMENT_BYTES)
         .mode(sled::Mode::HighThroughput)
-        .flush_every_ms(Some(options.lazy_flush_ms.max(1)))
-        .open()
-        .map_err(|e| match e {
-            sled::Error::Io(io) if io.to_string().contains("lock") => StoreError::Backend(format!(
-                "another herald is using {} (its lock file is held){}",
-                dir.display(),
-                lock_holder(dir)
-            )),
-            sled::Error::Io(io) => StoreError::Unavailable(format!("{}: {io}", dir.display())),
-            other => damaged(format!(
-                "sled cannot read the store in {} ({other}): its files are damaged. {}",
-                dir.display(),
-                WHAT_TO_DO.replace("DIR", &dir.display().to_string())
-            )),
-        })?;
+        .flush_every_ms(Some(options.lazy_flush_ms.max(1)));
+    let deadline = std::time::Instant::now() + release_wait;
+    let opened = loop {
+        match config.open() {
+            Err(sled::Error::Io(io))
+                if is_lock(&io)
+                    && held_by_this_process(dir)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            opened => break opened,
+        }
+    };
+    let db = opened.map_err(|e| match e {
+        sled::Error::Io(io) if is_lock(&io) => StoreError::Backend(format!(
+            "another herald is using {} (its lock file is held){}",
+            dir.display(),
+            lock_holder(dir)
+        )),
+        sled::Error::Io(io) => StoreError::Unavailable(format!("{}: {io}", dir.display())),
+        other => damaged(format!(
+            "sled cannot read the store in {} ({other}): its files are damaged. {}",
+            dir.display(),
+            WHAT_TO_DO.replace("DIR", &dir.display().to_string())
+        )),
+    })?;
     let tree = db.open_tree("herald")?;
     let log_path = dir.join("db");
     let log = File::open(&log_path)
@@ -116,13 +138,29 @@ fn open_inner(dir: &Path, options: &SledOptions) -> StoreResult<Inner> {
     Ok(Inner { db, tree, log })
 }
 
-/// " (pid N)" when a running herald is known to use the directory.
-fn lock_holder(dir: &Path) -> String {
+/// sled's answer when another handle holds the directory's lock file.
+fn is_lock(io: &std::io::Error) -> bool {
+    io.to_string().contains("lock")
+}
+
+/// The process that last opened the directory, from the pid file it wrote.
+fn last_opener(dir: &Path) -> Option<u32> {
     std::fs::read_to_string(dir.join("herald.pid"))
         .ok()
         .and_then(|pid| pid.trim().parse::<u32>().ok())
-        .map(|pid| format!(" by pid {pid}"))
-        .unwrap_or_default()
+}
+
+fn held_by_this_process(dir: &Path) -> bool {
+    last_opener(dir) == Some(std::process::id())
+}
+
+/// " (pid N)" when a running herald is known to use the directory.
+fn lock_holder(dir: &Path) -> String {
+    match last_opener(dir) {
+        Some(pid) if pid == std::process::id() => " by a handle this process still has open".into(),
+        Some(pid) => format!(" by pid {pid}"),
+        None => String::new(),
+    }
 }
 
 /// The key: configured, or `secret.key`, created only for a store with nothing sealed yet.
@@ -248,7 +286,7 @@ impl SledStore {
     fn open_with(dir: &Path, options: &SledOptions, loss: Loss) -> StoreResult<SledStore> {
         prepare_dir(dir)?;
         check_conf(dir)?;
-        let inner = open_inner(dir, options)?;
+        let inner = open_inner(dir, options, RELEASE_WAIT)?;
         let tree = &inner.tree;
         let stored = read_counters(tree)?;
         let new_store = stored.is_none() && tree.is_empty();
@@ -341,7 +379,7 @@ impl SledStore {
             let mut broken = self.broken();
             if broken
                 .last_try
-                .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1))
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
             {
                 return false;
             }
@@ -349,7 +387,7 @@ impl SledStore {
         }
         let mut state = self.lock();
         drop(self.inner.swap(None));
-        let reopened = open_inner(&self.dir, &self.options).and_then(|inner| {
+        let reopened = open_inner(&self.dir, &self.options, Duration::ZERO).and_then(|inner| {
             let pending = read_pending(&inner.tree)?;
             let counters = read_counters(&inner.tree)?.unwrap_or(state.counters);
             Ok((inner, pending, counters))
@@ -377,7 +415,7 @@ impl SledStore {
     /// Examines a stopped store without changing it: the ledger, the key, every record.
     pub fn check_dir(dir: &Path, options: &SledOptions) -> StoreResult<CheckReport> {
         check_conf(dir)?;
-        let inner = open_inner(dir, options)?;
+        let inner = open_inner(dir, options, RELEASE_WAIT)?;
         let tree = &inner.tree;
         let stored = read_counters(tree)?;
         let found = ledger::read(dir).map_err(|e| StoreError::Backend(e.to_string()))?;
@@ -477,7 +515,7 @@ impl SledStore {
         let source = self.inner()?;
         source.sync().map_err(|e| self.write_failed(e))?;
         prepare_dir(to)?;
-        let copy = open_inner(to, &self.options)?;
+        let copy = open_inner(to, &self.options, Duration::ZERO)?;
         let (mut records, mut bytes) = (0, 0);
         let mut batch = Batch::default();
         for entry in source.tree.iter() {
@@ -571,3 +609,7 @@ fn free_bytes(dir: &Path) -> Option<u64> {
     let stat = rustix::fs::statvfs(dir).ok()?;
     Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
+
+#[cfg(test)]
+#[path = "open_tests.rs"]
+mod tests;
