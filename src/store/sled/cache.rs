@@ -35,6 +35,10 @@ impl EndpointCache {
         self.configs.get(&id).cloned()
     }
 
+    pub(super) fn has_config(&self, id: EndpointId) -> bool {
+        self.configs.contains_key(&id)
+    }
+
     pub(super) fn health(&self, id: EndpointId) -> Option<Health> {
         self.health.get(&id).cloned()
     }

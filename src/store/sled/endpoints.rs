@@ -50,6 +50,15 @@ impl SledStore {
         Ok(endpoint)
     }
 
+    /// Whether the endpoint exists, without decoding (or copying) its record; for callers
+    /// holding `writes`, or whose answer may be a moment old.
+    pub(super) fn endpoint_exists(&self, id: EndpointId) -> StoreResult<bool> {
+        if self.cache().has_config(id) {
+            return Ok(true);
+        }
+        Ok(self.tree()?.contains_key(keys::endpoint(id))?)
+    }
+
     /// The endpoint record as stored, decoded.
     fn read_endpoint(&self, id: EndpointId) -> StoreResult<Option<Endpoint>> {
         let key = keys::endpoint(id);
@@ -77,7 +86,7 @@ impl SledStore {
         let health = self.health(endpoint)?;
         // Kept only for an endpoint that still exists (it may have been deleted since the
         // caller read its record): the cache holds live endpoints only.
-        if writes.is_some() && self.tree()?.contains_key(keys::endpoint(endpoint))? {
+        if writes.is_some() && self.endpoint_exists(endpoint)? {
             self.cache_mut().keep_health(endpoint, &health);
         }
         Ok(health)
@@ -169,9 +178,9 @@ impl SledStore {
             codec::seal_endpoint(&self.sealer, endpoint)?,
         );
         batch.insert(keys::tenant_endpoint(&endpoint.tenant, endpoint.id), &[]);
-        let old_tenant = old.as_ref().map_or("", |old| old.tenant.as_str());
-        self.cache_mut()
-            .forget(endpoint.id, &[&endpoint.tenant, old_tenant]);
+        let mut tenants = vec![endpoint.tenant.as_str()];
+        tenants.extend(old.as_ref().map(|old| old.tenant.as_str()));
+        self.cache_mut().forget(endpoint.id, &tenants);
         let added = u64::from(old.is_none());
         self.apply_durable(&mut state, batch, (0, 0), |c| c.endpoints += added)
     }

@@ -88,7 +88,6 @@ fn check_conf(dir: &Path) -> StoreResult<()> {
     }
 }
 
-/// Opens sled with herald's settings; errors name the directory and say what to do.
 /// How long opening waits for a handle of this same process to let go of the directory. sled
 /// finishes a dropped handle's last log writes on its own threads, which hold the lock until
 /// they are done and give no signal then; without the wait, dropping a store and opening it
@@ -97,7 +96,8 @@ fn check_conf(dir: &Path) -> StoreResult<()> {
 /// and tries again a second later anyway.
 const RELEASE_WAIT: Duration = Duration::from_secs(2);
 
-/// Opens sled in `dir`, waiting up to `release_wait` for a handle of this process to let go.
+/// Opens sled in `dir` with herald's settings, waiting up to `release_wait` for a handle of
+/// this process to let go; errors name the directory and say what to do.
 fn open_inner(dir: &Path, options: &SledOptions, release_wait: Duration) -> StoreResult<Inner> {
     let config = sled::Config::new()
         .path(dir)

@@ -182,7 +182,7 @@ impl SledStore {
         };
         day.add(attempt.duration_ms, attempt.success);
 
-        if self.load_endpoint(lease.endpoint_id)?.is_none() {
+        if !self.endpoint_exists(lease.endpoint_id)? {
             // Deleted meanwhile: nothing left whose health could change.
             return Ok(Recorded {
                 stale,

@@ -134,10 +134,10 @@ impl SledStore {
         record: Option<&[u8]>,
         id: MessageId,
     ) -> StoreResult<MessageDeliveries> {
-        let (ids, indexed) = match record.map(|r| codec::message_deliveries(key, r)) {
-            Some(Err(e)) => return Err(e),
-            Some(Ok(Some(ids))) => (ids, false),
-            _ => {
+        let listed = record.map(|r| codec::message_deliveries(key, r));
+        let (ids, indexed) = match listed.transpose()?.flatten() {
+            Some(ids) => (ids, false),
+            None => {
                 let prefix = keys::message_deliveries_prefix(id);
                 let mut ids = Vec::new();
                 for entry in self.tree()?.scan_prefix(&prefix).keys() {
