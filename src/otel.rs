@@ -26,7 +26,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Subscriber;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::Targets;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::registry::LookupSpan;
 
 /// The running exporter. [`Export::shutdown`] sends what is still batched.
@@ -75,8 +75,22 @@ where
     let tracer = provider.tracer("herald");
     let layer = tracing_opentelemetry::layer()
         .with_tracer(tracer)
-        .with_filter(Targets::new().with_target("herald", tracing::Level::INFO));
+        .with_filter(filter_fn(taken_for_export));
     Ok((layer, Export { provider }))
+}
+
+/// What the exporter takes: herald's spans, which are DEBUG (one per message and per attempt:
+/// detail a log at the default level leaves out, so the log filter does not create them), and
+/// herald's events from INFO up, which become events of their spans.
+fn taken_for_export(metadata: &tracing::Metadata<'_>) -> bool {
+    let target = metadata.target();
+    let herald = target == "herald" || target.starts_with("herald::");
+    let level = if metadata.is_span() {
+        tracing::Level::DEBUG
+    } else {
+        tracing::Level::INFO
+    };
+    herald && *metadata.level() <= level
 }
 
 /// The exporter's HTTP client: the batch processor runs on a thread of its own, so each

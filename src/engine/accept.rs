@@ -88,7 +88,8 @@ impl Engine {
     /// carries the message, delivery and endpoint ids; when spans are exported, the message
     /// keeps the span's trace context so that its attempts join the same trace.
     pub(crate) async fn send(&self, new: NewMessage) -> Result<SendReceipt> {
-        let span = tracing::info_span!(
+        // DEBUG, like the attempt span: per-message detail; exported spans include it.
+        let span = tracing::debug_span!(
             "accept",
             tenant = %new.tenant,
             event_type = %new.event_type,

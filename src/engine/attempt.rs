@@ -60,7 +60,9 @@ pub(crate) async fn send(
     turn: Option<tokio::sync::MutexGuard<'_, ()>>,
 ) -> Option<Exchanged> {
     let lease = claim.lease;
-    let span = tracing::info_span!(
+    // DEBUG: one span per attempt is detail the log does not need by default (its own events
+    // name their ids); the OTLP exporter takes herald's spans at this level (`otel::layer`).
+    let span = tracing::debug_span!(
         "attempt",
         message_id = %claim.delivery.message_id,
         delivery_id = %lease.delivery_id,
@@ -239,6 +241,9 @@ fn publish(
         tracing::debug!(attempt = attempt.attempt, status = ?attempt.status_code, duration_ms = attempt.duration_ms, "delivered");
     } else {
         tracing::info!(
+            message_id = %delivery.message_id,
+            delivery_id = %delivery.id,
+            endpoint_id = %endpoint.id,
             attempt = attempt.attempt,
             status = ?attempt.status_code,
             error = outcome_label,

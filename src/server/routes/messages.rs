@@ -41,7 +41,7 @@ pub async fn send(
     // of the daemon's throughput, and its only field would have been the route.
     let receipt = match parent {
         Some(parent) => {
-            let span = tracing::info_span!("POST /v1/messages");
+            let span = tracing::debug_span!("POST /v1/messages");
             let _ = span.set_parent(parent);
             herald.send(message).instrument(span).await?
         }
