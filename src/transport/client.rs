@@ -122,7 +122,7 @@ impl Client {
 
     /// Sends one request and reads the answer up to the cap.
     pub async fn send(&self, request: Request<'_>) -> Exchange {
-        let url = match url::Url::parse(request.url) {
+        let url = match super::url_rules::parse_target(request.url) {
             Ok(url) => url,
             Err(e) => {
                 return Exchange::Failed {

@@ -1,5 +1,9 @@
 //! Callback URL checks and log-safe URL rendering.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::thread::LocalKey;
+
 use url::Url;
 
 use crate::policy::UrlRules;
@@ -34,6 +38,44 @@ pub fn check_url(raw: &str, rules: &UrlRules) -> Result<Url, String> {
 /// `scheme://host[:port]/path` without credentials, query or fragment: safe to log. Paths are
 /// kept because they identify the integration; tokens belong in queries, which are dropped.
 pub fn redact(url: &str) -> String {
+    thread_local! {
+        static REDACTED: RefCell<HashMap<String, String>> = RefCell::default();
+    }
+    memo(&REDACTED, url, redact_now)
+}
+
+/// A URL parsed, as the client sends to it. Memoized like [`redact`].
+pub(crate) fn parse_target(url: &str) -> Result<Url, url::ParseError> {
+    thread_local! {
+        static PARSED: RefCell<HashMap<String, Result<Url, url::ParseError>>> = RefCell::default();
+    }
+    memo(&PARSED, url, Url::parse)
+}
+
+/// URLs kept per thread by [`memo`]: the few a thread meets most (one per endpoint, or per
+/// override) repeat for every message and attempt, and parsing one costs more than hashing it.
+const MEMO_URLS: usize = 256;
+
+/// `f(url)`, from this thread's memo when `url` was met before; the memo is emptied when full.
+fn memo<T: Clone + 'static>(
+    cache: &'static LocalKey<RefCell<HashMap<String, T>>>,
+    url: &str,
+    f: impl FnOnce(&str) -> T,
+) -> T {
+    cache.with_borrow_mut(|known| {
+        if let Some(value) = known.get(url) {
+            return value.clone();
+        }
+        let value = f(url);
+        if known.len() >= MEMO_URLS {
+            known.clear();
+        }
+        known.insert(url.to_owned(), value.clone());
+        value
+    })
+}
+
+fn redact_now(url: &str) -> String {
     match Url::parse(url) {
         Ok(url) => {
             let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
@@ -52,6 +94,17 @@ pub fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memoized_answers_are_the_answers() {
+        let urls = (0..MEMO_URLS * 2 + 3).map(|i| format!("https://u:p@h{i}.example/p?t={i}"));
+        for url in urls.chain(["not a url".to_string()]) {
+            for _ in 0..2 {
+                assert_eq!(redact(&url), redact_now(&url));
+                assert_eq!(parse_target(&url), Url::parse(&url));
+            }
+        }
+    }
 
     #[test]
     fn url_rules_table() {
