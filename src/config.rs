@@ -162,7 +162,10 @@ settings! {
     /// Private networks allowed all the same, comma-separated: `10.1.2.0/24,fd00::/64`.
     #[serde(deserialize_with = "comma_separated")]
     allow_cidrs: Vec<ipnet::IpNet> = Vec::new(),
-    /// Log filter (`tracing` syntax): `info`, `debug`, `herald=debug,info`.
+    /// Log filter (`tracing` syntax): `info`, `debug`, `herald=debug,info`. Lines about one
+    /// message or attempt name its `message_id`, `delivery_id` and `endpoint_id`; the
+    /// per-message `accept` and `attempt` spans are `debug` level, so `herald=debug` also
+    /// prefixes every line with them.
     log: String = "info,tokio_cron_scheduler=warn".into(),
     /// Finished messages, attempts and daily stats older than this are purged.
     #[serde(with = "humantime_serde")]

@@ -592,7 +592,7 @@ async fn seed_history(store_dir: &Path, endpoints: &[String]) -> (usize, String)
             }
         }
         store.insert_messages(&writes).await.unwrap();
-        for recorded in store.record_outcomes(outcomes).await.unwrap() {
+        for recorded in store.record_outcomes(&outcomes).await.unwrap() {
             assert!(recorded.unwrap().stale);
         }
     }

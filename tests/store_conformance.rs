@@ -292,7 +292,7 @@ async fn a_late_outcome_under_an_expired_lease_is_kept_but_moves_nothing(harness
     assert_ne!(old.token, new.token);
 
     let late = outcome(old, &before, later, true, DeliveryStatus::Succeeded, None);
-    let recorded = store.record_outcomes(vec![late]).await.unwrap().remove(0);
+    let recorded = store.record_outcomes(&[late]).await.unwrap().remove(0);
     assert!(recorded.unwrap().stale);
     let kept = store.delivery(id).await.unwrap().unwrap();
     assert_eq!(kept.status, DeliveryStatus::Pending);
@@ -304,11 +304,7 @@ async fn a_late_outcome_under_an_expired_lease_is_kept_but_moves_nothing(harness
 
     // The current holder's outcome counts, numbered after the stale one.
     let current = outcome(new, &kept, later + 5, true, DeliveryStatus::Succeeded, None);
-    let recorded = store
-        .record_outcomes(vec![current])
-        .await
-        .unwrap()
-        .remove(0);
+    let recorded = store.record_outcomes(&[current]).await.unwrap().remove(0);
     assert!(!recorded.unwrap().stale);
     let done = store.delivery(id).await.unwrap().unwrap();
     assert_eq!(done.status, DeliveryStatus::Succeeded);
@@ -444,7 +440,7 @@ async fn an_outcome_moves_delivery_health_rollup_and_count_atomically(harness: &
     );
     failed.dedup = Some(("k".into(), [9; 32])); // not kept: the attempt failed
     let recorded = store
-        .record_outcomes(vec![failed])
+        .record_outcomes(&[failed])
         .await
         .unwrap()
         .remove(0)
@@ -473,7 +469,7 @@ async fn an_outcome_moves_delivery_health_rollup_and_count_atomically(harness: &
     );
     delivered.dedup = Some(("k".into(), [9; 32]));
     let recorded = store
-        .record_outcomes(vec![delivered])
+        .record_outcomes(&[delivered])
         .await
         .unwrap()
         .remove(0)
@@ -531,7 +527,7 @@ async fn grouped_outcomes_compose_per_endpoint(harness: &Harness) {
             None,
         ));
     }
-    let answers = store.record_outcomes(outcomes).await.unwrap();
+    let answers = store.record_outcomes(&outcomes).await.unwrap();
     let counts: Vec<u32> = answers
         .into_iter()
         .map(|a| a.unwrap().consecutive_failures)
@@ -564,11 +560,7 @@ async fn grouped_outcomes_compose_per_endpoint(harness: &Harness) {
     let before = store.delivery(id).await.unwrap().unwrap();
     let mut own_url = outcome(lease, &before, DUE, false, DeliveryStatus::Failed, None);
     own_url.health = HealthChange::Untouched;
-    let answer = store
-        .record_outcomes(vec![own_url])
-        .await
-        .unwrap()
-        .remove(0);
+    let answer = store.record_outcomes(&[own_url]).await.unwrap().remove(0);
     assert_eq!(answer.unwrap().consecutive_failures, 3);
     assert_eq!(ids.len(), 3);
 }
@@ -602,7 +594,7 @@ async fn the_pending_count_is_exact_across_transitions_and_reopen(harness: &Harn
         let next = (status == DeliveryStatus::Pending).then_some(DUE + 1_000);
         outcomes.push(outcome(*lease, &before, DUE, true, status, next));
     }
-    store.record_outcomes(outcomes).await.unwrap();
+    store.record_outcomes(&outcomes).await.unwrap();
     assert_eq!(store.pending_count().await.unwrap(), 4);
     let cancel = store.delivery(ids[4]).await.unwrap().unwrap();
     let mut cancelled = cancel.clone();
@@ -645,7 +637,7 @@ async fn a_replay_transition_keeps_the_history(harness: &Harness) {
         .unwrap()[0]
         .lease;
     store
-        .record_outcomes(vec![outcome(
+        .record_outcomes(&[outcome(
             lease,
             &before,
             DUE,
@@ -679,7 +671,7 @@ async fn a_replay_transition_keeps_the_history(harness: &Harness) {
         .unwrap()[0]
         .lease;
     store
-        .record_outcomes(vec![outcome(
+        .record_outcomes(&[outcome(
             lease,
             &replayed,
             DUE + 11,
@@ -768,7 +760,7 @@ async fn a_retry_of_a_delivery_in_flight_is_refused(harness: &Harness) {
         DeliveryStatus::Succeeded,
         None,
     );
-    let recorded = store.record_outcomes(vec![late]).await.unwrap().remove(0);
+    let recorded = store.record_outcomes(&[late]).await.unwrap().remove(0);
     assert!(recorded.unwrap().stale);
     assert_eq!(
         store.delivery(id).await.unwrap().unwrap().status,
@@ -842,7 +834,7 @@ async fn deleting_an_endpoint_closes_its_deliveries_and_revokes_leases(harness: 
         DeliveryStatus::Succeeded,
         None,
     );
-    let recorded = store.record_outcomes(vec![late]).await.unwrap().remove(0);
+    let recorded = store.record_outcomes(&[late]).await.unwrap().remove(0);
     assert!(recorded.unwrap().stale);
     assert_eq!(
         store.delivery(leased).await.unwrap().unwrap().status,

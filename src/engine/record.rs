@@ -121,7 +121,7 @@ fn record(
 ) -> Result<Vec<Result<Recorded, StoreError>>, StoreError> {
     let started = Instant::now();
     loop {
-        match runtime.block_on(store.record_outcomes(outcomes.clone())) {
+        match runtime.block_on(store.record_outcomes(&outcomes)) {
             Err(StoreError::Unavailable(reason)) if started.elapsed() < OUTAGE_PATIENCE => {
                 tracing::warn!(
                     reason,

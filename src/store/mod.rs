@@ -446,9 +446,12 @@ pub trait Store: Send + Sync + 'static {
     /// The write may become durable only later (the sled backend flushes it lazily): losing it
     /// in a crash repeats the attempt once the lease expires, which at-least-once delivery
     /// allows. [`Store::sync`] waits for it.
+    ///
+    /// Borrowed: a caller that must try again (an unavailable database) keeps its outcomes
+    /// without copying every group in advance.
     async fn record_outcomes(
         &self,
-        outcomes: Vec<Outcome>,
+        outcomes: &[Outcome],
     ) -> StoreResult<Vec<StoreResult<Recorded>>>;
     /// Applies decided changes to deliveries, and stores `job` (a bulk replay's progress) with
     /// them, all or nothing: if any delivery differs from its `expected` record, nothing is

@@ -465,7 +465,7 @@ pub mod fixtures {
             status,
             before.next_attempt_at,
         );
-        let recorded = store.record_outcomes(vec![next]).await.unwrap().remove(0);
+        let recorded = store.record_outcomes(&[next]).await.unwrap().remove(0);
         assert!(recorded.unwrap().stale);
     }
 }

@@ -98,7 +98,7 @@ async fn attempt(
     };
     let mut next = outcome(lease, &before, now, success, status, retry_at);
     next.release = finish.map(str::to_string);
-    let recorded = store.record_outcomes(vec![next]).await.unwrap().remove(0);
+    let recorded = store.record_outcomes(&[next]).await.unwrap().remove(0);
     let recorded = recorded.unwrap();
     assert!(!recorded.stale);
     recorded.released_due
@@ -266,7 +266,7 @@ pub(super) async fn a_replay_is_not_held_by_its_ordering_key(harness: &Harness) 
     let before = store.delivery(a2).await.unwrap().unwrap();
     let mut finished = outcome(lease, &before, DUE, true, DeliveryStatus::Succeeded, None);
     finished.release = Some("job-7".into());
-    let recorded = store.record_outcomes(vec![finished]).await.unwrap();
+    let recorded = store.record_outcomes(&[finished]).await.unwrap();
     assert_eq!(recorded[0].as_ref().unwrap().released_due, Some(DUE));
     assert_eq!(claimable(store.as_ref(), e, DUE).await, [a3]);
 }

@@ -20,7 +20,7 @@ use crate::store::{HealthChange, Lease, Outcome, Recorded, StoreError, StoreResu
 impl PgStore {
     pub(super) async fn record_outcomes_now(
         &self,
-        outcomes: Vec<Outcome>,
+        outcomes: &[Outcome],
     ) -> StoreResult<Vec<StoreResult<Recorded>>> {
         let leases: Vec<Lease> = outcomes.iter().map(|o| o.lease).collect();
         let ending = self.own_leases.ending(&leases, crate::model::now_ms());
@@ -32,7 +32,7 @@ impl PgStore {
     /// Records a group of outcomes in one transaction, which ends the leases `ending` counts.
     async fn write_outcomes(
         &self,
-        outcomes: Vec<Outcome>,
+        outcomes: &[Outcome],
         ending: &Ending,
     ) -> StoreResult<Vec<StoreResult<Recorded>>> {
         let mut tx = self.pool.begin().await?;
@@ -67,7 +67,7 @@ impl PgStore {
         let mut stale_flags = Vec::with_capacity(outcomes.len());
         // Per outcome: the delivery it brought to the front of its line.
         let mut promoted = Vec::with_capacity(outcomes.len());
-        for outcome in &outcomes {
+        for outcome in outcomes {
             let id = outcome.lease.delivery_id;
             promoted.push(None);
             let Some((token, waits)) = tokens.get(&id) else {

@@ -383,7 +383,7 @@ impl Store for PgStore {
 
     async fn record_outcomes(
         &self,
-        outcomes: Vec<Outcome>,
+        outcomes: &[Outcome],
     ) -> StoreResult<Vec<StoreResult<Recorded>>> {
         self.record_outcomes_now(outcomes).await
     }

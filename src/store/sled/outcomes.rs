@@ -37,7 +37,7 @@ struct Group {
 impl SledStore {
     pub(super) fn record_outcomes_now(
         &self,
-        outcomes: Vec<Outcome>,
+        outcomes: &[Outcome],
     ) -> StoreResult<Vec<StoreResult<Recorded>>> {
         let _writes = self.writes();
         // The group's leases this process still holds are marked, so that no claim takes their
@@ -73,7 +73,7 @@ impl SledStore {
     /// still holds (the others are stale).
     fn write_outcomes(
         &self,
-        outcomes: Vec<Outcome>,
+        outcomes: &[Outcome],
         held: &HashMap<DeliveryId, LeaseToken>,
     ) -> StoreResult<Vec<StoreResult<Recorded>>> {
         let mut group = Group::default();
@@ -104,7 +104,12 @@ impl SledStore {
     }
 
     /// Adds one outcome to `group`; reads see the group's earlier changes first.
-    fn record_one(&self, group: &mut Group, held: bool, outcome: Outcome) -> StoreResult<Recorded> {
+    fn record_one(
+        &self,
+        group: &mut Group,
+        held: bool,
+        outcome: &Outcome,
+    ) -> StoreResult<Recorded> {
         let lease = outcome.lease;
         let id = lease.delivery_id;
         let mut stored = match group.deliveries.remove(&id) {
@@ -135,7 +140,7 @@ impl SledStore {
             group.added_due.remove(&lease_key);
             group.batch.remove(lease_key.as_slice());
             group.removed_due.insert(lease_key);
-            let delivery = outcome.delivery;
+            let delivery = outcome.delivery.clone();
             match (delivery.status, delivery.next_attempt_at) {
                 (DeliveryStatus::Pending, Some(due)) => {
                     let next_key = keys::due(lease.endpoint_id, due, id);

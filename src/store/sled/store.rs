@@ -174,7 +174,7 @@ impl Store for SledStore {
 
     async fn record_outcomes(
         &self,
-        outcomes: Vec<Outcome>,
+        outcomes: &[Outcome],
     ) -> StoreResult<Vec<StoreResult<Recorded>>> {
         self.record_outcomes_now(outcomes)
     }
