@@ -291,6 +291,8 @@ async fn receivers_see_the_trace_id_of_the_exported_attempt_span() {
         &[
             ("HERALD_OTLP_ENDPOINT", otlp.as_str()),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            // The default level: the log leaves the per-message spans out, the exporter not.
+            ("HERALD_LOG", "info"),
         ],
     );
     let (status, endpoint) = daemon
@@ -339,4 +341,53 @@ async fn receivers_see_the_trace_id_of_the_exported_attempt_span() {
         }
     }
     drop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_attempt_is_logged_with_its_ids_at_the_default_level() {
+    let receiver = Receiver::first_then_ok(Reply::Status(500, "first attempt fails")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_with_env(dir.path(), None, &[("HERALD_LOG", "info")]);
+    let (status, endpoint) = daemon
+        .admin(
+            "POST",
+            "/admin/endpoints",
+            Some(json!({"tenant": "tms", "url": receiver.url(), "policy": "quick"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let body = json!({"tenant": "tms", "event_type": "job.completed", "payload": {"n": 1}});
+    let (status, receipt) = post(&daemon, body, None).await;
+    assert_eq!(status, 202, "{receipt}");
+    // The retry arrives after the failed attempt was recorded and logged.
+    assert!(receiver.wait_for(2, Duration::from_secs(10)).await);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let log = daemon.log.lock().unwrap().clone();
+        if let Some(line) = log.lines().find(|l| l.contains("attempt failed")) {
+            break line.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no 'attempt failed' line in:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for (field, id) in [
+        ("message_id", receipt["id"].as_str().unwrap()),
+        (
+            "delivery_id",
+            receipt["deliveries"][0]["id"].as_str().unwrap(),
+        ),
+        ("endpoint_id", endpoint["id"].as_str().unwrap()),
+    ] {
+        assert!(
+            line.contains(&format!("{field}={id}")),
+            "{field} in {line:?}"
+        );
+    }
+    assert!(
+        !line.contains("attempt{"),
+        "no span prefix at the default level: {line:?}"
+    );
 }
