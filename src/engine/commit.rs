@@ -90,6 +90,7 @@ fn run(
     queue: &mpsc::Receiver<(Box<MessageWrite>, Reply)>,
     stats: &CommitStats,
 ) {
+    crate::store::mark_blocking_thread();
     let mut writes: Vec<MessageWrite> = Vec::new();
     let mut replies = Vec::new();
     // `recv` blocks without spinning; it fails once every sender is gone.

@@ -48,6 +48,23 @@ pub use rollup::{DailyRollup, day_of};
 pub use seal::{KEY_BYTES, Sealer, load_or_create_key};
 pub use sled::{SledOptions, SledStore};
 
+thread_local! {
+    static MAY_BLOCK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the calling thread as one of herald's own writer threads (not a runtime worker), on
+/// which a backend may block on the disk in place: a sled fsync there runs on the thread
+/// itself instead of hopping to the runtime's blocking pool and back, two context switches
+/// for every group commit.
+pub(crate) fn mark_blocking_thread() {
+    MAY_BLOCK.set(true);
+}
+
+/// Whether the calling thread may block on the disk ([`mark_blocking_thread`]).
+pub(crate) fn may_block() -> bool {
+    MAY_BLOCK.get()
+}
+
 /// The largest payload any backend accepts (a backend may accept less:
 /// [`Store::max_payload_bytes`]). Callbacks are small documents; this bounds what one message
 /// may cost in memory and on disk.

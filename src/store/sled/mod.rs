@@ -334,15 +334,20 @@ impl SledStore {
         Ok(())
     }
 
-    /// Makes every write so far durable (on a blocking thread: an fsync takes milliseconds),
-    /// then notes in the ledger the sequence that is now durable.
+    /// Makes every write so far durable (on a blocking thread: an fsync takes milliseconds;
+    /// in place on herald's writer threads, see [`crate::store::mark_blocking_thread`]), then
+    /// notes in the ledger the sequence that is now durable.
     async fn flush(&self) -> StoreResult<()> {
         self.writable()?;
         let counters = self.state().counters;
         let inner = self.inner()?;
-        let synced = tokio::task::spawn_blocking(move || inner.sync())
-            .await
-            .map_err(|e| StoreError::Backend(format!("sync thread: {e}")))?;
+        let synced = if crate::store::may_block() {
+            inner.sync()
+        } else {
+            tokio::task::spawn_blocking(move || inner.sync())
+                .await
+                .map_err(|e| StoreError::Backend(format!("sync thread: {e}")))?
+        };
         synced.map_err(|e| self.write_failed(e))?;
         let entry = ledger::Entry {
             counters,
