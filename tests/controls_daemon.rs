@@ -353,17 +353,14 @@ async fn a_failed_attempt_is_logged_with_its_ids_at_the_default_level() {
     assert_eq!(status, 202, "{receipt}");
     // The retry arrives after the failed attempt was recorded and logged.
     assert!(receiver.wait_for(2, Duration::from_secs(10)).await);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let line = loop {
-        let log = daemon.log.lock().unwrap().clone();
-        if let Some(line) = log.lines().find(|l| l.contains("attempt failed")) {
-            break line.to_string();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no 'attempt failed' line in:\n{log}"
+    let Some(line) = daemon
+        .wait_for_log("attempt failed", Duration::from_secs(10))
+        .await
+    else {
+        panic!(
+            "no 'attempt failed' line in:\n{}",
+            daemon.log.lock().unwrap()
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     };
     for (field, id) in [
         ("message_id", receipt["id"].as_str().unwrap()),

@@ -16,6 +16,8 @@ pub struct Daemon {
     pub base: String,
     /// Everything it logged so far.
     pub log: std::sync::Arc<std::sync::Mutex<String>>,
+    /// Told of every line added to `log`.
+    logged: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Daemon {
@@ -90,12 +92,17 @@ impl Daemon {
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let sink = log.clone();
+        let logged = std::sync::Arc::new(tokio::sync::Notify::new());
+        let (sink, tell) = (log.clone(), logged.clone());
         std::thread::spawn(move || {
             let mut told = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push_str(&line);
-                sink.lock().unwrap().push('\n');
+                {
+                    let mut sink = sink.lock().unwrap();
+                    sink.push_str(&line);
+                    sink.push('\n');
+                }
+                tell.notify_waiters();
                 if !told && line.contains("herald serving") {
                     let _ = tx.send(true);
                     told = true;
@@ -115,7 +122,22 @@ impl Daemon {
             child,
             base: format!("http://127.0.0.1:{port}"),
             log,
+            logged,
         })
+    }
+
+    /// The first line it logged that contains `needle`, once there is one; `None` after
+    /// `timeout`.
+    pub async fn wait_for_log(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let more = self.logged.notified();
+            let log = self.log.lock().unwrap().clone();
+            if let Some(line) = log.lines().find(|l| l.contains(needle)) {
+                return Some(line.to_string());
+            }
+            tokio::time::timeout_at(deadline, more).await.ok()?;
+        }
     }
 
     /// The address it listens on.
