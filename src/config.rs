@@ -176,6 +176,12 @@ settings! {
     max_in_flight: usize = 1024,
     /// Attempts in flight per endpoint, at most.
     endpoint_concurrency: usize = 16,
+    /// How much lower the delivery threads' CPU priority is than the API's, in Linux `nice`
+    /// steps (0–19). On a saturated machine producers' messages are then accepted at nearly
+    /// full speed and deliveries catch up afterwards: at 10 a delivery thread gets about a
+    /// tenth of what a normal thread gets while both want the CPU, and all of an idle one.
+    /// 0: equal shares.
+    delivery_niceness: u8 = 10,
     /// Store page cache in bytes.
     cache_bytes: u64 = 64 * 1024 * 1024,
     /// How long SIGTERM waits for HTTP requests being answered, then for attempts in flight.
@@ -204,6 +210,9 @@ settings! {
     /// closes.
     max_connections: usize = 512,
 }
+
+/// The largest `delivery_niceness`: Linux's lowest priority.
+const MAX_NICENESS: u8 = 19;
 
 /// The largest `max_connections`: far above any file-descriptor limit, and small enough to
 /// count in a semaphore.
@@ -308,6 +317,11 @@ impl Config {
             return Err(ConfigError::Unsafe(
                 "max_in_flight and endpoint_concurrency must be at least 1".into(),
             ));
+        }
+        if self.delivery_niceness > MAX_NICENESS {
+            return Err(ConfigError::Unsafe(format!(
+                "delivery_niceness must be 0-{MAX_NICENESS}"
+            )));
         }
         for (name, timeout) in [
             ("header_read_timeout", self.header_read_timeout),
@@ -544,6 +558,14 @@ mod tests {
             (
                 &[("HERALD_MAX_CONNECTIONS", "many")],
                 "HERALD_MAX_CONNECTIONS",
+            ),
+            (
+                &[("HERALD_DELIVERY_NICENESS", "20")],
+                "delivery_niceness must be 0-19",
+            ),
+            (
+                &[("HERALD_DELIVERY_NICENESS", "-1")],
+                "HERALD_DELIVERY_NICENESS",
             ),
         ];
         for (vars, needle) in table {

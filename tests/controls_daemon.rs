@@ -380,3 +380,69 @@ async fn a_failed_attempt_is_logged_with_its_ids_at_the_default_level() {
         "no span prefix at the default level: {line:?}"
     );
 }
+
+/// Each of a process's threads: (name, nice value), from /proc.
+#[cfg(target_os = "linux")]
+fn threads(pid: u32) -> Vec<(String, i64)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let (Ok(name), Ok(stat)) = (
+            std::fs::read_to_string(task.join("comm")),
+            std::fs::read_to_string(task.join("stat")),
+        ) else {
+            continue; // the thread ended meanwhile
+        };
+        // Fields after the parenthesised name: state is the first, nice the 17th.
+        let after_name = stat.rsplit(')').next().unwrap();
+        let nice = after_name
+            .split_whitespace()
+            .nth(16)
+            .unwrap()
+            .parse()
+            .unwrap();
+        threads.push((name.trim().to_string(), nice));
+    }
+    threads
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_run_on_their_own_threads_below_the_api_priority() {
+    let receiver = Receiver::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_with_env(dir.path(), None, &[("HERALD_DELIVERY_NICENESS", "7")]);
+    tms_endpoint(&daemon, &receiver).await;
+    let (status, _) = post(
+        &daemon,
+        json!({"tenant": "tms", "event_type": "e", "payload": {}}),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert!(receiver.wait_for(1, Duration::from_secs(10)).await);
+
+    let pid = daemon.child.id();
+    let threads = threads(pid);
+    let nice_of = |wanted: &str| -> Vec<i64> {
+        threads
+            .iter()
+            .filter(|(name, _)| name == wanted)
+            .map(|(_, nice)| *nice)
+            .collect()
+    };
+    // The main thread's priority is the API's: its runtime's workers have the default name.
+    let base = nice_of("herald")[0];
+    let api: Vec<i64> = ["tokio-rt-worker", "tokio-runtime-w"]
+        .iter()
+        .flat_map(|name| nice_of(name))
+        .collect();
+    let delivery = nice_of("herald-deliver");
+    assert!(!api.is_empty() && !delivery.is_empty(), "{threads:?}");
+    assert!(api.iter().all(|&nice| nice == base), "{threads:?}");
+    assert!(delivery.iter().all(|&nice| nice == base + 7), "{threads:?}");
+    // The writer threads hold the store's write lock, which accepting also takes: they keep
+    // the API's priority.
+    assert_eq!(nice_of("herald-record"), vec![base], "{threads:?}");
+    assert_eq!(nice_of("herald-commit"), vec![base], "{threads:?}");
+}

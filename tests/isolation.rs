@@ -135,3 +135,43 @@ async fn a_hundred_hung_endpoints_leave_room_for_a_healthy_one() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn attempts_run_on_the_delivery_runtime_they_are_given() {
+    let deliveries = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let hung = Receiver::start(|_, _| Reply::Hang).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        delivery_runtime: Some(deliveries.handle().clone()),
+        ..EngineConfig::default()
+    };
+    let quick = common::quick_policy("quick", "1s", 2);
+    let herald = open_with(dir.path(), vec![quick], config).await;
+    herald
+        .create_endpoint(endpoint("acme", hung.url(), "quick"))
+        .await
+        .unwrap();
+    let alive = || deliveries.metrics().num_alive_tasks();
+    let idle = alive();
+    herald
+        .send(NewMessage::new("acme", "e", &json!({ "i": 1 })).unwrap())
+        .await
+        .unwrap();
+    assert!(hung.wait_for(1, Duration::from_secs(5)).await);
+    // The attempt's runner and its HTTP connection are tasks of the delivery runtime; on the
+    // caller's runtime the count would not move.
+    assert!(
+        alive() >= idle + 2,
+        "tasks on the delivery runtime: {idle} idle, {} with an attempt on the wire",
+        alive()
+    );
+    herald
+        .shutdown_within(Duration::from_millis(100))
+        .await
+        .unwrap();
+    deliveries.shutdown_background();
+}

@@ -68,6 +68,12 @@ pub struct EngineConfig {
     pub replay_per_second: u32,
     /// What to do with a message that no endpoint takes.
     pub unrouted: Unrouted,
+    /// The runtime that makes the attempts: the scheduler, the runners and their HTTP
+    /// connections run there. `None`: the runtime that opens herald. The daemon gives
+    /// deliveries threads of their own at a lower CPU priority, so that a saturated machine
+    /// keeps accepting messages at full speed and delivers what queued up afterwards (see
+    /// [`crate::config::Config::delivery_niceness`]).
+    pub delivery_runtime: Option<tokio::runtime::Handle>,
 }
 
 /// What happens to a message that no endpoint of its tenant takes.
@@ -92,6 +98,7 @@ impl Default for EngineConfig {
             notify_url: None,
             replay_per_second: 1000,
             unrouted: Unrouted::Accept,
+            delivery_runtime: None,
         }
     }
 }
@@ -106,6 +113,8 @@ pub(crate) struct Engine {
     pub(crate) scheduler: Scheduler,
     pub(crate) outcomes: broadcast::Sender<AttemptEvent>,
     pub(crate) config: EngineConfig,
+    /// Where the scheduler and the runners run ([`EngineConfig::delivery_runtime`]).
+    pub(crate) delivery: tokio::runtime::Handle,
     /// How long a claim lasts: long enough for a claim to wait in its endpoint's queue behind
     /// one attempt and then be attempted, with the slowest policy's timeout, plus a margin.
     /// Only a claimer that died (or hung) lets it run out.
@@ -138,7 +147,12 @@ impl Engine {
             .map(|p| p.request.timeout)
             .max()
             .unwrap_or_default();
+        let delivery = config
+            .delivery_runtime
+            .clone()
+            .unwrap_or_else(tokio::runtime::Handle::current);
         Ok(Arc::new(Engine {
+            delivery,
             lease_for: slowest * 2 + Duration::from_secs(30),
             unrouted_tenants: Default::default(),
             round_trip: Default::default(),
@@ -180,7 +194,7 @@ impl Engine {
         if let Some(url) = &self.config.notify_url {
             self.ensure_notify_endpoint(url).await?;
         }
-        tokio::spawn(scheduler::run(self.clone()));
+        self.delivery.spawn(scheduler::run(self.clone()));
         self.resume_replays().await?;
         self.follow_cluster();
         Ok(())

@@ -16,8 +16,8 @@ use crate::store::{Claim, Lease};
 /// Starts a runner. (A named future type: runners start runners when a window grows.)
 pub(super) fn spawn(engine: Arc<Engine>, endpoint: EndpointId) {
     let task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
-        Box::pin(runner(engine, endpoint));
-    tokio::spawn(task);
+        Box::pin(runner(engine.clone(), endpoint));
+    engine.delivery.spawn(task);
 }
 
 /// What a runner does next.

@@ -12,6 +12,7 @@ mod openapi;
 mod problem;
 pub mod routes;
 mod telemetry;
+mod threads;
 mod views;
 
 use axum::Extension;
@@ -123,6 +124,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let metrics = telemetry::install()?;
+    let deliveries = threads::DeliveryThreads::start(config.delivery_niceness)?;
     let mut builder = Herald::builder()
         .data_dir(&config.data_dir)
         .store(config.store.clone())
@@ -131,6 +133,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
             endpoint_concurrency: config.endpoint_concurrency,
             notify_url: config.notify_url.clone(),
             unrouted: config.unrouted,
+            delivery_runtime: Some(deliveries.handle()),
             client: crate::transport::ClientOptions {
                 proxy: config.proxy.clone(),
                 no_proxy: config.no_proxy.clone(),
@@ -190,6 +193,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
         .shutdown_within(config.shutdown_grace)
         .await
         .map_err(|e| e.to_string())?;
+    drop(deliveries);
     tracing::info!("stopped");
     Ok(())
 }
