@@ -72,7 +72,8 @@ pub struct EngineConfig {
     /// connections run there. `None`: the runtime that opens herald. The daemon gives
     /// deliveries threads of their own at a lower CPU priority, so that a saturated machine
     /// keeps accepting messages at full speed and delivers what queued up afterwards (see
-    /// [`crate::config::Config::delivery_niceness`]).
+    /// [`crate::config::Config::delivery_niceness`]). It must outlive herald: attempts stop
+    /// with it.
     pub delivery_runtime: Option<tokio::runtime::Handle>,
 }
 
