@@ -57,7 +57,11 @@ fn lower_priority(niceness: u8) {
         if let Err(e) =
             rustix::process::setpriority_process(Some(tid), current + i32::from(niceness))
         {
-            tracing::warn!(error = %e, "cannot lower the delivery threads' priority");
+            // Said once: the runtime starts blocking threads as it needs them.
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::warn!(error = %e, "cannot lower the delivery threads' priority; they run at the API's");
+            });
         }
     }
     #[cfg(not(target_os = "linux"))]
