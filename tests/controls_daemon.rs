@@ -412,7 +412,17 @@ async fn deliveries_run_on_their_own_threads_below_the_api_priority() {
     let receiver = Receiver::ok().await;
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start_with_env(dir.path(), None, &[("HERALD_DELIVERY_NICENESS", "7")]);
-    tms_endpoint(&daemon, &receiver).await;
+    // A host name, so that resolving it starts one of the delivery runtime's blocking threads
+    // (created by an already lowered worker: it must not be lowered twice).
+    let url = receiver.url().replace("127.0.0.1", "localhost");
+    let (status, endpoint) = daemon
+        .admin(
+            "POST",
+            "/admin/endpoints",
+            Some(json!({"tenant": "tms", "url": url, "policy": "quick"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{endpoint}");
     let (status, _) = post(
         &daemon,
         json!({"tenant": "tms", "event_type": "e", "payload": {}}),

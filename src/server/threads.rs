@@ -17,11 +17,15 @@ pub(crate) struct DeliveryThreads {
 }
 
 impl DeliveryThreads {
-    /// Starts one worker thread per core, each `niceness` steps below the caller's priority.
+    /// Starts one worker thread per core, each `niceness` steps below the calling thread's
+    /// priority.
     pub(crate) fn start(niceness: u8) -> Result<DeliveryThreads, String> {
+        // Counted from the caller, once: a thread inherits its creator's priority, and the
+        // runtime's blocking threads are created by its (already lowered) workers.
+        let priority = current_priority().map(|p| p + i32::from(niceness));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .thread_name("herald-deliver")
-            .on_thread_start(move || lower_priority(niceness))
+            .on_thread_start(move || set_priority(priority, niceness))
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the delivery threads: {e}"))?;
@@ -47,23 +51,30 @@ impl Drop for DeliveryThreads {
     }
 }
 
-/// Lowers the calling thread's scheduling priority (Linux: `setpriority` on a thread id
-/// applies to that thread alone). Failing is harmless: the thread keeps the normal priority.
-fn lower_priority(niceness: u8) {
+/// The calling thread's scheduling priority (its nice value), where threads have their own.
+fn current_priority() -> Option<i32> {
     #[cfg(target_os = "linux")]
-    if niceness > 0 {
-        let tid = rustix::thread::gettid();
-        let current = rustix::process::getpriority_process(Some(tid)).unwrap_or(0);
-        if let Err(e) =
-            rustix::process::setpriority_process(Some(tid), current + i32::from(niceness))
-        {
-            // Said once: the runtime starts blocking threads as it needs them.
-            static SAID: std::sync::Once = std::sync::Once::new();
-            SAID.call_once(|| {
-                tracing::warn!(error = %e, "cannot lower the delivery threads' priority; they run at the API's");
-            });
-        }
+    {
+        rustix::process::getpriority_process(Some(rustix::thread::gettid())).ok()
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = niceness;
+    None
+}
+
+/// Sets the calling thread's nice value (Linux: `setpriority` on a thread id applies to that
+/// thread alone). Failing is harmless: the thread keeps the priority it inherited.
+fn set_priority(priority: Option<i32>, niceness: u8) {
+    #[cfg(target_os = "linux")]
+    if let Some(priority) = priority.filter(|_| niceness > 0)
+        && let Err(e) =
+            rustix::process::setpriority_process(Some(rustix::thread::gettid()), priority)
+    {
+        // Said once: the runtime starts blocking threads as it needs them.
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| {
+            tracing::warn!(error = %e, "cannot lower the delivery threads' priority; they run at the API's");
+        });
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (priority, niceness);
 }
