@@ -20,8 +20,7 @@ const PATIENCE: Duration = Duration::from_secs(20);
 static BROWSERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
 async fn create_endpoint(daemon: &Daemon, body: Value) -> String {
-    let (status, endpoint) = daemon.admin("POST", "/admin/endpoints", Some(body)).await;
-    assert_eq!(status, 201, "{endpoint}");
+    let endpoint = daemon.create_endpoint(body).await;
     endpoint["id"].as_str().unwrap().to_string()
 }
 

@@ -28,17 +28,11 @@ async fn post(daemon: &Daemon, body: Value, traceparent: Option<&str>) -> (u16, 
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-/// A `quick` endpoint of tenant `tms` delivering to `receiver`, as created.
-async fn tms_endpoint(daemon: &Daemon, receiver: &Receiver) -> Value {
-    let (status, endpoint) = daemon
-        .admin(
-            "POST",
-            "/admin/endpoints",
-            Some(json!({"tenant": "tms", "url": receiver.url(), "policy": "quick"})),
-        )
-        .await;
-    assert_eq!(status, 201, "{endpoint}");
-    endpoint
+/// A `quick` endpoint of tenant `tms` delivering to `url`, as created.
+async fn tms_endpoint(daemon: &Daemon, url: &str) -> Value {
+    daemon
+        .create_endpoint(json!({"tenant": "tms", "url": url, "policy": "quick"}))
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,7 +49,7 @@ async fn ordering_keys_and_scheduled_sends_hold_across_sigkill() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let mut daemon = Daemon::start(dir.path());
-    tms_endpoint(&daemon, &receiver).await;
+    tms_endpoint(&daemon, &receiver.url()).await;
     for n in 0..5 {
         for key in ["job-1", "job-2"] {
             let body = json!({"tenant": "tms", "event_type": "job.status", "ordering_key": key,
@@ -301,7 +295,7 @@ async fn receivers_see_the_trace_id_of_the_exported_attempt_span() {
             ("HERALD_LOG", "info"),
         ],
     );
-    let endpoint = tms_endpoint(&daemon, &receiver).await;
+    let endpoint = tms_endpoint(&daemon, &receiver.url()).await;
     let producer_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let body = json!({"tenant": "tms", "event_type": "job.completed", "payload": {"n": 1}});
     let traceparent = format!("00-{producer_trace}-00f067aa0ba902b7-01");
@@ -347,7 +341,7 @@ async fn a_failed_attempt_is_logged_with_its_ids_at_the_default_level() {
     let receiver = Receiver::first_then_ok(Reply::Status(500, "first attempt fails")).await;
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start_with_env(dir.path(), None, &[("HERALD_LOG", "info")]);
-    let endpoint = tms_endpoint(&daemon, &receiver).await;
+    let endpoint = tms_endpoint(&daemon, &receiver.url()).await;
     let body = json!({"tenant": "tms", "event_type": "job.completed", "payload": {"n": 1}});
     let (status, receipt) = post(&daemon, body, None).await;
     assert_eq!(status, 202, "{receipt}");
@@ -414,15 +408,7 @@ async fn deliveries_run_on_their_own_threads_below_the_api_priority() {
     let daemon = Daemon::start_with_env(dir.path(), None, &[("HERALD_DELIVERY_NICENESS", "7")]);
     // A host name, so that resolving it starts one of the delivery runtime's blocking threads
     // (created by an already lowered worker: it must not be lowered twice).
-    let url = receiver.url().replace("127.0.0.1", "localhost");
-    let (status, endpoint) = daemon
-        .admin(
-            "POST",
-            "/admin/endpoints",
-            Some(json!({"tenant": "tms", "url": url, "policy": "quick"})),
-        )
-        .await;
-    assert_eq!(status, 201, "{endpoint}");
+    tms_endpoint(&daemon, &receiver.url().replace("127.0.0.1", "localhost")).await;
     let (status, _) = post(
         &daemon,
         json!({"tenant": "tms", "event_type": "e", "payload": {}}),

@@ -11,14 +11,9 @@ use common::{Receiver, Reply};
 use serde_json::{Value, json};
 
 async fn create_endpoint(daemon: &Daemon, tenant: &str, url: &str) -> String {
-    let (status, endpoint) = daemon
-        .admin(
-            "POST",
-            "/admin/endpoints",
-            Some(json!({"tenant": tenant, "url": url, "policy": "quick", "default": true, "secret": "never-shown"})),
-        )
+    let endpoint = daemon
+        .create_endpoint(json!({"tenant": tenant, "url": url, "policy": "quick", "default": true, "secret": "never-shown"}))
         .await;
-    assert_eq!(status, 201, "{endpoint}");
     assert!(endpoint.get("secret").is_none());
     endpoint["id"].as_str().unwrap().to_string()
 }

@@ -75,14 +75,11 @@ async fn a_full_disk_refuses_sends_with_503_and_recovers_without_a_restart() {
     };
     let data = tmpfs.path();
     let mut daemon = Daemon::start(&data);
-    let (status, endpoint) = daemon
-        .admin(
-            "POST",
-            "/admin/endpoints",
-            Some(json!({"tenant": "acme", "url": "http://127.0.0.1:9/cb", "policy": "quick"})),
+    let endpoint = daemon
+        .create_endpoint(
+            json!({"tenant": "acme", "url": "http://127.0.0.1:9/cb", "policy": "quick"}),
         )
         .await;
-    assert_eq!(status, 201);
     let id = endpoint["id"].as_str().unwrap();
     daemon
         .admin("POST", &format!("/admin/endpoints/{id}/disable"), None)

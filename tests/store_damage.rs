@@ -15,14 +15,11 @@ const MESSAGES: usize = 2_000;
 /// A stopped daemon's data with `MESSAGES` messages held for a disabled endpoint.
 async fn held_store(base: &Path) {
     let daemon = Daemon::start(base);
-    let (status, endpoint) = daemon
-        .admin(
-            "POST",
-            "/admin/endpoints",
-            Some(json!({"tenant": "acme", "url": "http://127.0.0.1:9/cb", "policy": "quick"})),
+    let endpoint = daemon
+        .create_endpoint(
+            json!({"tenant": "acme", "url": "http://127.0.0.1:9/cb", "policy": "quick"}),
         )
         .await;
-    assert_eq!(status, 201, "{endpoint}");
     let id = endpoint["id"].as_str().unwrap().to_string();
     let (status, _) = daemon
         .admin("POST", &format!("/admin/endpoints/{id}/disable"), None)

@@ -133,7 +133,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
             endpoint_concurrency: config.endpoint_concurrency,
             notify_url: config.notify_url.clone(),
             unrouted: config.unrouted,
-            delivery_runtime: Some(deliveries.handle()),
+            delivery_runtime: deliveries.handle(),
             client: crate::transport::ClientOptions {
                 proxy: config.proxy.clone(),
                 no_proxy: config.no_proxy.clone(),

@@ -12,8 +12,8 @@ use tokio::runtime::{Handle, Runtime};
 
 /// The delivery runtime; dropping it stops its threads (after the engine has shut down).
 pub(crate) struct DeliveryThreads {
+    /// `Some` until dropped.
     runtime: Option<Runtime>,
-    handle: Handle,
 }
 
 impl DeliveryThreads {
@@ -22,22 +22,30 @@ impl DeliveryThreads {
     pub(crate) fn start(niceness: u8) -> Result<DeliveryThreads, String> {
         // Counted from the caller, once: a thread inherits its creator's priority, and the
         // runtime's blocking threads are created by its (already lowered) workers.
-        let priority = current_priority().map(|p| p + i32::from(niceness));
+        let lowered = match niceness {
+            0 => None,
+            n => current_priority().map(|p| p + i32::from(n)),
+        };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .thread_name("herald-deliver")
-            .on_thread_start(move || set_priority(priority, niceness))
+            .on_thread_start(move || {
+                if let Some(priority) = lowered {
+                    set_priority(priority);
+                }
+            })
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the delivery threads: {e}"))?;
         Ok(DeliveryThreads {
-            handle: runtime.handle().clone(),
             runtime: Some(runtime),
         })
     }
 
     /// Where the engine runs its scheduler and runners.
-    pub(crate) fn handle(&self) -> Handle {
-        self.handle.clone()
+    pub(crate) fn handle(&self) -> Option<Handle> {
+        self.runtime
+            .as_ref()
+            .map(|runtime| runtime.handle().clone())
     }
 }
 
@@ -63,12 +71,9 @@ fn current_priority() -> Option<i32> {
 
 /// Sets the calling thread's nice value (Linux: `setpriority` on a thread id applies to that
 /// thread alone). Failing is harmless: the thread keeps the priority it inherited.
-fn set_priority(priority: Option<i32>, niceness: u8) {
+fn set_priority(priority: i32) {
     #[cfg(target_os = "linux")]
-    if let Some(priority) = priority.filter(|_| niceness > 0)
-        && let Err(e) =
-            rustix::process::setpriority_process(Some(rustix::thread::gettid()), priority)
-    {
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), priority) {
         // Said once: the runtime starts blocking threads as it needs them.
         static SAID: std::sync::Once = std::sync::Once::new();
         SAID.call_once(|| {
@@ -76,5 +81,5 @@ fn set_priority(priority: Option<i32>, niceness: u8) {
         });
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = (priority, niceness);
+    let _ = priority;
 }

@@ -183,6 +183,13 @@ impl Daemon {
         (status, value)
     }
 
+    /// Creates an endpoint (`body` as `POST /admin/endpoints` takes it); the created record.
+    pub async fn create_endpoint(&self, body: Value) -> Value {
+        let (status, endpoint) = self.admin("POST", "/admin/endpoints", Some(body)).await;
+        assert_eq!(status, 201, "{endpoint}");
+        endpoint
+    }
+
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])

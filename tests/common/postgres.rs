@@ -384,14 +384,9 @@ pub async fn send(node: &Daemon, body: &Value) -> (u16, Value) {
 
 /// A tenant's default endpoint, created on one node; its id.
 pub async fn create_endpoint(node: &Daemon, tenant: &str, url: &str, policy: &str) -> String {
-    let (status, endpoint) = node
-        .admin(
-            "POST",
-            "/admin/endpoints",
-            Some(json!({"tenant": tenant, "url": url, "policy": policy, "default": true})),
-        )
+    let endpoint = node
+        .create_endpoint(json!({"tenant": tenant, "url": url, "policy": policy, "default": true}))
         .await;
-    assert_eq!(status, 201, "{endpoint}");
     endpoint["id"].as_str().unwrap().to_string()
 }
 
