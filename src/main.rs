@@ -10,8 +10,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// mimalloc's defaults keep what was freed: after opening a store of a million pending
 /// deliveries (sled's recovery allocates and frees a lot) the process held 324–331 MiB; with
-/// arenas committed as used and freed memory given back at once, 256–267 MiB, at the same
-/// end-to-end throughput (`bench backlog`, `bench/e2e.sh`; see the README's Benchmarks).
+/// arenas committed as used, much less (`bench backlog`; see the README's Benchmarks). Freed
+/// memory goes back to the system after 100 ms unused, not at once: given back at once, pages
+/// the next requests need were handed back and faulted in again thousands of times a second
+/// (`madvise`, page faults and the TLB shootdowns they cause took ~9 % of the CPU while
+/// delivering); 100 ms keeps the pages a steady load reuses and still returns a burst's.
 /// mimalloc commits its first arena before `main` runs, so these two settings only take effect
 /// from its environment: the process starts itself again (same pid, same arguments) with them,
 /// unless they are set already — an operator's own `MIMALLOC_*` values win.
@@ -20,7 +23,7 @@ fn allocator_settings() {
     use std::os::unix::process::CommandExt as _;
     const SETTINGS: [(&str, &str); 2] = [
         ("MIMALLOC_ARENA_EAGER_COMMIT", "0"),
-        ("MIMALLOC_PURGE_DELAY", "0"),
+        ("MIMALLOC_PURGE_DELAY", "100"),
     ];
     if SETTINGS
         .iter()
