@@ -4,12 +4,15 @@
 //! Each test gets a fresh store from its backend's [`Harness`], and may reopen it (the same
 //! data, a new handle) to check what survives.
 
+#[path = "store_conformance/claims.rs"]
+mod claims;
 mod common;
 #[path = "store_conformance/controls.rs"]
 mod controls;
 
 use std::sync::Arc;
 
+use claims::claims_find_what_becomes_claimable_behind_earlier_claims;
 use common::fixtures::{
     DUE, LEASE, delivery_record, endpoint_record, message_record, outcome, put_endpoint,
     put_message, put_message_due, record_attempt,
@@ -107,6 +110,7 @@ macro_rules! suite {
     ($backend:ident) => {
         conformance!($backend:
             leases_are_exclusive_until_given_back_or_expired,
+            claims_find_what_becomes_claimable_behind_earlier_claims,
             a_late_outcome_under_an_expired_lease_is_kept_but_moves_nothing,
             due_deliveries_are_claimed_earliest_first,
             idempotency_keys_hold_under_concurrent_inserts,

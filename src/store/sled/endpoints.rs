@@ -255,6 +255,7 @@ impl SledStore {
         let Some(endpoint) = self.load_endpoint(id)? else {
             return Ok(false);
         };
+        state.cursors.remove(&id);
         self.cache_mut().forget(id, &[&endpoint.tenant]);
         // The deliveries waiting in its ordering lines (from the end of each line, so that
         // every batch leaves whole lines behind), then the due index, then the lines.

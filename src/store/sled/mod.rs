@@ -53,7 +53,7 @@ use sled::Batch;
 use super::MAX_PAYLOAD_BYTES;
 use super::seal::Sealer;
 use super::{Lease, StoreError, StoreResult};
-use crate::model::DeliveryId;
+use crate::model::{DeliveryId, EndpointId};
 use codec::{decode, encode};
 use ledger::{Counters, Ledger};
 
@@ -103,6 +103,29 @@ struct State {
     leases: HashMap<DeliveryId, Held>,
     /// The store's counters as last written (key `C`).
     counters: Counters,
+    /// Where each endpoint's next claim starts reading its due entries ([`queue::Cursor`]).
+    cursors: HashMap<EndpointId, queue::Cursor>,
+}
+
+impl State {
+    /// A due entry of `endpoint` at `key` may be claimable now: it was added, or its lease
+    /// was given up while the entry stays. The endpoint's next claim must not start past it.
+    fn due_appeared(&mut self, endpoint: EndpointId, key: &[u8]) {
+        if self
+            .cursors
+            .get(&endpoint)
+            .is_some_and(|cursor| key <= cursor.key.as_slice())
+        {
+            self.cursors.remove(&endpoint);
+        }
+    }
+
+    /// Gives up `lease` while its due entry stays: the delivery is due again as it was.
+    fn give_up(&mut self, lease: &Lease) {
+        self.leases.remove(&lease.delivery_id);
+        let key = keys::due(lease.endpoint_id, lease.due_ms, lease.delivery_id);
+        self.due_appeared(lease.endpoint_id, &key);
+    }
 }
 
 /// The open sled database.

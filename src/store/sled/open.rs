@@ -353,8 +353,8 @@ impl SledStore {
             endpoint_cache: RwLock::new(Default::default()),
             writes: Mutex::new(()),
             state: Mutex::new(State {
-                leases: Default::default(),
                 counters,
+                ..State::default()
             }),
             pending: AtomicU64::new(pending),
             ledger: Mutex::new(ledger),
@@ -396,6 +396,9 @@ impl SledStore {
             Ok((inner, pending, counters)) => {
                 self.pending.store(pending, Ordering::Relaxed);
                 state.counters = counters;
+                // Removals that never reached the disk are undone: entries come back behind
+                // the cursors.
+                state.cursors.clear();
                 self.cache_mut().clear();
                 self.inner.store(Some(Arc::new(inner)));
                 let reason = self.broken().reason.take();

@@ -34,6 +34,12 @@ struct Group {
     lines: LineWrites,
 }
 
+/// What a written group answers, and the due entries it added.
+struct Written {
+    answers: Vec<StoreResult<Recorded>>,
+    added_due: HashSet<Vec<u8>>,
+}
+
 impl SledStore {
     pub(super) fn record_outcomes_now(
         &self,
@@ -66,16 +72,31 @@ impl SledStore {
                 state.leases.remove(&id);
             }
         }
-        written
+        // Entries due again are new to claims; after a failed write, so are the entries of
+        // the leases just given up (rare: every endpoint's claims start over).
+        match written {
+            Ok(Written { answers, added_due }) => {
+                for key in added_due {
+                    if let Some((endpoint, _, _)) = keys::parse_due(&key) {
+                        state.due_appeared(endpoint, &key);
+                    }
+                }
+                Ok(answers)
+            }
+            Err(e) => {
+                state.cursors.clear();
+                Err(e)
+            }
+        }
     }
 
     /// Writes a group of outcomes as one batch; `held`: the leases among them this process
-    /// still holds (the others are stale).
+    /// still holds (the others are stale). Returns the answers and the due entries added.
     fn write_outcomes(
         &self,
         outcomes: &[Outcome],
         held: &HashMap<DeliveryId, LeaseToken>,
-    ) -> StoreResult<Vec<StoreResult<Recorded>>> {
+    ) -> StoreResult<Written> {
         let mut group = Group::default();
         let mut answers = Vec::with_capacity(outcomes.len());
         for outcome in outcomes {
@@ -96,11 +117,12 @@ impl SledStore {
             deliveries,
             lines,
             finished,
+            added_due,
             ..
         } = group;
         lines.write_with(self, &mut batch, deliveries.values())?;
         self.apply_counted(batch, 0, finished)?;
-        Ok(answers)
+        Ok(Written { answers, added_due })
     }
 
     /// Adds one outcome to `group`; reads see the group's earlier changes first.

@@ -166,7 +166,7 @@ impl Store for SledStore {
                 .get(&lease.delivery_id)
                 .is_some_and(|h| h.lease.token == lease.token)
             {
-                state.leases.remove(&lease.delivery_id);
+                state.give_up(lease);
             }
         }
         Ok(())
