@@ -111,12 +111,8 @@ impl State {
     /// A due entry of `endpoint` at `key` may be claimable now: it was added, or its lease
     /// was given up while the entry stays. The endpoint's next claim must not start past it.
     fn due_appeared(&mut self, endpoint: EndpointId, key: &[u8]) {
-        if self
-            .cursors
-            .get(&endpoint)
-            .is_some_and(|cursor| key <= cursor.key.as_slice())
-        {
-            self.cursors.remove(&endpoint);
+        if let Some(cursor) = self.cursors.get_mut(&endpoint) {
+            cursor.fall_back(key);
         }
     }
 

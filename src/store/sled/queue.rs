@@ -5,6 +5,7 @@
 //! the module docs of [`super`]); claiming writes nothing.
 
 use std::collections::HashMap;
+use std::ops::Bound;
 use std::time::Duration;
 
 use sled::{Batch, IVec};
@@ -25,17 +26,43 @@ use crate::store::{
 /// so that they are due again should the process die): reading from the start again, a claim
 /// of 32 read ~75 entries only to skip them — more than it claimed.
 ///
-/// Every entry up to `key` is leased by this process. What would break that removes the
-/// cursor (the claim then reads from the start): an entry added at or before it (a message
-/// accepted in the same millisecond, a line's next delivery, a transition), a lease given up
-/// while its entry stays (a release, an outcome that could not be written), a reopen after a
-/// failed write, and time: the cursor is used only until the first lease behind it runs out.
+/// Every entry before the cursor is leased by this process. An entry that may be claimable
+/// appearing behind it — added (a message accepted in the same millisecond, a delivery due
+/// again sooner, a line's next delivery) or left by a lease given up (a release) — moves the
+/// cursor back to it. What is rarer clears the cursors (the claim then reads from the start):
+/// a transition, an outcome that could not be written, a reopen after a failed write. And
+/// time: a cursor is used only until the first lease behind it runs out.
 #[derive(Debug)]
 pub(super) struct Cursor {
-    /// The last due key read.
-    pub(super) key: Vec<u8>,
+    /// The last due key read, or the earliest that appeared behind it.
+    key: Vec<u8>,
+    /// `key` was read (the next claim starts after it), not appeared (starts at it).
+    read: bool,
     /// When the first lease behind it runs out (ms).
     valid_until_ms: u64,
+}
+
+impl Cursor {
+    /// Where the next claim starts reading.
+    fn start(&self) -> Bound<&[u8]> {
+        if self.read {
+            Bound::Excluded(&self.key)
+        } else {
+            Bound::Included(&self.key)
+        }
+    }
+
+    /// An entry at `key` may be claimable now: the next claim starts there if it is earlier.
+    pub(super) fn fall_back(&mut self, key: &[u8]) {
+        let behind = match self.read {
+            true => key <= self.key.as_slice(),
+            false => key < self.key.as_slice(),
+        };
+        if behind {
+            self.key = key.to_vec();
+            self.read = false;
+        }
+    }
 }
 
 /// The smallest delivery id created at `ms`: UUIDv7 puts the millisecond time first.
@@ -252,7 +279,6 @@ impl SledStore {
         lease_for: Duration,
         max_leased: usize,
     ) -> StoreResult<Vec<Lease>> {
-        use std::ops::Bound::{Excluded, Included};
         let nil = DeliveryId(Uuid::nil());
         let end = keys::due(endpoint, now_ms.saturating_add(1), nil);
         let expires_at_ms = now_ms.saturating_add(lease_for.as_millis() as u64);
@@ -272,13 +298,13 @@ impl SledStore {
         let first = keys::due(endpoint, 0, nil);
         let previous = (state.cursors.remove(&endpoint)).filter(|c| c.valid_until_ms > now_ms);
         let (start, mut valid_until_ms) = match &previous {
-            Some(cursor) => (Excluded(cursor.key.as_slice()), cursor.valid_until_ms),
-            None => (Included(first.as_slice()), u64::MAX),
+            Some(cursor) => (cursor.start(), cursor.valid_until_ms),
+            None => (Bound::Included(first.as_slice()), u64::MAX),
         };
         let mut last = None;
         // Skips the endpoint's own live leases after the cursor (bounded by its concurrency).
         for key in (self.tree()?)
-            .range::<&[u8], _>((start, Excluded(end.as_slice())))
+            .range::<&[u8], _>((start, Bound::Excluded(end.as_slice())))
             .keys()
         {
             if claimed.len() == limit {
@@ -315,14 +341,16 @@ impl SledStore {
             state.leases.insert(delivery_id, held);
             claimed.push(lease);
         }
-        if let Some(key) = last.map(|k| k.to_vec()).or(previous.map(|c| c.key)) {
-            state.cursors.insert(
-                endpoint,
-                Cursor {
-                    key,
-                    valid_until_ms,
-                },
-            );
+        let cursor = match (last, previous) {
+            (Some(key), _) => Some(Cursor {
+                key: key.to_vec(),
+                read: true,
+                valid_until_ms,
+            }),
+            (None, previous) => previous,
+        };
+        if let Some(cursor) = cursor {
+            state.cursors.insert(endpoint, cursor);
         }
         Ok(claimed)
     }
