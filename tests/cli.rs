@@ -357,14 +357,35 @@ async fn endpoints_are_managed_from_the_cli() {
             "X-Env=prod",
             "--event-type",
             "job.completed",
+            "--rate-limit",
+            "2.5",
         ],
     )
     .await;
     let shown = ok(&daemon, &["endpoints", "show", &id]).await;
     assert!(
-        shown.contains("X-Env") && shown.contains("job.completed"),
+        shown.contains("X-Env")
+            && shown.contains("job.completed")
+            && shown.contains("rate limit   2.5/s (endpoint's)"),
         "{shown}"
     );
+    let refused = run(
+        Some(&daemon),
+        &["endpoints", "update", &id, "--rate-limit", "0"],
+    )
+    .await;
+    assert!(!refused.status.success());
+    assert!(
+        texts(&refused).1.contains("rate_limit must be"),
+        "{refused:?}"
+    );
+    ok(
+        &daemon,
+        &["endpoints", "update", &id, "--rate-limit", "none"],
+    )
+    .await;
+    let shown = ok(&daemon, &["endpoints", "show", &id]).await;
+    assert!(shown.contains("rate limit   none"), "{shown}");
 
     let disabled = ok(&daemon, &["endpoints", "disable", &id]).await;
     assert!(disabled.contains("is disabled"), "{disabled}");

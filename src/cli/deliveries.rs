@@ -10,9 +10,11 @@ use super::remote::{Remote, encode, query};
 #[derive(Subcommand)]
 pub enum DeliveryCommand {
     /// List deliveries, newest first.
+    ///
+    /// Example: herald deliveries list --status failed --since 2h
     List {
-        /// pending | held | succeeded | failed | skipped
-        #[arg(long)]
+        /// Only deliveries in this state.
+        #[arg(long, value_parser = ["pending", "held", "succeeded", "failed", "skipped"])]
         status: Option<String>,
         /// Only this endpoint's.
         #[arg(long, value_name = "ID")]
@@ -37,16 +39,23 @@ pub enum DeliveryCommand {
         oldest_first: bool,
     },
     /// Show one delivery: where it goes, why it waits, and every attempt.
+    ///
+    /// Example: herald deliveries show 0191f3c2-…  (ids come from `deliveries list`)
     Show {
         /// Delivery id.
         id: String,
     },
     /// Attempt a pending delivery now instead of at its next scheduled time.
+    ///
+    /// Example: herald deliveries retry 0191f3c2-…  (a finished one is replayed instead:
+    /// herald replay ID)
     Retry {
         /// Delivery id.
         id: String,
     },
     /// Cancel a pending delivery: it is not attempted again.
+    ///
+    /// Example: herald deliveries cancel 0191f3c2-…
     Cancel {
         /// Delivery id.
         id: String,

@@ -45,6 +45,8 @@ pub enum EndpointCommand {
         default: bool,
     },
     /// Change an endpoint: only the options given change.
+    ///
+    /// Example: herald endpoints update 0191f3c2-… --rate-limit 5 --header X-Env=prod
     Update {
         /// Endpoint id.
         id: String,
@@ -109,6 +111,25 @@ pub struct EndpointFields {
     /// Subscribe to this event type; repeat for more (none = all events; on update: replaces all).
     #[arg(long = "event-type", value_name = "TYPE")]
     event_types: Vec<String>,
+    /// At most this many attempts per second to the endpoint (5, or 0.5 for one every 2 s);
+    /// without it the policy's default applies, if it has one. On update, `none` removes it.
+    #[arg(long, value_name = "PER_SECOND", value_parser = rate_limit)]
+    rate_limit: Option<RateLimit>,
+}
+
+/// `--rate-limit`: attempts per second, or `none`.
+#[derive(Clone, Copy)]
+struct RateLimit(Option<f64>);
+
+fn rate_limit(value: &str) -> Result<RateLimit, String> {
+    if value == "none" {
+        return Ok(RateLimit(None));
+    }
+    let rate: f64 = value
+        .parse()
+        .map_err(|_| format!("expected attempts per second (5, 0.5) or none, not {value:?}"))?;
+    herald::model::check_rate_limit(rate)?;
+    Ok(RateLimit(Some(rate)))
 }
 
 impl EndpointFields {
@@ -140,6 +161,9 @@ impl EndpointFields {
         }
         if let Some(token) = self.security_token {
             body.insert("token".into(), json!(token));
+        }
+        if let Some(RateLimit(rate)) = self.rate_limit {
+            body.insert("rate_limit".into(), json!(rate));
         }
         Ok(Value::Object(body))
     }
@@ -350,6 +374,15 @@ fn print_endpoint(e: &Value) {
         }
     );
     println!("headers      {}", list(&e["header_names"], "none"));
+    match e["pacing"].as_object() {
+        Some(pacing) => println!(
+            "rate limit   {}/s ({}'s), next attempt waits {} ms",
+            text(&pacing["rate_limit"]),
+            text(&pacing["source"]),
+            text(&pacing["wait_ms"])
+        ),
+        None => println!("rate limit   none"),
+    }
     println!("created      {}", when(&e["created_at"]));
 }
 

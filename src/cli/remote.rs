@@ -108,7 +108,7 @@ impl Remote {
         }
         if status.as_u16() == 401 {
             message.push_str(
-                "\n  pass the admin token with --token or HERALD_TOKEN (the daemon's HERALD_ADMIN_TOKEN)",
+                "\n  pass the admin token with --token or HERALD_TOKEN (the daemon's HERALD_ADMIN_TOKEN; for `send` its HERALD_PRODUCER_TOKEN is enough)",
             );
         }
         Err(message)

@@ -366,7 +366,8 @@ pub(crate) fn command(
         Command::Replay => {
             if !delivery.status.is_final() {
                 return Err(format!(
-                    "delivery {id} is {status}; only finished deliveries can be replayed"
+                    "delivery {id} is {status}; only finished deliveries can be replayed \
+                     (attempt it now with retry, or cancel it first)"
                 ));
             }
             if !facts.message_kept {

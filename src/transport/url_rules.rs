@@ -17,7 +17,12 @@ pub fn check_url(raw: &str, rules: &UrlRules) -> Result<Url, String> {
     if raw.len() > MAX_URL_LEN {
         return Err(format!("URL is longer than {MAX_URL_LEN} characters"));
     }
-    let url = Url::parse(raw).map_err(|e| format!("not a valid URL: {e}"))?;
+    let url = Url::parse(raw).map_err(|e| match e {
+        url::ParseError::RelativeUrlWithoutBase => {
+            "not an absolute URL: a callback URL starts with http:// or https://".to_string()
+        }
+        e => format!("not a valid URL: {e}"),
+    })?;
     match url.scheme() {
         "https" => {}
         "http" if rules.require_https => {
