@@ -23,8 +23,8 @@ use crate::store::{
 /// Where an endpoint's next claim starts reading its due entries: just after the last entry
 /// the previous claim read. A claim reads an endpoint's entries in due order, and the first
 /// of them are the ones it leased before (leased entries stay until their outcome is written,
-/// so that they are due again should the process die): reading from the start again, a claim
-/// of 32 read ~75 entries only to skip them — more than it claimed.
+/// so that they are due again should the process die): reading from the start again, claims
+/// read ~75 entries only to skip them for every ~43 they took.
 ///
 /// Every entry before the cursor is leased by this process. An entry that may be claimable
 /// appearing behind it — added (a message accepted in the same millisecond, a delivery due
