@@ -296,7 +296,10 @@ impl SledStore {
         let limit = limit.min(max_leased.saturating_sub(leased));
         let mut claimed = Vec::new();
         let first = keys::due(endpoint, 0, nil);
-        let previous = (state.cursors.remove(&endpoint)).filter(|c| c.valid_until_ms > now_ms);
+        let previous = state
+            .cursors
+            .remove(&endpoint)
+            .filter(|c| c.valid_until_ms > now_ms);
         let (start, mut valid_until_ms) = match &previous {
             Some(cursor) => (cursor.start(), cursor.valid_until_ms),
             None => (Bound::Included(first.as_slice()), u64::MAX),
