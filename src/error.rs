@@ -18,9 +18,7 @@ pub enum Error {
         reason: String,
     },
     /// The named policy is not loaded.
-    #[error(
-        "unknown policy {0:?}: `herald policies list` (GET /admin/policies) names the loaded ones"
-    )]
+    #[error("unknown policy {0:?}")]
     UnknownPolicy(String),
     /// The encoded request body exceeds the policy's limit; nothing was stored.
     #[error("payload too large: the encoded body is {size} bytes, the limit is {limit}")]

@@ -155,9 +155,13 @@ impl From<Error> for ApiError {
             Error::InvalidUrl { .. } => {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_url", detail)
             }
-            Error::UnknownPolicy(_) => {
-                ApiError::new(StatusCode::BAD_REQUEST, "unknown_policy", detail)
-            }
+            Error::UnknownPolicy(_) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unknown_policy",
+                format!(
+                    "{detail}: GET /admin/policies (`herald policies list`) names the loaded ones"
+                ),
+            ),
             Error::PayloadTooLarge { size, limit } => ApiError {
                 size: Some(size),
                 limit: Some(limit),

@@ -34,33 +34,23 @@ use crate::store::{
 /// time: a cursor is used only until the first lease behind it runs out.
 #[derive(Debug)]
 pub(super) struct Cursor {
-    /// The last due key read, or the earliest that appeared behind it.
-    key: Vec<u8>,
-    /// `key` was read (the next claim starts after it), not appeared (starts at it).
-    read: bool,
+    /// Where the next claim starts: after the last due key read, or at the earliest that
+    /// appeared behind it.
+    start: Bound<Vec<u8>>,
     /// When the first lease behind it runs out (ms).
     valid_until_ms: u64,
 }
 
 impl Cursor {
-    /// Where the next claim starts reading.
-    fn start(&self) -> Bound<&[u8]> {
-        if self.read {
-            Bound::Excluded(&self.key)
-        } else {
-            Bound::Included(&self.key)
-        }
-    }
-
     /// An entry at `key` may be claimable now: the next claim starts there if it is earlier.
     pub(super) fn fall_back(&mut self, key: &[u8]) {
-        let behind = match self.read {
-            true => key <= self.key.as_slice(),
-            false => key < self.key.as_slice(),
+        let behind = match &self.start {
+            Bound::Excluded(start) => key <= start.as_slice(),
+            Bound::Included(start) => key < start.as_slice(),
+            Bound::Unbounded => false,
         };
         if behind {
-            self.key = key.to_vec();
-            self.read = false;
+            self.start = Bound::Included(key.to_vec());
         }
     }
 }
@@ -301,15 +291,18 @@ impl SledStore {
             .remove(&endpoint)
             .filter(|c| c.valid_until_ms > now_ms);
         let (start, mut valid_until_ms) = match &previous {
-            Some(cursor) => (cursor.start(), cursor.valid_until_ms),
+            Some(cursor) => (
+                cursor.start.as_ref().map(Vec::as_slice),
+                cursor.valid_until_ms,
+            ),
             None => (Bound::Included(first.as_slice()), u64::MAX),
         };
         let mut last = None;
         // Skips the endpoint's own live leases after the cursor (bounded by its concurrency).
-        for key in (self.tree()?)
-            .range::<&[u8], _>((start, Bound::Excluded(end.as_slice())))
-            .keys()
-        {
+        let due = self
+            .tree()?
+            .range::<&[u8], _>((start, Bound::Excluded(end.as_slice())));
+        for key in due.keys() {
             if claimed.len() == limit {
                 break;
             }
@@ -346,8 +339,7 @@ impl SledStore {
         }
         let cursor = match (last, previous) {
             (Some(key), _) => Some(Cursor {
-                key: key.to_vec(),
-                read: true,
+                start: Bound::Excluded(key.to_vec()),
                 valid_until_ms,
             }),
             (None, previous) => previous,
