@@ -21,7 +21,7 @@ use crate::api::AttemptEvent;
 use crate::error::Result;
 use crate::model::{DeliveryStatus, Endpoint, now_ms};
 use crate::policy::Policy;
-use crate::store::{Claim, Outcome, Recorded};
+use crate::store::{Claim, Outcome, Recorded, StoreError};
 use crate::transport::{Request, SignInput, encode, sign};
 
 /// An attempt that went on the wire and was decided, waiting to be recorded.
@@ -88,20 +88,85 @@ pub(crate) async fn send(
     }
 }
 
-/// The recording half: records the decided attempt, disables the endpoint if the decision says
-/// so, publishes.
-pub(crate) async fn settle(engine: &Engine, exchanged: Exchanged) -> Settled {
-    let lease = exchanged.lease;
-    let span = exchanged.span.clone();
-    match record(engine, exchanged).instrument(span).await {
-        Ok(settled) => settled,
-        Err(e) => {
-            // Given back: the delivery is due again as it was (the attempt is repeated).
-            tracing::error!(delivery = %lease.delivery_id, error = %e, "attempt could not be recorded");
-            give_back(engine, lease).await;
-            Settled::default()
-        }
-    }
+/// The recording half: hands the decided attempt to the recorder. Once it is recorded, this
+/// disables the endpoint if the decision says so, publishes, and tells the scheduler the claim
+/// is done. That runs on the record thread, in place (see [`super::record::Then`]); only the
+/// rare steps that wait on the store — disabling an endpoint, giving a claim back after a
+/// failed write — go to a task of their own.
+pub(crate) fn settle(engine: &Arc<Engine>, exchanged: Exchanged) {
+    let Exchanged {
+        lease,
+        endpoint,
+        policy,
+        decision,
+        span,
+    } = exchanged;
+    let outcome = Outcome {
+        lease,
+        attempt: decision.attempt,
+        delivery: decision.delivery,
+        health: decision.health,
+        dedup: decision.dedup,
+        release: decision.release,
+    };
+    let recorder = &engine.recorder;
+    let engine = engine.clone();
+    let then = move |outcome: Outcome, answer: std::result::Result<Recorded, StoreError>| {
+        let _entered = span.enter();
+        let Outcome {
+            lease,
+            attempt,
+            delivery,
+            health,
+            dedup,
+            release,
+        } = outcome;
+        let decision = Decision {
+            attempt,
+            delivery,
+            health,
+            dedup,
+            release,
+        };
+        let recorded = match answer {
+            Ok(recorded) => recorded,
+            Err(e) => {
+                // Given back: the delivery is due again as it was (the attempt is repeated).
+                tracing::error!(delivery = %lease.delivery_id, error = %e, "attempt could not be recorded");
+                let runtime = engine.delivery.clone();
+                let task = async move {
+                    give_back(&engine, lease).await;
+                    engine.scheduler.finished(lease.endpoint_id, lease.delivery_id, Settled::default());
+                };
+                runtime.spawn(task.instrument(span.clone()));
+                return;
+            }
+        };
+        let settled = Settled {
+            next_due: decision.delivery.next_attempt_at.filter(|_| !recorded.stale),
+            released_due: recorded.released_due,
+        };
+        let disable = policy.as_deref().filter(|_| !recorded.stale).and_then(|policy| {
+            decide::deactivation(policy, &decision, recorded.consecutive_failures)
+        });
+        let Some(reason) = disable else {
+            publish(&engine, &endpoint, policy.as_deref(), &decision, recorded);
+            engine.scheduler.finished(lease.endpoint_id, lease.delivery_id, settled);
+            return;
+        };
+        let runtime = engine.delivery.clone();
+        let task = async move {
+            let last_error = decision.attempt.error_detail.as_deref().unwrap_or("");
+            let failures = recorded.consecutive_failures;
+            if let Err(e) = engine.deactivate(&endpoint, failures, &reason, last_error).await {
+                tracing::error!(endpoint = %endpoint.id, error = %e, "endpoint not disabled");
+            }
+            publish(&engine, &endpoint, policy.as_deref(), &decision, recorded);
+            engine.scheduler.finished(lease.endpoint_id, lease.delivery_id, settled);
+        };
+        runtime.spawn(task.instrument(span.clone()));
+    };
+    recorder.record(outcome, Box::new(then));
 }
 
 async fn give_back(engine: &Engine, lease: crate::store::Lease) {
@@ -171,50 +236,6 @@ async fn exchange_and_decide(
         decision,
         span,
     }))
-}
-
-async fn record(engine: &Engine, exchanged: Exchanged) -> Result<Settled> {
-    let Exchanged {
-        lease,
-        endpoint,
-        policy,
-        decision,
-        ..
-    } = exchanged;
-    let recorded = engine
-        .recorder
-        .record(Outcome {
-            lease,
-            attempt: decision.attempt.clone(),
-            delivery: decision.delivery.clone(),
-            health: decision.health,
-            dedup: decision.dedup.clone(),
-            release: decision.release.clone(),
-        })
-        .await?;
-    if let Some(policy) = &policy
-        && !recorded.stale
-        && let Some(reason) = decide::deactivation(policy, &decision, recorded.consecutive_failures)
-    {
-        let last_error = decision.attempt.error_detail.as_deref().unwrap_or("");
-        engine
-            .deactivate(
-                &endpoint,
-                recorded.consecutive_failures,
-                &reason,
-                last_error,
-            )
-            .await?;
-    }
-    publish(engine, &endpoint, policy.as_deref(), &decision, recorded);
-    let next_due = match decision.delivery.next_attempt_at {
-        Some(due) if !recorded.stale => Some(due),
-        _ => None,
-    };
-    Ok(Settled {
-        next_due,
-        released_due: recorded.released_due,
-    })
 }
 
 /// Metrics, a log line and the outcome event of one recorded attempt.

@@ -5,7 +5,7 @@
 //! — not HTTP — the ceiling of delivery throughput. Runners therefore hand their outcomes to
 //! one recorder thread, which records everything that queued up while its previous round ran —
 //! and during a short window after the first outcome — with a single
-//! [`Store::record_outcomes`], and then answers each runner. The store may make the write
+//! [`Store::record_outcomes`], and then hands each outcome back with its answer. The store may make the write
 //! durable lazily: losing the last ones in a crash repeats those attempts once their leases
 //! expire, which at-least-once delivery allows.
 //!
@@ -13,15 +13,18 @@
 //! the gathering window precise to microseconds, where the runtime's timers round to
 //! milliseconds.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
-
 use crate::store::{Outcome, Recorded, Store, StoreError};
 
-type Reply = oneshot::Sender<Result<Recorded, StoreError>>;
+/// What happens once an outcome is recorded (or could not be): it gets the outcome back with
+/// the store's answer. It runs on the record thread, so it must not block: whatever waits
+/// (a store call) it spawns. Answering in place spares every attempt a task, a channel and a
+/// wake-up of its own; the record thread answers a whole group in one go.
+pub(crate) type Then = Box<dyn FnOnce(Outcome, Result<Recorded, StoreError>) + Send>;
 
 /// Outcomes recorded in one write at most (bounds the batch and the wait of the first).
 const MAX_GROUP: usize = 512;
@@ -42,7 +45,7 @@ const OUTAGE_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Hands attempt outcomes to the recorder thread.
 pub(crate) struct Recorder {
-    requests: mpsc::Sender<(Box<Outcome>, Reply)>,
+    requests: mpsc::Sender<Box<(Outcome, Then)>>,
 }
 
 impl Recorder {
@@ -56,29 +59,27 @@ impl Recorder {
         Ok(Recorder { requests })
     }
 
-    /// Records one attempt with whatever else is waiting; returns what was recorded.
-    pub(crate) async fn record(&self, outcome: Outcome) -> Result<Recorded, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.requests
-            .send((Box::new(outcome), tx))
-            .map_err(|_| StoreError::Backend(STOPPED.into()))?;
-        rx.await
-            .unwrap_or_else(|_| Err(StoreError::Backend(STOPPED.into())))
+    /// Records one attempt with whatever else is waiting; `then` gets the answer.
+    pub(crate) fn record(&self, outcome: Outcome, then: Then) {
+        if let Err(mpsc::SendError(request)) = self.requests.send(Box::new((outcome, then))) {
+            let (outcome, then) = *request;
+            then(outcome, Err(StoreError::Backend(STOPPED.into())));
+        }
     }
 }
 
 fn run(
     runtime: &tokio::runtime::Handle,
     store: &dyn Store,
-    queue: &mpsc::Receiver<(Box<Outcome>, Reply)>,
+    queue: &mpsc::Receiver<Box<(Outcome, Then)>>,
 ) {
     let mut outcomes = Vec::new();
-    let mut replies = Vec::new();
+    let mut thens: Vec<Then> = Vec::new();
     // `recv` blocks without spinning; it fails once every sender is gone.
     while let Ok(first) = queue.recv() {
-        let (outcome, reply) = first;
-        outcomes.push(*outcome);
-        replies.push(reply);
+        let (outcome, then) = *first;
+        outcomes.push(outcome);
+        thens.push(then);
         let window = Instant::now() + WINDOW;
         while outcomes.len() < MAX_GROUP {
             let next = match queue.try_recv() {
@@ -92,21 +93,25 @@ fn run(
                     }
                 }
             };
-            outcomes.push(*next.0);
-            replies.push(next.1);
+            let (outcome, then) = *next;
+            outcomes.push(outcome);
+            thens.push(then);
         }
-        metrics::histogram!("herald_record_group_size").record(replies.len() as f64);
-        match record(runtime, store, std::mem::take(&mut outcomes)) {
-            Ok(answers) => {
-                for (answer, reply) in answers.into_iter().zip(replies.drain(..)) {
-                    let _ = reply.send(answer);
-                }
-            }
+        metrics::histogram!("herald_record_group_size").record(thens.len() as f64);
+        // A panic in the store is that group's error, not the end of the thread (every later
+        // outcome would then fail).
+        let answers = catch_unwind(AssertUnwindSafe(|| record(runtime, store, &outcomes)))
+            .unwrap_or_else(|_| Err(StoreError::Backend("the store panicked".into())));
+        let answers: Vec<_> = match answers {
+            Ok(answers) => answers,
             Err(e) => {
                 tracing::error!(error = %e, "attempt records not written; those deliveries will be attempted again");
-                for reply in replies.drain(..) {
-                    let _ = reply.send(Err(e.clone()));
-                }
+                vec![Err(e); outcomes.len()]
+            }
+        };
+        for ((outcome, then), answer) in outcomes.drain(..).zip(thens.drain(..)).zip(answers) {
+            if catch_unwind(AssertUnwindSafe(|| then(outcome, answer))).is_err() {
+                tracing::error!("a recorded attempt's follow-up panicked");
             }
         }
     }
@@ -117,11 +122,11 @@ fn run(
 fn record(
     runtime: &tokio::runtime::Handle,
     store: &dyn Store,
-    outcomes: Vec<Outcome>,
+    outcomes: &[Outcome],
 ) -> Result<Vec<Result<Recorded, StoreError>>, StoreError> {
     let started = Instant::now();
     loop {
-        match runtime.block_on(store.record_outcomes(&outcomes)) {
+        match runtime.block_on(store.record_outcomes(outcomes)) {
             Err(StoreError::Unavailable(reason)) if started.elapsed() < OUTAGE_PATIENCE => {
                 tracing::warn!(
                     reason,

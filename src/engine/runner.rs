@@ -88,13 +88,7 @@ async fn runner(engine: Arc<Engine>, endpoint: EndpointId) {
         }
         match exchanged {
             // Recorded beside the next request: the claim lasts until then, the slot does not.
-            Some(exchanged) => {
-                let engine = engine.clone();
-                tokio::spawn(async move {
-                    let settled = super::attempt::settle(&engine, exchanged).await;
-                    engine.scheduler.finished(endpoint, delivery, settled);
-                });
-            }
+            Some(exchanged) => super::attempt::settle(&engine, exchanged),
             None => scheduler.finished(endpoint, delivery, Default::default()),
         }
     }
