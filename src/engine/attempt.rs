@@ -101,33 +101,11 @@ pub(crate) fn settle(engine: &Arc<Engine>, exchanged: Exchanged) {
         decision,
         span,
     } = exchanged;
-    let outcome = Outcome {
-        lease,
-        attempt: decision.attempt,
-        delivery: decision.delivery,
-        health: decision.health,
-        dedup: decision.dedup,
-        release: decision.release,
-    };
     let recorder = &engine.recorder;
     let engine = engine.clone();
     let then = move |outcome: Outcome, answer: std::result::Result<Recorded, StoreError>| {
         let _entered = span.enter();
-        let Outcome {
-            lease,
-            attempt,
-            delivery,
-            health,
-            dedup,
-            release,
-        } = outcome;
-        let decision = Decision {
-            attempt,
-            delivery,
-            health,
-            dedup,
-            release,
-        };
+        let (lease, decision) = Decision::from_outcome(outcome);
         let recorded = match answer {
             Ok(recorded) => recorded,
             Err(e) => {
@@ -136,37 +114,54 @@ pub(crate) fn settle(engine: &Arc<Engine>, exchanged: Exchanged) {
                 let runtime = engine.delivery.clone();
                 let task = async move {
                     give_back(&engine, lease).await;
-                    engine.scheduler.finished(lease.endpoint_id, lease.delivery_id, Settled::default());
+                    engine.scheduler.finished(
+                        lease.endpoint_id,
+                        lease.delivery_id,
+                        Settled::default(),
+                    );
                 };
                 runtime.spawn(task.instrument(span.clone()));
                 return;
             }
         };
         let settled = Settled {
-            next_due: decision.delivery.next_attempt_at.filter(|_| !recorded.stale),
+            next_due: decision
+                .delivery
+                .next_attempt_at
+                .filter(|_| !recorded.stale),
             released_due: recorded.released_due,
         };
-        let disable = policy.as_deref().filter(|_| !recorded.stale).and_then(|policy| {
-            decide::deactivation(policy, &decision, recorded.consecutive_failures)
-        });
+        let disable = policy
+            .as_deref()
+            .filter(|_| !recorded.stale)
+            .and_then(|policy| {
+                decide::deactivation(policy, &decision, recorded.consecutive_failures)
+            });
         let Some(reason) = disable else {
             publish(&engine, &endpoint, policy.as_deref(), &decision, recorded);
-            engine.scheduler.finished(lease.endpoint_id, lease.delivery_id, settled);
+            engine
+                .scheduler
+                .finished(lease.endpoint_id, lease.delivery_id, settled);
             return;
         };
         let runtime = engine.delivery.clone();
         let task = async move {
             let last_error = decision.attempt.error_detail.as_deref().unwrap_or("");
             let failures = recorded.consecutive_failures;
-            if let Err(e) = engine.deactivate(&endpoint, failures, &reason, last_error).await {
+            if let Err(e) = engine
+                .deactivate(&endpoint, failures, &reason, last_error)
+                .await
+            {
                 tracing::error!(endpoint = %endpoint.id, error = %e, "endpoint not disabled");
             }
             publish(&engine, &endpoint, policy.as_deref(), &decision, recorded);
-            engine.scheduler.finished(lease.endpoint_id, lease.delivery_id, settled);
+            engine
+                .scheduler
+                .finished(lease.endpoint_id, lease.delivery_id, settled);
         };
         runtime.spawn(task.instrument(span.clone()));
     };
-    recorder.record(outcome, Box::new(then));
+    recorder.record(decision.into_outcome(lease), Box::new(then));
 }
 
 async fn give_back(engine: &Engine, lease: crate::store::Lease) {

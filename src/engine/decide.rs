@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::model::{Attempt, Delivery, DeliveryStatus, Endpoint, ErrorKind, Message};
 use crate::policy::{Policy, Verdict, classify};
-use crate::store::{Closing, HealthChange};
+use crate::store::{Closing, HealthChange, Lease, Outcome};
 use crate::transport::Exchange;
 
 /// What one attempt came back with, judged under its policy.
@@ -102,6 +102,40 @@ pub(crate) struct Decision {
     pub(crate) dedup: Option<(String, [u8; 32])>,
     /// The ordering key whose line the delivery leaves: the next one in line becomes due.
     pub(crate) release: Option<String>,
+}
+
+impl Decision {
+    /// The outcome to record under `lease`.
+    pub(crate) fn into_outcome(self, lease: Lease) -> Outcome {
+        Outcome {
+            lease,
+            attempt: self.attempt,
+            delivery: self.delivery,
+            health: self.health,
+            dedup: self.dedup,
+            release: self.release,
+        }
+    }
+
+    /// The decision an outcome carried, back from the recorder, with its lease.
+    pub(crate) fn from_outcome(outcome: Outcome) -> (Lease, Decision) {
+        let Outcome {
+            lease,
+            attempt,
+            delivery,
+            health,
+            dedup,
+            release,
+        } = outcome;
+        let decision = Decision {
+            attempt,
+            delivery,
+            health,
+            dedup,
+            release,
+        };
+        (lease, decision)
+    }
 }
 
 /// Decides what an attempt means for its delivery and its endpoint.

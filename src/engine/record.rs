@@ -51,11 +51,18 @@ pub(crate) struct Recorder {
 impl Recorder {
     /// Starts the recorder thread. It ends when the last handle is dropped.
     pub(crate) fn start(store: Arc<dyn Store>) -> std::io::Result<Recorder> {
-        let (requests, queue) = mpsc::channel();
         let runtime = tokio::runtime::Handle::current();
+        Recorder::writing_with(move |outcomes| record(&runtime, store.as_ref(), outcomes))
+    }
+
+    /// Starts the recorder thread with `write` recording each group.
+    fn writing_with(
+        write: impl FnMut(&[Outcome]) -> Answers + Send + 'static,
+    ) -> std::io::Result<Recorder> {
+        let (requests, queue) = mpsc::channel();
         std::thread::Builder::new()
             .name("herald-record".into())
-            .spawn(move || run(&runtime, store.as_ref(), &queue))?;
+            .spawn(move || run(&queue, write))?;
         Ok(Recorder { requests })
     }
 
@@ -68,11 +75,10 @@ impl Recorder {
     }
 }
 
-fn run(
-    runtime: &tokio::runtime::Handle,
-    store: &dyn Store,
-    queue: &mpsc::Receiver<Box<(Outcome, Then)>>,
-) {
+/// What recording a group answers: one answer per outcome, or an error for all of them.
+type Answers = Result<Vec<Result<Recorded, StoreError>>, StoreError>;
+
+fn run(queue: &mpsc::Receiver<Box<(Outcome, Then)>>, mut write: impl FnMut(&[Outcome]) -> Answers) {
     let mut outcomes = Vec::new();
     let mut thens: Vec<Then> = Vec::new();
     // `recv` blocks without spinning; it fails once every sender is gone.
@@ -100,7 +106,7 @@ fn run(
         metrics::histogram!("herald_record_group_size").record(thens.len() as f64);
         // A panic in the store is that group's error, not the end of the thread (every later
         // outcome would then fail).
-        let answers = catch_unwind(AssertUnwindSafe(|| record(runtime, store, &outcomes)))
+        let answers = catch_unwind(AssertUnwindSafe(|| write(&outcomes)))
             .unwrap_or_else(|_| Err(StoreError::Backend("the store panicked".into())));
         let answers: Vec<_> = match answers {
             Ok(answers) => answers,
@@ -119,11 +125,7 @@ fn run(
 
 /// Records a group; while the store is unavailable, tries again each second (what happened on
 /// the wire is kept, not repeated) until [`OUTAGE_PATIENCE`] runs out.
-fn record(
-    runtime: &tokio::runtime::Handle,
-    store: &dyn Store,
-    outcomes: &[Outcome],
-) -> Result<Vec<Result<Recorded, StoreError>>, StoreError> {
+fn record(runtime: &tokio::runtime::Handle, store: &dyn Store, outcomes: &[Outcome]) -> Answers {
     let started = Instant::now();
     loop {
         match runtime.block_on(store.record_outcomes(outcomes)) {
@@ -139,3 +141,7 @@ fn record(
         }
     }
 }
+
+#[cfg(test)]
+#[path = "record_tests.rs"]
+mod tests;
