@@ -21,7 +21,7 @@ use crate::api::AttemptEvent;
 use crate::error::Result;
 use crate::model::{DeliveryStatus, Endpoint, now_ms};
 use crate::policy::Policy;
-use crate::store::{Claim, Outcome, Recorded, StoreError};
+use crate::store::{Claim, Outcome, Recorded, StoreResult};
 use crate::transport::{Request, SignInput, encode, sign};
 
 /// An attempt that went on the wire and was decided, waiting to be recorded.
@@ -101,24 +101,49 @@ pub(crate) fn settle(engine: &Arc<Engine>, exchanged: Exchanged) {
         decision,
         span,
     } = exchanged;
-    let recorder = &engine.recorder;
-    let engine = engine.clone();
-    let then = move |outcome: Outcome, answer: std::result::Result<Recorded, StoreError>| {
+    let follow = Follow {
+        engine: engine.clone(),
+        endpoint,
+        policy,
+        span,
+    };
+    let then = move |outcome, answer| follow.up(outcome, answer);
+    engine
+        .recorder
+        .record(decision.into_outcome(lease), Box::new(then));
+}
+
+/// What a recorded attempt's follow-up needs besides its outcome.
+struct Follow {
+    engine: Arc<Engine>,
+    endpoint: Endpoint,
+    policy: Option<Arc<Policy>>,
+    span: tracing::Span,
+}
+
+impl Follow {
+    /// Runs on the record thread (see [`settle`]).
+    fn up(self, outcome: Outcome, answer: StoreResult<Recorded>) {
+        let Follow {
+            engine,
+            endpoint,
+            policy,
+            span,
+        } = self;
         let _entered = span.enter();
         let (lease, decision) = Decision::from_outcome(outcome);
+        let runtime = engine.delivery.clone();
         let recorded = match answer {
             Ok(recorded) => recorded,
             Err(e) => {
                 // Given back: the delivery is due again as it was (the attempt is repeated).
                 tracing::error!(delivery = %lease.delivery_id, error = %e, "attempt could not be recorded");
-                let runtime = engine.delivery.clone();
                 let task = async move {
                     give_back(&engine, lease).await;
-                    engine.scheduler.finished(
-                        lease.endpoint_id,
-                        lease.delivery_id,
-                        Settled::default(),
-                    );
+                    let settled = Settled::default();
+                    engine
+                        .scheduler
+                        .finished(lease.endpoint_id, lease.delivery_id, settled);
                 };
                 runtime.spawn(task.instrument(span.clone()));
                 return;
@@ -144,7 +169,6 @@ pub(crate) fn settle(engine: &Arc<Engine>, exchanged: Exchanged) {
                 .finished(lease.endpoint_id, lease.delivery_id, settled);
             return;
         };
-        let runtime = engine.delivery.clone();
         let task = async move {
             let last_error = decision.attempt.error_detail.as_deref().unwrap_or("");
             let failures = recorded.consecutive_failures;
@@ -160,8 +184,7 @@ pub(crate) fn settle(engine: &Arc<Engine>, exchanged: Exchanged) {
                 .finished(lease.endpoint_id, lease.delivery_id, settled);
         };
         runtime.spawn(task.instrument(span.clone()));
-    };
-    recorder.record(decision.into_outcome(lease), Box::new(then));
+    }
 }
 
 async fn give_back(engine: &Engine, lease: crate::store::Lease) {
