@@ -5,9 +5,9 @@
 //! — not HTTP — the ceiling of delivery throughput. Runners therefore hand their outcomes to
 //! one recorder thread, which records everything that queued up while its previous round ran —
 //! and during a short window after the first outcome — with a single
-//! [`Store::record_outcomes`], and then hands each outcome back with its answer. The store may make the write
-//! durable lazily: losing the last ones in a crash repeats those attempts once their leases
-//! expire, which at-least-once delivery allows.
+//! [`Store::record_outcomes`], and then hands each outcome back with its answer ([`Then`]).
+//! The store may make the write durable lazily: losing the last ones in a crash repeats those
+//! attempts once their leases expire, which at-least-once delivery allows.
 //!
 //! The thread drives the async store with the runtime's handle; a thread (not a task) keeps
 //! the gathering window precise to microseconds, where the runtime's timers round to
