@@ -227,6 +227,15 @@ pub enum DeliveryStatus {
 }
 
 impl DeliveryStatus {
+    /// Every status, in the order people read them (waiting, then finished).
+    pub const ALL: [DeliveryStatus; 5] = [
+        DeliveryStatus::Pending,
+        DeliveryStatus::Held,
+        DeliveryStatus::Succeeded,
+        DeliveryStatus::Failed,
+        DeliveryStatus::Skipped,
+    ];
+
     /// The lower-case name used in the APIs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -250,14 +259,10 @@ impl DeliveryStatus {
 impl FromStr for DeliveryStatus {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Ok(match s {
-            "pending" => DeliveryStatus::Pending,
-            "succeeded" => DeliveryStatus::Succeeded,
-            "failed" => DeliveryStatus::Failed,
-            "skipped" => DeliveryStatus::Skipped,
-            "held" => DeliveryStatus::Held,
-            other => return Err(format!("unknown delivery status {other:?}")),
-        })
+        DeliveryStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| format!("unknown delivery status {s:?}"))
     }
 }
 

@@ -14,7 +14,7 @@ pub enum DeliveryCommand {
     /// Example: herald deliveries list --status failed --since 2h
     List {
         /// Only deliveries in this state.
-        #[arg(long, value_parser = ["pending", "held", "succeeded", "failed", "skipped"])]
+        #[arg(long, value_parser = statuses())]
         status: Option<String>,
         /// Only this endpoint's.
         #[arg(long, value_name = "ID")]
@@ -63,6 +63,13 @@ pub enum DeliveryCommand {
 }
 
 /// Runs a delivery command.
+/// `--status`: the names of the delivery statuses.
+fn statuses() -> clap::builder::PossibleValuesParser {
+    herald::model::DeliveryStatus::ALL
+        .map(herald::model::DeliveryStatus::as_str)
+        .into()
+}
+
 pub async fn run(remote: &Remote, command: DeliveryCommand) -> Result<(), String> {
     match command {
         DeliveryCommand::List {

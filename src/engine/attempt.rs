@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use super::Engine;
 use super::accept::digest;
-use super::decide::{self, AttemptFacts, Decision, Judged};
+use super::decide::{self, AttemptFacts, Judged};
 use super::window::{self, Pace};
 use crate::api::AttemptEvent;
 use crate::error::Result;
@@ -26,17 +26,17 @@ use crate::transport::{Request, SignInput, encode, sign};
 
 /// An attempt that went on the wire and was decided, waiting to be recorded.
 pub(crate) struct Exchanged {
-    lease: crate::store::Lease,
+    /// The decision, under the attempt's lease.
+    outcome: Outcome,
     endpoint: Endpoint,
     policy: Option<Arc<Policy>>,
-    decision: Decision,
     span: tracing::Span,
 }
 
 impl Exchanged {
     /// What the attempt said about the receiver's capacity.
     pub(crate) fn pace(&self) -> Pace {
-        window::pace(&self.decision.attempt)
+        window::pace(&self.outcome.attempt)
     }
 }
 
@@ -95,10 +95,9 @@ pub(crate) async fn send(
 /// failed write — go to a task of their own.
 pub(crate) fn settle(engine: &Arc<Engine>, exchanged: Exchanged) {
     let Exchanged {
-        lease,
+        outcome,
         endpoint,
         policy,
-        decision,
         span,
     } = exchanged;
     let follow = Follow {
@@ -108,9 +107,7 @@ pub(crate) fn settle(engine: &Arc<Engine>, exchanged: Exchanged) {
         span,
     };
     let then = move |outcome, answer| follow.up(outcome, answer);
-    engine
-        .recorder
-        .record(decision.into_outcome(lease), Box::new(then));
+    engine.recorder.record(outcome, Box::new(then));
 }
 
 /// What a recorded attempt's follow-up needs besides its outcome.
@@ -131,13 +128,13 @@ impl Follow {
             span,
         } = self;
         let _entered = span.enter();
-        let (lease, decision) = Decision::from_outcome(outcome);
-        let runtime = engine.delivery.clone();
+        let lease = outcome.lease;
         let recorded = match answer {
             Ok(recorded) => recorded,
             Err(e) => {
                 // Given back: the delivery is due again as it was (the attempt is repeated).
                 tracing::error!(delivery = %lease.delivery_id, error = %e, "attempt could not be recorded");
+                let runtime = engine.delivery.clone();
                 let task = async move {
                     give_back(&engine, lease).await;
                     let settled = Settled::default();
@@ -150,27 +147,26 @@ impl Follow {
             }
         };
         let settled = Settled {
-            next_due: decision
-                .delivery
-                .next_attempt_at
-                .filter(|_| !recorded.stale),
+            next_due: outcome.delivery.next_attempt_at.filter(|_| !recorded.stale),
             released_due: recorded.released_due,
         };
         let disable = policy
             .as_deref()
             .filter(|_| !recorded.stale)
             .and_then(|policy| {
-                decide::deactivation(policy, &decision, recorded.consecutive_failures)
+                let failures = recorded.consecutive_failures;
+                decide::deactivation(policy, outcome.health, &outcome.attempt, failures)
             });
         let Some(reason) = disable else {
-            publish(&engine, &endpoint, policy.as_deref(), &decision, recorded);
+            publish(&engine, &endpoint, policy.as_deref(), &outcome, recorded);
             engine
                 .scheduler
                 .finished(lease.endpoint_id, lease.delivery_id, settled);
             return;
         };
+        let runtime = engine.delivery.clone();
         let task = async move {
-            let last_error = decision.attempt.error_detail.as_deref().unwrap_or("");
+            let last_error = outcome.attempt.error_detail.as_deref().unwrap_or("");
             let failures = recorded.consecutive_failures;
             if let Err(e) = engine
                 .deactivate(&endpoint, failures, &reason, last_error)
@@ -178,7 +174,7 @@ impl Follow {
             {
                 tracing::error!(endpoint = %endpoint.id, error = %e, "endpoint not disabled");
             }
-            publish(&engine, &endpoint, policy.as_deref(), &decision, recorded);
+            publish(&engine, &endpoint, policy.as_deref(), &outcome, recorded);
             engine
                 .scheduler
                 .finished(lease.endpoint_id, lease.delivery_id, settled);
@@ -248,10 +244,9 @@ async fn exchange_and_decide(
         random: rand::random_range(-1.0..=1.0),
     });
     Ok(Some(Exchanged {
-        lease,
+        outcome: decision.into_outcome(lease),
         endpoint,
         policy,
-        decision,
         span,
     }))
 }
@@ -261,11 +256,11 @@ fn publish(
     engine: &Engine,
     endpoint: &Endpoint,
     policy: Option<&Policy>,
-    decision: &Decision,
+    outcome: &Outcome,
     recorded: Recorded,
 ) {
-    let attempt = &decision.attempt;
-    let delivery = &decision.delivery;
+    let attempt = &outcome.attempt;
+    let delivery = &outcome.delivery;
     let policy_label = policy.map_or_else(|| "unknown".to_string(), |p| p.name.clone());
     let outcome_label = attempt.error.map_or("success", |kind| kind.as_str());
     metrics::counter!("herald_attempts_total", "policy" => policy_label.clone(), "outcome" => outcome_label)

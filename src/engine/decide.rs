@@ -116,26 +116,6 @@ impl Decision {
             release: self.release,
         }
     }
-
-    /// The decision an outcome carried, back from the recorder, with its lease.
-    pub(crate) fn from_outcome(outcome: Outcome) -> (Lease, Decision) {
-        let Outcome {
-            lease,
-            attempt,
-            delivery,
-            health,
-            dedup,
-            release,
-        } = outcome;
-        let decision = Decision {
-            attempt,
-            delivery,
-            health,
-            dedup,
-            release,
-        };
-        (lease, decision)
-    }
 }
 
 /// Decides what an attempt means for its delivery and its endpoint.
@@ -304,14 +284,15 @@ fn finish(delivery: &mut Delivery, status: DeliveryStatus) {
 /// never do.
 pub(crate) fn deactivation(
     policy: &Policy,
-    decision: &Decision,
+    health: HealthChange,
+    attempt: &Attempt,
     consecutive_failures: u32,
 ) -> Option<String> {
-    if decision.health == HealthChange::Untouched {
+    if health == HealthChange::Untouched {
         return None;
     }
-    let detail = decision.attempt.error_detail.as_deref().unwrap_or("");
-    if decision.attempt.error == Some(ErrorKind::Gone) {
+    let detail = attempt.error_detail.as_deref().unwrap_or("");
+    if attempt.error == Some(ErrorKind::Gone) {
         return Some(format!("the receiver answered 410 Gone ({detail})"));
     }
     let threshold = policy.endpoint.deactivate_after;

@@ -257,7 +257,7 @@ fn deactivation_table() {
     ];
     for (name, before, judged, failures, disables) in rows {
         let decision = decide_at(&before, &endpoint(), judged, T0);
-        let reason = deactivation(&policy, &decision, failures);
+        let reason = deactivation(&policy, decision.health, &decision.attempt, failures);
         assert_eq!(reason.is_some(), disables, "{name}: {reason:?}");
     }
 }
