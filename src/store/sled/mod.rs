@@ -39,6 +39,7 @@ mod outcomes;
 mod purge;
 mod queue;
 mod store;
+mod tools;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -57,7 +58,7 @@ use crate::model::{DeliveryId, EndpointId};
 use codec::{decode, encode};
 use ledger::{Counters, Ledger};
 
-pub use open::CheckReport;
+pub use tools::CheckReport;
 
 /// Tuning for [`SledStore::open`].
 #[derive(Debug, Clone)]

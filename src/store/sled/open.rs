@@ -1,5 +1,5 @@
 //! Opening the sled store with every check a damaged disk calls for, and the operator's tools:
-//! check, recover (accepting a loss), backup, and reopening after a full disk.
+//! recover (accepting a loss) and reopening after a full disk (check and backup: [`super::tools`]).
 //!
 //! A store is refused — with what is missing, which file, and what to do — when sled's files do
 //! not open, when the store's durable-write sequence is behind its ledger (sled truncated a
@@ -20,7 +20,7 @@ use super::codec::{self, decode, encode};
 use super::ledger::{self, Counters, Found, Ledger};
 use super::{Broken, Inner, SledOptions, SledStore, State, keys};
 use crate::store::seal::{KEY_BYTES, Sealer, load_or_create_key};
-use crate::store::{BackupReport, StoreError, StoreResult};
+use crate::store::{StoreError, StoreResult};
 
 /// sled's segment size here; a reopen needs room for at least one new segment.
 const SEGMENT_BYTES: usize = 8 * 1024 * 1024;
@@ -39,34 +39,13 @@ enum Loss {
     Accept,
 }
 
-/// What `herald store check` found.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct CheckReport {
-    /// Problems that make herald refuse the store; empty when it is sound.
-    pub problems: Vec<String>,
-    /// Records by kind.
-    pub endpoints: u64,
-    /// Messages stored.
-    pub messages: u64,
-    /// Deliveries stored.
-    pub deliveries: u64,
-    /// Pending deliveries: due entries and deliveries waiting in ordering lines.
-    pub pending: u64,
-    /// Records that do not decode.
-    pub unreadable: u64,
-    /// The store's durable-write sequence, and the ledger's.
-    pub store_seq: u64,
-    /// The ledger's sequence, if it has an intact entry.
-    pub ledger_seq: Option<u64>,
-}
-
 fn damaged(message: String) -> StoreError {
     StoreError::Damaged(message)
 }
 
 /// sled's `conf` ends with a CRC-32 (little-endian) of the rest; checked before sled reads it,
 /// because sled's own error for a damaged `conf` does not name the file.
-fn check_conf(dir: &Path) -> StoreResult<()> {
+pub(super) fn check_conf(dir: &Path) -> StoreResult<()> {
     let path = dir.join("conf");
     let Ok(bytes) = std::fs::read(&path) else {
         return Ok(()); // absent: a new store
@@ -94,11 +73,15 @@ fn check_conf(dir: &Path) -> StoreResult<()> {
 /// again (an embedding application, `store check` in a test) fails now and then on a loaded
 /// machine. Reopening after a full disk does not wait: it holds the store's lock meanwhile,
 /// and tries again a second later anyway.
-const RELEASE_WAIT: Duration = Duration::from_secs(2);
+pub(super) const RELEASE_WAIT: Duration = Duration::from_secs(2);
 
 /// Opens sled in `dir` with herald's settings, waiting up to `release_wait` for a handle of
 /// this process to let go; errors name the directory and say what to do.
-fn open_inner(dir: &Path, options: &SledOptions, release_wait: Duration) -> StoreResult<Inner> {
+pub(super) fn open_inner(
+    dir: &Path,
+    options: &SledOptions,
+    release_wait: Duration,
+) -> StoreResult<Inner> {
     let config = sled::Config::new()
         .path(dir)
         .cache_capacity(options.cache_bytes)
@@ -164,7 +147,11 @@ fn lock_holder(dir: &Path) -> String {
 }
 
 /// The key: configured, or `secret.key`, created only for a store with nothing sealed yet.
-fn resolve_key(dir: &Path, options: &SledOptions, new_store: bool) -> StoreResult<[u8; KEY_BYTES]> {
+pub(super) fn resolve_key(
+    dir: &Path,
+    options: &SledOptions,
+    new_store: bool,
+) -> StoreResult<[u8; KEY_BYTES]> {
     if let Some(key) = options.secret_key {
         return Ok(key);
     }
@@ -188,11 +175,11 @@ fn resolve_key(dir: &Path, options: &SledOptions, new_store: bool) -> StoreResul
 }
 
 /// Counts of one kind of record (keys with this prefix).
-fn count(tree: &sled::Tree, prefix: u8) -> u64 {
+pub(super) fn count(tree: &sled::Tree, prefix: u8) -> u64 {
     tree.scan_prefix([prefix]).keys().count() as u64
 }
 
-fn read_counters(tree: &sled::Tree) -> StoreResult<Option<Counters>> {
+pub(super) fn read_counters(tree: &sled::Tree) -> StoreResult<Option<Counters>> {
     match tree.get(keys::COUNTERS)? {
         Some(bytes) => decode(keys::COUNTERS, &bytes).map(Some),
         None => Ok(None),
@@ -201,7 +188,7 @@ fn read_counters(tree: &sled::Tree) -> StoreResult<Option<Counters>> {
 
 /// Compares the store with its ledger: `Ok` when nothing acknowledged is missing, else what
 /// is missing.
-fn compare(store: Option<Counters>, found: &Found, dir: &Path) -> Result<(), String> {
+pub(super) fn compare(store: Option<Counters>, found: &Found, dir: &Path) -> Result<(), String> {
     let ledger_path = dir.join(ledger::FILE);
     match (store, found) {
         (_, Found::Damaged) => Err(format!(
@@ -247,7 +234,7 @@ fn lost(store: &Counters, entry: &ledger::Entry, dir: &Path) -> String {
 }
 
 /// Creates the data directory readable by its owner only.
-fn prepare_dir(dir: &Path) -> StoreResult<()> {
+pub(super) fn prepare_dir(dir: &Path) -> StoreResult<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if !dir.exists() {
         std::fs::DirBuilder::new()
@@ -414,163 +401,16 @@ impl SledStore {
             }
         }
     }
-
-    /// Examines a stopped store without changing it: the ledger, the key, every record.
-    pub fn check_dir(dir: &Path, options: &SledOptions) -> StoreResult<CheckReport> {
-        check_conf(dir)?;
-        let inner = open_inner(dir, options, RELEASE_WAIT)?;
-        let tree = &inner.tree;
-        let stored = read_counters(tree)?;
-        let found = ledger::read(dir).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let mut report = CheckReport {
-            problems: Vec::new(),
-            endpoints: 0,
-            messages: 0,
-            deliveries: 0,
-            pending: 0,
-            unreadable: 0,
-            store_seq: stored.map_or(0, |c| c.seq),
-            ledger_seq: match &found {
-                Found::Entry(entry) => Some(entry.counters.seq),
-                _ => None,
-            },
-        };
-        if let Err(problem) = compare(stored, &found, dir) {
-            report.problems.push(problem);
-        }
-        let new_store = stored.is_none() && tree.is_empty();
-        let sealer = match resolve_key(dir, options, false) {
-            Ok(key) => Some(Sealer::new(&key)),
-            Err(e) if !new_store => {
-                report.problems.push(e.to_string());
-                None
-            }
-            Err(_) => None,
-        };
-        if let Some(sealer) = &sealer
-            && let Err(e) = check_key(tree, sealer, dir, true)
-        {
-            report.problems.push(e.to_string());
-        }
-        for entry in tree.iter() {
-            let (key, value) = entry?;
-            let readable = match key.first() {
-                Some(&keys::ENDPOINT) => {
-                    report.endpoints += 1;
-                    sealer
-                        .as_ref()
-                        .is_none_or(|s| codec::open_endpoint(s, &key, &value).is_ok())
-                }
-                Some(&keys::MESSAGE) => {
-                    report.messages += 1;
-                    sealer
-                        .as_ref()
-                        .is_none_or(|s| codec::decode_message(s, &key, &value).is_ok())
-                }
-                Some(&keys::DELIVERY) => {
-                    report.deliveries += 1;
-                    sealer.as_ref().is_none_or(|s| {
-                        let record = super::lines::split(&value).1;
-                        codec::open::<crate::model::Delivery>(s, &key, record).is_ok()
-                    })
-                }
-                Some(&keys::DUE | &keys::WAITING) => {
-                    report.pending += 1;
-                    true
-                }
-                Some(&keys::LINE) => super::lines::readable(&key, &value),
-                _ => true,
-            };
-            report.unreadable += u64::from(!readable);
-        }
-        if report.unreadable > 0 {
-            report
-                .problems
-                .push(format!("{} record(s) do not decode", report.unreadable));
-        }
-        report.pending += super::lines::waiting(tree)? - count(tree, keys::WAITING);
-        let counted = read_pending(tree)?;
-        if counted != report.pending {
-            report.problems.push(format!(
-                "the pending count says {counted} but {} deliveries are due or waiting in line",
-                report.pending
-            ));
-        }
-        Ok(report)
-    }
-
-    /// Copies the whole store into `to` (a new directory) while it runs: writes pause for the
-    /// copy (about a second per 100 MB on the reference machine), so the copy is consistent.
-    /// `to` is a store of its own: point `data_dir` at it to restore.
-    pub fn backup_to(&self, to: &Path) -> StoreResult<BackupReport> {
-        if to.exists()
-            && std::fs::read_dir(to)
-                .map(|mut d| d.next().is_some())
-                .unwrap_or(true)
-        {
-            return Err(StoreError::Conflict(format!(
-                "{} exists and is not empty; a backup goes into a new directory",
-                to.display()
-            )));
-        }
-        let started = std::time::Instant::now();
-        let state = self.lock();
-        let source = self.inner()?;
-        source.sync().map_err(|e| self.write_failed(e))?;
-        prepare_dir(to)?;
-        let copy = open_inner(to, &self.options, Duration::ZERO)?;
-        let (mut records, mut bytes) = (0, 0);
-        let mut batch = Batch::default();
-        for entry in source.tree.iter() {
-            let (key, value) = entry?;
-            records += 1;
-            bytes += (key.len() + value.len()) as u64;
-            batch.insert(key, value);
-            if records % 10_000 == 0 {
-                copy.tree.apply_batch(std::mem::take(&mut batch))?;
-            }
-        }
-        copy.tree.apply_batch(batch)?;
-        copy.sync()?;
-        Ledger::open(to)
-            .and_then(|mut ledger| {
-                ledger.reset(&ledger::Entry {
-                    counters: state.counters,
-                    written_at_ms: crate::model::now_ms(),
-                })
-            })
-            .map_err(|e| StoreError::Backend(format!("{}: {e}", to.display())))?;
-        drop(state);
-        if self.options.secret_key.is_none() {
-            copy_key(&self.dir, to)?;
-        }
-        Ok(BackupReport {
-            dir: to.display().to_string(),
-            records,
-            bytes,
-            paused_ms: started.elapsed().as_millis() as u64,
-        })
-    }
-}
-
-fn copy_key(from: &Path, to: &Path) -> StoreResult<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let key = std::fs::read(from.join("secret.key"))
-        .map_err(|e| StoreError::Backend(format!("secret.key: {e}")))?;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(to.join("secret.key"))
-        .map_err(|e| StoreError::Backend(format!("{}: {e}", to.display())))?;
-    std::io::Write::write_all(&mut file, &key)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| StoreError::Backend(format!("{}: {e}", to.display())))
 }
 
 /// Proves the key opens this store's sealed records; seals the check value on first use
 /// (unless only `checking`).
-fn check_key(tree: &sled::Tree, sealer: &Sealer, dir: &Path, checking: bool) -> StoreResult<()> {
+pub(super) fn check_key(
+    tree: &sled::Tree,
+    sealer: &Sealer,
+    dir: &Path,
+    checking: bool,
+) -> StoreResult<()> {
     let wrong_key = || {
         damaged(format!(
             "the secret key does not open the sealed records of the store in {}: secret.key \
@@ -598,7 +438,7 @@ fn check_key(tree: &sled::Tree, sealer: &Sealer, dir: &Path, checking: bool) -> 
     }
 }
 
-fn read_pending(tree: &sled::Tree) -> StoreResult<u64> {
+pub(super) fn read_pending(tree: &sled::Tree) -> StoreResult<u64> {
     match tree.get(keys::PENDING)? {
         Some(stored) => Ok(u64::from_be_bytes(stored.as_ref().try_into().map_err(
             |_| codec::corrupt(keys::PENDING, "the pending count is not 8 bytes"),
