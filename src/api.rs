@@ -240,8 +240,9 @@ pub struct EndpointView {
     /// The endpoint's own rate limit (attempts per second); `null`: the policy's default
     /// applies, if it has one.
     pub rate_limit: Option<f64>,
-    /// The rate limit that applies now and the current wait for it (`GET
-    /// /admin/endpoints/{id}` only; absent when the endpoint is not rate-limited).
+    /// The rate limit that applies now and the current wait for it (in one endpoint's view —
+    /// `GET`, and the answers to creating, changing, enabling and disabling it —, not in
+    /// lists; absent when the endpoint is not rate-limited).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pacing: Option<Pacing>,
     /// RFC 3339.

@@ -347,7 +347,7 @@ async fn endpoints_are_managed_from_the_cli() {
 
     let list = ok(&daemon, &["endpoints", "list"]).await;
     assert!(list.contains(&id) && list.contains("enabled"), "{list}");
-    ok(
+    let updated = ok(
         &daemon,
         &[
             "endpoints",
@@ -362,6 +362,11 @@ async fn endpoints_are_managed_from_the_cli() {
         ],
     )
     .await;
+    // The update's answer shows the limit it set, not the one before.
+    assert!(
+        updated.contains("rate limit   2.5/s (endpoint's)"),
+        "{updated}"
+    );
     let shown = ok(&daemon, &["endpoints", "show", &id]).await;
     assert!(
         shown.contains("X-Env")

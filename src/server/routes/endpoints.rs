@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::{ADMIN, ApiResult, id};
 use crate::Herald;
 use crate::api::{DayStats, EndpointUpdate, EndpointView, NewEndpoint, TestSendResult};
-use crate::model::EndpointId;
+use crate::model::{Endpoint, EndpointId};
 use crate::server::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::server::problem::{ApiError, NotFound, Problem};
 
@@ -28,7 +28,8 @@ pub async fn create_endpoint(
     ApiJson(new): ApiJson<NewEndpoint>,
 ) -> ApiResult {
     let endpoint = herald.create_endpoint(new).await?;
-    Ok((StatusCode::CREATED, Json(EndpointView::from(&endpoint))).into_response())
+    let view = paced_view(&herald, &endpoint).await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
 /// `GET /admin/endpoints` filters.
@@ -78,9 +79,16 @@ pub async fn get_endpoint(
     ApiPath(raw): ApiPath<String>,
 ) -> ApiResult {
     let endpoint = herald.endpoint(id("endpoint", &raw)?).await?;
-    let mut view = EndpointView::from(&endpoint);
+    Ok(Json(paced_view(&herald, &endpoint).await?).into_response())
+}
+
+/// One endpoint's view with `pacing` filled in: what `GET` shows, and what a creation or a
+/// change answers with, so that the answer to setting a rate limit shows the limit that now
+/// applies.
+async fn paced_view(herald: &Herald, endpoint: &Endpoint) -> Result<EndpointView, ApiError> {
+    let mut view = EndpointView::from(endpoint);
     view.pacing = herald.endpoint_pacing(endpoint.id).await?;
-    Ok(Json(view).into_response())
+    Ok(view)
 }
 
 /// Changes the fields given; a new secret keeps the old one valid for the rotation grace.
@@ -103,7 +111,7 @@ pub async fn update_endpoint(
     let endpoint = herald
         .update_endpoint(id("endpoint", &raw)?, update)
         .await?;
-    Ok(Json(EndpointView::from(&endpoint)).into_response())
+    Ok(Json(paced_view(&herald, &endpoint).await?).into_response())
 }
 
 /// Deletes an endpoint; its pending deliveries are cancelled.
@@ -162,7 +170,7 @@ async fn set_enabled(herald: Herald, raw: &str, enabled: bool) -> ApiResult {
     let endpoint = herald
         .set_endpoint_enabled(id("endpoint", raw)?, enabled)
         .await?;
-    Ok(Json(EndpointView::from(&endpoint)).into_response())
+    Ok(Json(paced_view(&herald, &endpoint).await?).into_response())
 }
 
 /// Sends a real test request with the endpoint's encoding, signature and headers; stores
