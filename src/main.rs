@@ -84,7 +84,7 @@ enum Command {
         #[command(subcommand)]
         command: cli::endpoints::EndpointCommand,
     },
-    /// Deliveries on a running daemon: list, show, retry now, cancel.
+    /// Deliveries on a running daemon: list, show, retry now, cancel, replay.
     Deliveries {
         #[command(subcommand)]
         command: cli::deliveries::DeliveryCommand,
@@ -122,7 +122,7 @@ enum Command {
 fn main() -> ExitCode {
     #[cfg(unix)]
     allocator_settings();
-    let cli = Cli::parse();
+    let cli = parse();
     if !matches!(
         cli.command,
         Command::Serve(_) | Command::Receive(_) | Command::Bench { .. }
@@ -173,6 +173,48 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Parses the command line. The options that reach a running daemon are accepted anywhere
+/// (`herald --json deliveries list`), so clap would also take them after `serve` and
+/// `receive`, where they mean nothing: `herald serve --token T` would start a daemon without
+/// any token. Given there on the command line, they are refused instead.
+fn parse() -> Cli {
+    use clap::FromArgMatches as _;
+    use clap::parser::ValueSource;
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Some((name @ ("serve" | "receive"), sub)) = matches.subcommand() {
+        let given = |id: &str| sub.value_source(id) == Some(ValueSource::CommandLine);
+        let stray: Vec<&str> = [("server", "--server"), ("token", "--token")]
+            .into_iter()
+            .chain((name == "serve").then_some(("json", "--json")))
+            .filter(|(id, _)| given(id))
+            .map(|(_, flag)| flag)
+            .collect();
+        if !stray.is_empty() {
+            let instead = match name {
+                "serve" => {
+                    "the daemon's own tokens are --admin-token and --producer-token, its \
+                     address --listen (see `herald serve --help`)"
+                }
+                _ => {
+                    "`herald receive` checks signatures with --secret (see `herald receive --help`)"
+                }
+            };
+            Cli::command()
+                .error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    format!(
+                        "{} {} for commands that talk to a running daemon, not for `{name}`: {instead}",
+                        stray.join(" and "),
+                        if stray.len() == 1 { "is" } else { "are" },
+                    ),
+                )
+                .exit();
+        }
+    }
+    cli
 }
 
 /// `herald deliveries list | head` should end quietly when `head` has read enough, as other

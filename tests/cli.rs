@@ -572,6 +572,11 @@ async fn deliveries_show_says_which_attempt_of_the_schedule_and_replay_status_fo
         shown.contains("Z (just now)") || shown.contains(" ago)"),
         "{shown}"
     );
+    // `retry` is for pending deliveries; refusing a finished one names what sends it again.
+    let refused = run(Some(&daemon), &["deliveries", "retry", &delivery]).await;
+    assert!(!refused.status.success());
+    let hint = format!("herald deliveries replay {delivery}");
+    assert!(texts(&refused).1.contains(&hint), "{refused:?}");
 
     let started = ok(
         &daemon,
@@ -589,7 +594,40 @@ async fn deliveries_show_says_which_attempt_of_the_schedule_and_replay_status_fo
     assert!(followed.contains("1/1 replayed"), "{followed}");
     let once = json(&daemon, &["replay", "status", &job, "--no-wait"]).await;
     assert_eq!(once["state"], "done");
-    assert!(receiver.wait_for(3, Duration::from_secs(10)).await);
+    assert!(receiver.wait_for(4, Duration::from_secs(10)).await);
+
+    // The replayed cycle fails too; `deliveries replay` sends it once more.
+    until(&daemon, &["deliveries", "show", &delivery], "failed after").await;
+    let replayed = ok(&daemon, &["deliveries", "replay", &delivery]).await;
+    assert!(replayed.starts_with("replaying delivery"), "{replayed}");
+    assert!(receiver.wait_for(5, Duration::from_secs(10)).await);
+}
+
+#[tokio::test]
+async fn the_daemons_client_options_are_refused_after_serve_and_receive() {
+    for (args, names) in [
+        (
+            &["serve", "--token", "abcdefghijklmnopqrst"][..],
+            "--admin-token",
+        ),
+        (
+            &["--token", "abcdefghijklmnopqrst", "serve"][..],
+            "--admin-token",
+        ),
+        (
+            &["serve", "--server", "http://127.0.0.1:1", "--json"][..],
+            "--listen",
+        ),
+        (&["receive", "--token", "abc"][..], "--secret"),
+    ] {
+        let output = run(None, args).await;
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {output:?}");
+        let stderr = texts(&output).1;
+        assert!(
+            stderr.contains("for commands that talk to a running daemon") && stderr.contains(names),
+            "{args:?}: {stderr}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -664,7 +702,10 @@ async fn help_lists_every_verb_version_has_the_commit_and_completions_are_printe
                 "list", "show", "create", "update", "enable", "disable", "delete", "test", "stats",
             ],
         ),
-        (&["deliveries"], &["list", "show", "retry", "cancel"]),
+        (
+            &["deliveries"],
+            &["list", "show", "retry", "cancel", "replay"],
+        ),
         (&["replay"], &["status"]),
         (
             &["deliveries", "list"],

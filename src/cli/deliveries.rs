@@ -60,9 +60,17 @@ pub enum DeliveryCommand {
         /// Delivery id.
         id: String,
     },
+    /// Send a finished delivery again: a fresh attempt cycle, its history kept.
+    ///
+    /// The same as `herald replay ID`; replays by filter: `herald replay --help`.
+    ///
+    /// Example: herald deliveries replay 0191f3c2-…
+    Replay {
+        /// Delivery id.
+        id: String,
+    },
 }
 
-/// Runs a delivery command.
 /// `--status`: the names of the delivery statuses.
 fn statuses() -> clap::builder::PossibleValuesParser {
     herald::model::DeliveryStatus::ALL
@@ -70,6 +78,7 @@ fn statuses() -> clap::builder::PossibleValuesParser {
         .into()
 }
 
+/// Runs a delivery command.
 pub async fn run(remote: &Remote, command: DeliveryCommand) -> Result<(), String> {
     match command {
         DeliveryCommand::List {
@@ -145,13 +154,21 @@ pub async fn run(remote: &Remote, command: DeliveryCommand) -> Result<(), String
         DeliveryCommand::Show { id } => show(remote, &id).await,
         DeliveryCommand::Retry { id } => act(remote, &id, "retry").await,
         DeliveryCommand::Cancel { id } => act(remote, &id, "cancel").await,
+        DeliveryCommand::Replay { id } => super::replay::one(remote, &id).await,
     }
 }
 
 async fn act(remote: &Remote, id: &str, verb: &str) -> Result<(), String> {
     let delivery = remote
         .post(&format!("/admin/deliveries/{}/{verb}", encode(id)), None)
-        .await?;
+        .await
+        .map_err(|e| match verb {
+            // Refused because the delivery is finished: what does send it again.
+            "retry" if e.starts_with("conflict (409)") => {
+                format!("{e}\n  to send a finished delivery again: herald deliveries replay {id}")
+            }
+            _ => e,
+        })?;
     if remote.printed_json(&delivery)? {
         return Ok(());
     }

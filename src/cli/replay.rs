@@ -55,6 +55,21 @@ pub struct ReplayTarget {
     until: Option<String>,
 }
 
+/// Replays one delivery (`herald replay ID`, `herald deliveries replay ID`).
+pub async fn one(remote: &Remote, id: &str) -> Result<(), String> {
+    let path = format!("/admin/deliveries/{}/replay", encode(id));
+    let delivery = remote.post(&path, None).await?;
+    if !remote.printed_json(&delivery)? {
+        println!(
+            "replaying delivery {} (cycle {}); follow it with `herald deliveries show {}`",
+            text(&delivery["id"]),
+            text(&delivery["cycle"]),
+            text(&delivery["id"])
+        );
+    }
+    Ok(())
+}
+
 /// Runs `herald replay ...`.
 pub async fn run(remote: &Remote, args: ReplayArgs) -> Result<(), String> {
     if let Some(ReplayCommand::Status { id, no_wait }) = args.command {
@@ -62,17 +77,7 @@ pub async fn run(remote: &Remote, args: ReplayArgs) -> Result<(), String> {
     }
     let target = args.target;
     if let Some(id) = &target.delivery_id {
-        let path = format!("/admin/deliveries/{}/replay", encode(id));
-        let delivery = remote.post(&path, None).await?;
-        if !remote.printed_json(&delivery)? {
-            println!(
-                "replaying delivery {} (cycle {}); follow it with `herald deliveries show {}`",
-                text(&delivery["id"]),
-                text(&delivery["cycle"]),
-                text(&delivery["id"])
-            );
-        }
-        return Ok(());
+        return one(remote, id).await;
     }
     if target.endpoint.is_none() && target.tenant.is_none() {
         return Err(
@@ -87,9 +92,12 @@ pub async fn run(remote: &Remote, args: ReplayArgs) -> Result<(), String> {
     let job = remote.post("/admin/replay", Some(body)).await?;
     if !remote.printed_json(&job)? {
         println!(
-            "bulk replay {} started: {} deliveries matched; follow it with `herald replay status {}`",
+            "bulk replay {} started: {} matched; follow it with `herald replay status {}`",
             text(&job["id"]),
-            text(&job["matched"]),
+            match job["matched"].as_u64() {
+                Some(1) => "1 delivery".to_string(),
+                _ => format!("{} deliveries", text(&job["matched"])),
+            },
             text(&job["id"])
         );
     }
