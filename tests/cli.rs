@@ -253,6 +253,26 @@ async fn the_quick_start_delivers_and_the_receiver_verifies_each_signature() {
     );
     let receive =
         Receive::start(&["--security-token", "tok-123", "--exit-after", "1", "--json"]).await;
+    // Without its token, the error names the flag (`--token` is the admin token).
+    let refused = run(
+        Some(&daemon),
+        &[
+            "endpoints",
+            "create",
+            "--tenant",
+            "phrase",
+            "--policy",
+            "phrase",
+            "--url",
+            &receive.url(),
+        ],
+    )
+    .await;
+    assert!(!refused.status.success());
+    assert!(
+        texts(&refused).1.contains("--security-token"),
+        "{refused:?}"
+    );
     ok(
         &daemon,
         &[

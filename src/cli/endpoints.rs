@@ -117,6 +117,16 @@ pub struct EndpointFields {
     rate_limit: Option<RateLimit>,
 }
 
+/// The API names an endpoint's fields; where a flag is named otherwise — the security token
+/// is `--security-token`, as `--token` is the admin token — the error says which flag it is.
+fn flag_names(error: String) -> String {
+    if error.contains("`token`") {
+        format!("{error}\n  on the command line: --security-token (--token is the admin token)")
+    } else {
+        error
+    }
+}
+
 /// `--rate-limit`: attempts per second, or `none`.
 #[derive(Clone, Copy)]
 struct RateLimit(Option<f64>);
@@ -226,7 +236,8 @@ pub async fn run(remote: &Remote, command: EndpointCommand) -> Result<(), String
             body.insert("default".into(), json!(default));
             let endpoint = remote
                 .post("/admin/endpoints", Some(fields.into_json(body)?))
-                .await?;
+                .await
+                .map_err(flag_names)?;
             if !remote.printed_json(&endpoint)? {
                 println!(
                     "created endpoint {} for {} → {} (policy {})",
@@ -259,7 +270,10 @@ pub async fn run(remote: &Remote, command: EndpointCommand) -> Result<(), String
             if body.as_object().is_some_and(serde_json::Map::is_empty) {
                 return Err("nothing to change: give at least one option (see --help)".into());
             }
-            let endpoint = remote.call(Method::PATCH, &path(&id), Some(body)).await?;
+            let endpoint = remote
+                .call(Method::PATCH, &path(&id), Some(body))
+                .await
+                .map_err(flag_names)?;
             if !remote.printed_json(&endpoint)? {
                 println!("updated endpoint {}", text(&endpoint["id"]));
                 print_endpoint(&endpoint);
