@@ -459,10 +459,12 @@ fn explain(error: figment::Error, file: Option<&Path>) -> ConfigError {
         }
         _ => error.path.join("."),
     };
-    ConfigError::Invalid {
-        origin,
-        reason: error.kind.to_string(),
+    let mut reason = error.kind.to_string();
+    if reason == "invalid socket address syntax" {
+        // `localhost:8088` reads as an address to people; say what is wanted.
+        reason.push_str(": an IP address and a port, such as 127.0.0.1:8088 or 0.0.0.0:8088");
     }
+    ConfigError::Invalid { origin, reason }
 }
 
 /// A list from TOML (`["10.0.0.0/8"]`) or from text (`10.0.0.0/8, fd00::/64`).
@@ -636,6 +638,10 @@ mod tests {
         let table: &[(&[(&str, &str)], &str)] = &[
             (&[("HERALD_LISTEN", "0.0.0.0:8088")], "without tokens"),
             (&[("HERALD_LISTEN", "nope")], "HERALD_LISTEN"),
+            (
+                &[("HERALD_LISTEN", "localhost:8088")],
+                "an IP address and a port, such as 127.0.0.1:8088",
+            ),
             (&[("HERALD_RETENTION", "forever")], "HERALD_RETENTION"),
             (&[("HERALD_ADMIN_TOKEN", "short")], "at least 16"),
             (

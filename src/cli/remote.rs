@@ -107,9 +107,14 @@ impl Remote {
             ));
         }
         if status.as_u16() == 401 {
-            message.push_str(
-                "\n  pass the admin token with --token or HERALD_TOKEN (the daemon's HERALD_ADMIN_TOKEN; for `send` its HERALD_PRODUCER_TOKEN is enough)",
-            );
+            message.push_str(match self.token() {
+                None => {
+                    "\n  pass the admin token with --token or HERALD_TOKEN (the daemon's HERALD_ADMIN_TOKEN; for `send` its HERALD_PRODUCER_TOKEN is enough)"
+                }
+                Some(_) => {
+                    "\n  the token given (--token, HERALD_TOKEN or HERALD_ADMIN_TOKEN) is not one of the daemon's: its HERALD_ADMIN_TOKEN, or for `send` its HERALD_PRODUCER_TOKEN"
+                }
+            });
         }
         Err(message)
     }

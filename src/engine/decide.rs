@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use crate::model::{Attempt, Delivery, DeliveryStatus, Endpoint, ErrorKind, Message};
+use crate::model::{Attempt, Delivery, DeliveryId, DeliveryStatus, Endpoint, ErrorKind, Message};
 use crate::policy::{Policy, Verdict, classify};
 use crate::store::{Closing, HealthChange, Lease, Outcome};
 use crate::transport::Exchange;
@@ -404,17 +404,13 @@ pub(crate) fn command(
         }
         Command::RetryNow => {
             if delivery.status != DeliveryStatus::Pending {
-                return Err(format!(
-                    "delivery {id} is {status}; only pending deliveries can be retried now"
-                ));
+                return Err(not_pending(id, delivery.status, "retried now"));
             }
             next.next_attempt_at = Some(now_ms);
         }
         Command::Cancel => {
             if delivery.status != DeliveryStatus::Pending {
-                return Err(format!(
-                    "delivery {id} is {status}; only pending deliveries can be cancelled"
-                ));
+                return Err(not_pending(id, delivery.status, "cancelled"));
             }
             finish(&mut next, DeliveryStatus::Failed);
             next.last_error = Some("cancelled by an operator".into());
@@ -441,6 +437,15 @@ pub(crate) fn held_reason(endpoint: &Endpoint) -> Option<String> {
         Some(reason) => format!("endpoint disabled: {reason}"),
         None => "endpoint disabled".into(),
     })
+}
+
+/// Why a command for pending deliveries is refused, in words that fit the status.
+fn not_pending(id: DeliveryId, status: DeliveryStatus, can_be: &str) -> String {
+    let state = match status {
+        DeliveryStatus::Held => "is held (its endpoint is disabled)".to_string(),
+        status => format!("has finished ({})", status.as_str()),
+    };
+    format!("delivery {id} {state}; only pending deliveries can be {can_be}")
 }
 
 #[cfg(test)]

@@ -42,13 +42,14 @@ impl TargetPolicy {
 }
 
 /// Why `ip` is refused and the setting that would allow it: a refusal the operator can act on.
-fn refusal(ip: IpAddr, range: &str) -> String {
+/// `subject` leads up to the range: `10.0.0.1 is`, `db resolves to 10.0.0.1, which is`.
+fn refusal(subject: &str, ip: IpAddr, range: &str) -> String {
     let net = match ip {
         IpAddr::V4(_) => format!("{ip}/32"),
         IpAddr::V6(_) => format!("{ip}/128"),
     };
     format!(
-        "{ip} is {range}; to allow it, set HERALD_ALLOW_PRIVATE_TARGETS=true or add {net} to \
+        "{subject} {range}; to allow it, set HERALD_ALLOW_PRIVATE_TARGETS=true or add {net} to \
          HERALD_ALLOW_CIDRS (allow_private_targets / allow_cidrs in herald.toml)"
     )
 }
@@ -117,7 +118,7 @@ pub fn check_literal(policy: &TargetPolicy, url: &url::Url) -> Result<(), Forbid
         _ => return Ok(()),
     };
     match policy.refuse(ip) {
-        Some(range) => Err(ForbiddenTarget(refusal(ip, range))),
+        Some(range) => Err(ForbiddenTarget(refusal(&format!("{ip} is"), ip, range))),
         None => Ok(()),
     }
 }
@@ -163,9 +164,12 @@ impl Resolve for GuardedResolver {
             if allowed.is_empty() {
                 let why = resolved
                     .first()
-                    .and_then(|a| policy.refuse(a.ip()).map(|r| refusal(a.ip(), r)))
-                    .unwrap_or_else(|| "no address".into());
-                return Err(Box::new(ForbiddenTarget(format!("{host} resolves to {why}"))) as _);
+                    .and_then(|a| {
+                        let subject = format!("{host} resolves to {}, which is", a.ip());
+                        policy.refuse(a.ip()).map(|r| refusal(&subject, a.ip(), r))
+                    })
+                    .unwrap_or_else(|| format!("{host} resolves to no address"));
+                return Err(Box::new(ForbiddenTarget(why)) as _);
             }
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })
@@ -286,7 +290,12 @@ mod tests {
         let name = |s: &str| Name::from_str(s).unwrap();
         let guarded = GuardedResolver::new(Arc::new(TargetPolicy::default()));
         let err = guarded.resolve(name("localhost")).await.err().unwrap();
-        assert!(err.to_string().contains("localhost resolves to"), "{err}");
+        // 127.0.0.1 or ::1, whichever the resolver lists first.
+        let said = err.to_string();
+        assert!(
+            said.contains("localhost resolves to ") && said.contains(", which is loopback"),
+            "{said}"
+        );
         let open = GuardedResolver::new(Arc::new(TargetPolicy {
             allow_private: true,
             allow: vec![],
