@@ -355,6 +355,12 @@ impl Herald {
         self.engine.delete_endpoint(id).await
     }
 
+    /// The URL a deleted endpoint had, redacted as views show it: where its deliveries were
+    /// sent, once the endpoint record is gone. `None` while it exists, or if it never did.
+    pub async fn deleted_endpoint_url(&self, id: EndpointId) -> Result<Option<String>> {
+        Ok(self.store().deleted_endpoint_url(id).await?)
+    }
+
     /// One message (with its payload).
     pub async fn message(&self, id: MessageId) -> Result<Message> {
         self.store()

@@ -603,6 +603,147 @@ async fn metrics_agree_with_what_happened() {
     );
 }
 
+/// The Prometheus text of `daemon`'s first scrape whose `name` samples with `labels` add up to
+/// `want`; panics with the last scrape after 10 s.
+async fn await_metric(daemon: &Daemon, name: &str, labels: &[&str], want: f64) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = reqwest::get(format!("{}/metrics", daemon.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metric(&text, name, labels) == want {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name}{labels:?} never reached {want}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every way a delivery reaches a final status is counted once, with the labels an attempt's
+/// is counted with: by its attempt, skipped by delta mode, cancelled by an operator, and
+/// closed by its endpoint's deletion.
+#[tokio::test]
+async fn every_way_a_delivery_finishes_is_counted_once() {
+    let receiver = Receiver::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path());
+    create_endpoint(&daemon, "acme", &receiver.url()).await;
+    let doomed = create_endpoint(&daemon, "doomed", &receiver.url()).await;
+    let send = |body: Value| {
+        let daemon = &daemon;
+        async move {
+            let body = body.to_string();
+            let (status, receipt, _) = daemon
+                .call("POST", "/v1/messages", Some(PRODUCER), Some(&body))
+                .await;
+            assert_eq!(status, 202, "{receipt}");
+            receipt["deliveries"][0].clone()
+        }
+    };
+    let finished = "herald_deliveries_finished_total";
+    let labels = |status: &'static str| ["policy=\"quick\"", status];
+
+    // Delivered, then the same payload under the same dedup key: skipped when accepted.
+    let same =
+        json!({"tenant": "acme", "event_type": "e", "dedup_key": "job-1", "payload": {"v": 1}});
+    send(same.clone()).await;
+    await_metric(&daemon, finished, &labels("status=\"succeeded\""), 1.0).await;
+    assert_eq!(send(same).await["status"], "skipped");
+    // Cancelled while scheduled an hour ahead.
+    let later =
+        send(json!({"tenant": "acme", "event_type": "e", "delay": "1h", "payload": {}})).await;
+    let cancel = format!("/admin/deliveries/{}/cancel", later["id"].as_str().unwrap());
+    let (status, cancelled) = daemon.admin("POST", &cancel, None).await;
+    assert_eq!(
+        (status, &cancelled["status"]),
+        (200, &json!("failed")),
+        "{cancelled}"
+    );
+    // Two closed by their endpoint's deletion.
+    for _ in 0..2 {
+        send(json!({"tenant": "doomed", "event_type": "e", "delay": "1h", "payload": {}})).await;
+    }
+    let deleted = daemon
+        .admin("DELETE", &format!("/admin/endpoints/{doomed}"), None)
+        .await;
+    assert_eq!(deleted.0, 204);
+
+    let text = await_metric(&daemon, finished, &labels("status=\"failed\""), 3.0).await;
+    assert_eq!(
+        metric(&text, finished, &labels("status=\"skipped\"")),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, finished, &labels("status=\"succeeded\"")),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(metric(&text, finished, &[]), 5.0, "{text}");
+    // A second cancel changes nothing, and counts nothing.
+    assert_eq!(daemon.admin("POST", &cancel, None).await.0, 409);
+    let text = await_metric(&daemon, finished, &[], 5.0).await;
+    assert_eq!(
+        metric(&text, finished, &labels("status=\"failed\"")),
+        3.0,
+        "{text}"
+    );
+}
+
+/// A deleted endpoint's finished deliveries still say where they were sent, redacted as the
+/// live view shows it (no credentials, no query).
+#[tokio::test]
+async fn deliveries_keep_their_url_after_their_endpoint_is_deleted() {
+    let receiver = Receiver::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path());
+    let with_token = format!("{}?token=secret-in-query", receiver.url());
+    let endpoint = create_endpoint(&daemon, "acme", &with_token).await;
+    let body = json!({"tenant": "acme", "event_type": "e", "payload": {}}).to_string();
+    let (status, receipt, _) = daemon
+        .call("POST", "/v1/messages", Some(PRODUCER), Some(&body))
+        .await;
+    assert_eq!(status, 202, "{receipt}");
+    let message = receipt["id"].as_str().unwrap().to_string();
+    let delivery = receipt["deliveries"][0]["id"].as_str().unwrap().to_string();
+    let show = format!("/admin/deliveries/{delivery}");
+    await_metric(&daemon, "herald_deliveries_finished_total", &[], 1.0).await;
+    let live = daemon.admin("GET", &show, None).await.1;
+    assert_eq!(live["status"], "succeeded", "{live}");
+    assert_eq!(live["url"], receiver.url(), "{live}");
+
+    let deleted = daemon
+        .admin("DELETE", &format!("/admin/endpoints/{endpoint}"), None)
+        .await;
+    assert_eq!(deleted.0, 204);
+
+    let shown = daemon.admin("GET", &show, None).await.1;
+    assert_eq!(shown["url"], receiver.url(), "{shown}");
+    assert_eq!(shown["attempts"][0]["status_code"], 200, "{shown}");
+    let listed = daemon.admin("GET", "/admin/deliveries", None).await.1;
+    assert_eq!(listed["deliveries"][0]["url"], receiver.url(), "{listed}");
+    let (_, of_message, _) = daemon
+        .call(
+            "GET",
+            &format!("/v1/messages/{message}"),
+            Some(PRODUCER),
+            None,
+        )
+        .await;
+    assert_eq!(
+        of_message["deliveries"][0]["url"],
+        receiver.url(),
+        "{of_message}"
+    );
+    assert!(!format!("{shown}{listed}{of_message}").contains("secret-in-query"));
+}
+
 #[tokio::test]
 async fn sigterm_while_messages_flow_exits_0_and_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();

@@ -121,7 +121,7 @@ macro_rules! suite {
             transitions_are_all_or_nothing_and_conflict_on_change,
             a_retry_of_a_delivery_in_flight_is_refused,
             the_purge_never_removes_pending_deliveries,
-            deleting_an_endpoint_closes_its_deliveries_and_revokes_leases,
+            deleting_an_endpoint_closes_its_deliveries_revokes_leases_and_keeps_its_url,
             an_endpoint_is_disabled_once_and_enabling_resets_its_health,
             deliveries_page_oldest_or_newest_first,
             endpoint_reads_follow_every_change,
@@ -802,7 +802,9 @@ async fn the_purge_never_removes_pending_deliveries(harness: &Harness) {
     assert_eq!(store.pending_count().await.unwrap(), 1);
 }
 
-async fn deleting_an_endpoint_closes_its_deliveries_and_revokes_leases(harness: &Harness) {
+async fn deleting_an_endpoint_closes_its_deliveries_revokes_leases_and_keeps_its_url(
+    harness: &Harness,
+) {
     let store = harness.open().await;
     let endpoint = put_endpoint(store.as_ref()).await;
     let kept = put_endpoint(store.as_ref()).await;
@@ -820,9 +822,18 @@ async fn deleting_an_endpoint_closes_its_deliveries_and_revokes_leases(harness: 
         status: DeliveryStatus::Failed,
         reason: "endpoint deleted".into(),
         at_ms: now_ms(),
+        url: "https://acme.example/hooks".into(),
     };
-    assert!(store.delete_endpoint(endpoint, &closing).await.unwrap());
-    assert!(!store.delete_endpoint(endpoint, &closing).await.unwrap());
+    assert_eq!(store.deleted_endpoint_url(endpoint).await.unwrap(), None);
+    // Both pending deliveries are closed, once.
+    assert_eq!(
+        store.delete_endpoint(endpoint, &closing).await.unwrap(),
+        Some(2)
+    );
+    assert_eq!(
+        store.delete_endpoint(endpoint, &closing).await.unwrap(),
+        None
+    );
     assert!(store.endpoint(endpoint).await.unwrap().is_none());
     for id in [leased, waiting] {
         let closed = store.delivery(id).await.unwrap().unwrap();
@@ -845,6 +856,18 @@ async fn deleting_an_endpoint_closes_its_deliveries_and_revokes_leases(harness: 
         DeliveryStatus::Failed
     );
     assert_eq!(store.due_head(endpoint, u64::MAX).await.unwrap(), None);
+    // Its URL is kept for its deliveries' history, durably; the kept endpoint has none.
+    drop(store);
+    let store = harness.open().await;
+    assert_eq!(
+        store
+            .deleted_endpoint_url(endpoint)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("https://acme.example/hooks")
+    );
+    assert_eq!(store.deleted_endpoint_url(kept).await.unwrap(), None);
 }
 
 async fn an_endpoint_is_disabled_once_and_enabling_resets_its_health(harness: &Harness) {
@@ -935,8 +958,9 @@ async fn endpoint_reads_follow_every_change(harness: &Harness) {
         status: DeliveryStatus::Failed,
         reason: "endpoint deleted".into(),
         at_ms: now_ms(),
+        url: "https://globex.example/cb".into(),
     };
-    assert!(store.delete_endpoint(id, &closing).await.unwrap());
+    assert_eq!(store.delete_endpoint(id, &closing).await.unwrap(), Some(0));
     assert!(read().await.is_none());
     assert!(listed("globex").await.is_empty());
 }

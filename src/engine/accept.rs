@@ -247,6 +247,11 @@ impl Engine {
             if let Some(due) = delivery.next_attempt_at {
                 self.scheduler.note_due(endpoint.id, due);
             }
+            if delivery.status.is_final() {
+                // Skipped by delta mode: finished as it was stored.
+                let policy = self.policies.get(&endpoint.policy).map(|p| p.as_ref());
+                super::finished::count(policy, delivery.status, 1);
+            }
             receipts.push(self.receipt(delivery, Some(endpoint)).await?);
         }
         Ok(SendReceipt {

@@ -265,11 +265,10 @@ fn publish(
     let outcome_label = attempt.error.map_or("success", |kind| kind.as_str());
     metrics::counter!("herald_attempts_total", "policy" => policy_label.clone(), "outcome" => outcome_label)
         .increment(1);
-    metrics::histogram!("herald_attempt_duration_seconds", "policy" => policy_label.clone())
+    metrics::histogram!("herald_attempt_duration_seconds", "policy" => policy_label)
         .record(attempt.duration_ms as f64 / 1000.0);
     if delivery.status.is_final() && !recorded.stale {
-        metrics::counter!("herald_deliveries_finished_total", "policy" => policy_label, "status" => delivery.status.as_str())
-            .increment(1);
+        super::finished::count(policy, delivery.status, 1);
     }
     if attempt.success {
         tracing::debug!(attempt = attempt.attempt, status = ?attempt.status_code, duration_ms = attempt.duration_ms, "delivered");

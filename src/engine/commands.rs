@@ -6,8 +6,16 @@
 use super::Engine;
 use super::decide::{self, Command, CommandFacts};
 use crate::error::{Error, Result};
-use crate::model::{Delivery, DeliveryId, now_ms};
+use crate::model::{Delivery, DeliveryId, Endpoint, now_ms};
 use crate::store::{StoreError, Transition};
+
+/// A command's transition, with the endpoint it was planned against.
+pub(crate) struct Planned {
+    pub(crate) transition: Transition,
+    /// The delivery's endpoint, if it still exists: its policy labels the count of a delivery
+    /// the command finishes, as it labels one an attempt finishes.
+    pub(crate) endpoint: Option<Endpoint>,
+}
 
 impl Engine {
     /// The transition `command` makes of `delivery`, or why it does not apply.
@@ -16,19 +24,24 @@ impl Engine {
         command: &Command,
         delivery: &Delivery,
         now: u64,
-    ) -> Result<Transition> {
+    ) -> Result<Planned> {
         let message = self.store.message(delivery.message_id).await?;
+        let endpoint = self.store.endpoint(delivery.endpoint_id).await?;
         let facts = CommandFacts {
             message_kept: message.is_some(),
-            endpoint_exists: self.store.endpoint(delivery.endpoint_id).await?.is_some(),
+            endpoint_exists: endpoint.is_some(),
         };
         let ordering_key = message.as_ref().and_then(|m| m.ordering_key.as_deref());
         let next = decide::command(command, delivery, &facts, ordering_key, now)
             .map_err(Error::Conflict)?;
-        Ok(Transition {
+        let transition = Transition {
             expected: delivery.clone(),
             delivery: next.delivery,
             release: next.release,
+        };
+        Ok(Planned {
+            transition,
+            endpoint,
         })
     }
 
@@ -39,7 +52,10 @@ impl Engine {
             .delivery(id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("delivery {id}")))?;
-        let transition = self.plan_command(&command, &delivery, now_ms()).await?;
+        let Planned {
+            transition,
+            endpoint,
+        } = self.plan_command(&command, &delivery, now_ms()).await?;
         self.store
             .apply_transitions(std::slice::from_ref(&transition), None)
             .await
@@ -48,6 +64,13 @@ impl Engine {
                 other => other.into(),
             })?;
         let delivery = transition.delivery;
+        if delivery.status.is_final() && !transition.expected.status.is_final() {
+            // A cancel: applied only if the delivery was still pending, so an attempt that
+            // finished it first (and was counted) makes this a conflict, and an attempt
+            // recorded after it is stale (and not counted).
+            let policy = endpoint.and_then(|e| self.policies.get(&e.policy));
+            super::finished::count(policy.map(|p| p.as_ref()), delivery.status, 1);
+        }
         if let Some(due) = delivery.next_attempt_at {
             self.scheduler.note_due(delivery.endpoint_id, due);
         }

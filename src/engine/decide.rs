@@ -422,12 +422,14 @@ pub(crate) fn command(
     })
 }
 
-/// What deleting an endpoint does to its pending deliveries.
-pub(crate) fn endpoint_deleted(now_ms: u64) -> Closing {
+/// What deleting `endpoint` does to its pending deliveries, and the URL their history keeps
+/// showing: redacted as the live view shows it.
+pub(crate) fn endpoint_deleted(endpoint: &Endpoint, now_ms: u64) -> Closing {
     Closing {
         status: DeliveryStatus::Failed,
         reason: "endpoint deleted".into(),
         at_ms: now_ms,
+        url: crate::transport::redact(&endpoint.url),
     }
 }
 

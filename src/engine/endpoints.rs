@@ -262,13 +262,18 @@ impl Engine {
         Ok(endpoint)
     }
 
+    /// Deletes an endpoint; its pending deliveries fail, and count as finished under its
+    /// policy, as they would had their attempts failed.
     pub(crate) async fn delete_endpoint(&self, id: EndpointId) -> Result<()> {
+        let endpoint = self.endpoint(id).await?;
         let queued = self.scheduler.remove(id);
         self.store.release(&queued).await?;
-        let closing = super::decide::endpoint_deleted(now_ms());
-        if !self.store.delete_endpoint(id, &closing).await? {
+        let closing = super::decide::endpoint_deleted(&endpoint, now_ms());
+        let Some(closed) = self.store.delete_endpoint(id, &closing).await? else {
             return Err(Error::NotFound(format!("endpoint {id}")));
-        }
+        };
+        let policy = self.policies.get(&endpoint.policy).map(|p| p.as_ref());
+        super::finished::count(policy, closing.status, closed);
         Ok(())
     }
 }

@@ -5,7 +5,8 @@
 //! * [`scheduler`] decides when deliveries are attempted, endpoint by endpoint;
 //! * [`attempt`] performs one attempt, asks [`decide`] what it means and records that;
 //! * [`endpoints`] validates and changes endpoint configuration;
-//! * [`commands`] carries out an operator's commands on one delivery (replay, retry, cancel).
+//! * [`commands`] carries out an operator's commands on one delivery (replay, retry, cancel);
+//! * [`finished`] counts the deliveries that reach a final status, whichever way they do.
 //!
 //! The engine never speaks HTTP to producers or operators; `server` does that on top of it.
 
@@ -16,6 +17,7 @@ mod commands;
 mod commit;
 pub(crate) mod decide;
 mod endpoints;
+mod finished;
 mod health;
 mod pacing;
 mod probe;

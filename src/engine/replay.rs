@@ -152,8 +152,8 @@ async fn replay_batch(engine: &Engine, job: &mut ReplayJob) -> Result<bool> {
     let mut transitions = Vec::with_capacity(page.len());
     for delivery in &page {
         match engine.plan_command(&Command::Replay, delivery, now).await {
-            Ok(transition) => {
-                transitions.push(transition);
+            Ok(planned) => {
+                transitions.push(planned.transition);
                 next.queued += 1;
             }
             Err(Error::Conflict(reason)) => {

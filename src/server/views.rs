@@ -62,17 +62,54 @@ pub struct DeliveryView {
     attempts: Option<Vec<AttemptView>>,
 }
 
+/// A delivery's endpoint as its view needs it.
+pub enum EndpointOf {
+    /// The endpoint exists: its URL, and whether it holds the delivery.
+    Live(Box<Endpoint>),
+    /// The endpoint was deleted: the URL its deletion kept, so that the history still says
+    /// where the delivery was sent; `None` when none was kept (an earlier herald deleted it).
+    Deleted(Option<String>),
+}
+
+impl EndpointOf {
+    /// Reads endpoint `id`, or what its deletion kept. A failed read shows as a deleted
+    /// endpoint, as it always has: a view is still worth showing without it.
+    pub async fn read(herald: &Herald, id: EndpointId) -> EndpointOf {
+        match herald.endpoint(id).await {
+            Ok(endpoint) => EndpointOf::Live(Box::new(endpoint)),
+            Err(_) => EndpointOf::Deleted(herald.deleted_endpoint_url(id).await.ok().flatten()),
+        }
+    }
+
+    fn live(&self) -> Option<&Endpoint> {
+        match self {
+            EndpointOf::Live(endpoint) => Some(endpoint),
+            EndpointOf::Deleted(_) => None,
+        }
+    }
+
+    /// Where the endpoint's deliveries go, or went. A kept URL was stored redacted; it is
+    /// redacted again when shown, like every URL a view shows, whatever the store holds.
+    fn url(&self) -> Option<&str> {
+        match self {
+            EndpointOf::Live(endpoint) => Some(&endpoint.url),
+            EndpointOf::Deleted(kept) => kept.as_deref(),
+        }
+    }
+}
+
 impl DeliveryView {
     /// A delivery as shown; pending deliveries of a disabled endpoint show as `held`.
-    pub fn new(d: &Delivery, endpoint: Option<&Endpoint>, attempts: Option<&[Attempt]>) -> Self {
+    pub fn new(d: &Delivery, endpoint: &EndpointOf, attempts: Option<&[Attempt]>) -> Self {
         let held_reason = endpoint
+            .live()
             .filter(|_| d.status == DeliveryStatus::Pending)
             .and_then(crate::engine::decide::held_reason);
         let held = held_reason.is_some();
         let url = d
             .url_override
             .as_deref()
-            .or(endpoint.map(|e| e.url.as_str()))
+            .or(endpoint.url())
             .map(redact)
             .unwrap_or_default();
         DeliveryView {
@@ -94,16 +131,27 @@ impl DeliveryView {
     }
 }
 
+/// The view of one delivery, with `attempts` if given.
+pub async fn delivery_view(
+    herald: &Herald,
+    delivery: &Delivery,
+    attempts: Option<&[Attempt]>,
+) -> DeliveryView {
+    let endpoint = EndpointOf::read(herald, delivery.endpoint_id).await;
+    DeliveryView::new(delivery, &endpoint, attempts)
+}
+
 /// Views of deliveries, each with its endpoint (each endpoint read once).
 pub async fn delivery_views(herald: &Herald, deliveries: &[Delivery]) -> Vec<DeliveryView> {
-    let mut endpoints: HashMap<EndpointId, Option<Endpoint>> = HashMap::new();
+    let mut endpoints: HashMap<EndpointId, EndpointOf> = HashMap::new();
     let mut views = Vec::with_capacity(deliveries.len());
     for delivery in deliveries {
         let endpoint = match endpoints.entry(delivery.endpoint_id) {
             Entry::Occupied(known) => known.into_mut(),
-            Entry::Vacant(slot) => slot.insert(herald.endpoint(delivery.endpoint_id).await.ok()),
+            Entry::Vacant(slot) => {
+                slot.insert(EndpointOf::read(herald, delivery.endpoint_id).await)
+            }
         };
-        let endpoint = endpoint.as_ref();
         views.push(DeliveryView::new(delivery, endpoint, None));
     }
     views

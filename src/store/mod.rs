@@ -246,7 +246,8 @@ pub struct Transition {
     pub release: Option<String>,
 }
 
-/// What deleting an endpoint does to its deliveries that are still pending.
+/// What deleting an endpoint does to its deliveries that are still pending, and what it keeps
+/// of the endpoint for the history of all its deliveries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Closing {
     /// Their final status.
@@ -255,6 +256,10 @@ pub struct Closing {
     pub reason: String,
     /// Their `updated_at`.
     pub at_ms: u64,
+    /// The endpoint's URL as its deliveries' views show it once the endpoint is gone (see
+    /// [`Store::deleted_endpoint_url`]). Redacted (no credentials, no query): it outlives the
+    /// sealed endpoint record, and a view only shows it redacted anyway.
+    pub url: String,
 }
 
 /// What a backup wrote.
@@ -392,9 +397,16 @@ pub trait Store: Send + Sync + 'static {
     /// `released_at = now_ms`. `None` when there is no such endpoint.
     async fn enable_endpoint(&self, id: EndpointId, now_ms: u64) -> StoreResult<Option<Endpoint>>;
     /// Deletes an endpoint; its pending deliveries (those waiting in ordering-key lines too)
-    /// are finished as `closing` says, its lines are dropped, and outstanding leases on its
-    /// deliveries are revoked. False when there was no such endpoint.
-    async fn delete_endpoint(&self, id: EndpointId, closing: &Closing) -> StoreResult<bool>;
+    /// are finished as `closing` says, its lines are dropped, outstanding leases on its
+    /// deliveries are revoked, and `closing.url` is kept for [`Store::deleted_endpoint_url`].
+    /// `None` when there was no such endpoint; otherwise how many pending deliveries it
+    /// finished (the engine counts them as finished: each delivery once, however many
+    /// callers delete the endpoint at once).
+    async fn delete_endpoint(&self, id: EndpointId, closing: &Closing) -> StoreResult<Option<u64>>;
+    /// The URL a deleted endpoint had, as its deletion kept it ([`Closing::url`]), so that
+    /// the history of its deliveries still says where they were sent. `None` while the
+    /// endpoint exists, for one that never did, and for one deleted before herald kept these.
+    async fn deleted_endpoint_url(&self, id: EndpointId) -> StoreResult<Option<String>>;
 
     // --- messages and their records ---
 

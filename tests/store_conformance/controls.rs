@@ -286,8 +286,10 @@ pub(super) async fn deleting_an_endpoint_closes_deliveries_waiting_in_line(harne
         status: DeliveryStatus::Failed,
         reason: "endpoint deleted".into(),
         at_ms: DUE,
+        url: "https://acme.example/hooks".into(),
     };
-    assert!(store.delete_endpoint(e, &closing).await.unwrap());
+    // The front of its line and the two waiting behind it.
+    assert_eq!(store.delete_endpoint(e, &closing).await.unwrap(), Some(3));
     for id in ids.iter().step_by(2) {
         let closed = store.delivery(*id).await.unwrap().unwrap();
         assert_eq!(closed.status, DeliveryStatus::Failed, "{id}");

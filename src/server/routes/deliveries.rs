@@ -10,7 +10,7 @@ use super::{ADMIN, ApiResult, id, time_range};
 use crate::model::{DeliveryId, DeliveryStatus, EndpointId, rfc3339};
 use crate::server::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::server::problem::{ApiError, NotFound, Problem};
-use crate::server::views::{DeliveryView, delivery_views};
+use crate::server::views::{DeliveryView, delivery_view, delivery_views};
 use crate::store::{DeliveryFilter, ReplayState};
 use crate::{Herald, ReplayJob, ReplayRequest};
 
@@ -162,8 +162,7 @@ pub async fn get_delivery(
 ) -> ApiResult {
     let delivery = herald.delivery(id("delivery", &raw)?).await?;
     let attempts = herald.attempts(delivery.id).await?;
-    let endpoint = herald.endpoint(delivery.endpoint_id).await.ok();
-    let view = DeliveryView::new(&delivery, endpoint.as_ref(), Some(&attempts));
+    let view = delivery_view(&herald, &delivery, Some(&attempts)).await;
     Ok(Json(view).into_response())
 }
 
@@ -183,8 +182,7 @@ pub async fn replay_delivery(
     ApiPath(raw): ApiPath<String>,
 ) -> ApiResult {
     let delivery = herald.replay(id("delivery", &raw)?).await?;
-    let endpoint = herald.endpoint(delivery.endpoint_id).await.ok();
-    let view = DeliveryView::new(&delivery, endpoint.as_ref(), None);
+    let view = delivery_view(&herald, &delivery, None).await;
     Ok((StatusCode::ACCEPTED, Json(view)).into_response())
 }
 
@@ -204,8 +202,7 @@ pub async fn retry_delivery(
     ApiPath(raw): ApiPath<String>,
 ) -> ApiResult {
     let delivery = herald.retry_now(id("delivery", &raw)?).await?;
-    let endpoint = herald.endpoint(delivery.endpoint_id).await.ok();
-    let view = DeliveryView::new(&delivery, endpoint.as_ref(), None);
+    let view = delivery_view(&herald, &delivery, None).await;
     Ok((StatusCode::ACCEPTED, Json(view)).into_response())
 }
 
@@ -226,8 +223,7 @@ pub async fn cancel_delivery(
     ApiPath(raw): ApiPath<String>,
 ) -> ApiResult {
     let delivery = herald.cancel(id("delivery", &raw)?).await?;
-    let endpoint = herald.endpoint(delivery.endpoint_id).await.ok();
-    let view = DeliveryView::new(&delivery, endpoint.as_ref(), None);
+    let view = delivery_view(&herald, &delivery, None).await;
     Ok(Json(view).into_response())
 }
 

@@ -146,7 +146,7 @@ impl PgStore {
         &self,
         id: EndpointId,
         closing: &Closing,
-    ) -> StoreResult<bool> {
+    ) -> StoreResult<Option<u64>> {
         let mut tx = self.pool.begin().await?;
         // Lines first, then deliveries in id order: the order every writer locks them in.
         sqlx::query(
@@ -160,7 +160,7 @@ impl PgStore {
         .await?;
         // Finishing the pending deliveries (those waiting in lines too: each partial index
         // finds its own) clears their leases: a late outcome is stale.
-        sqlx::query(
+        let closed = sqlx::query(
             "UPDATE deliveries SET status = $2, next_attempt_at = NULL, last_error = $3, \
              updated_at = $4, lease_token = NULL, lease_expires = NULL, line_place = NULL \
              WHERE id IN (SELECT id FROM deliveries WHERE endpoint_id = $1 \
@@ -172,7 +172,8 @@ impl PgStore {
         .bind(&closing.reason)
         .bind(ms(closing.at_ms))
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
         for table in ["endpoint_pacing", "lease_counts", "lease_ends"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE endpoint_id = $1"))
                 .bind(id.0)
@@ -186,11 +187,32 @@ impl PgStore {
             .rows_affected()
             == 1;
         if deleted {
+            sqlx::query(
+                "INSERT INTO deleted_endpoints (id, url, deleted_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (id) DO UPDATE SET url = EXCLUDED.url, deleted_at = EXCLUDED.deleted_at",
+            )
+            .bind(id.0)
+            .bind(&closing.url)
+            .bind(ms(closing.at_ms))
+            .execute(&mut *tx)
+            .await?;
             Self::notify(&mut tx, [Notice::Endpoint(id)]).await?;
         }
         tx.commit().await?;
         self.cache.clear();
-        Ok(deleted)
+        Ok(deleted.then_some(closed))
+    }
+
+    pub(super) async fn deleted_endpoint_url_now(
+        &self,
+        id: EndpointId,
+    ) -> StoreResult<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT url FROM deleted_endpoints WHERE id = $1")
+                .bind(id.0)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// Reserves the next start of an attempt to a rate-limited endpoint in one statement, as

@@ -199,8 +199,12 @@ impl Store for PgStore {
         self.enable_endpoint_now(id, now_ms).await
     }
 
-    async fn delete_endpoint(&self, id: EndpointId, closing: &Closing) -> StoreResult<bool> {
+    async fn delete_endpoint(&self, id: EndpointId, closing: &Closing) -> StoreResult<Option<u64>> {
         self.delete_endpoint_now(id, closing).await
+    }
+
+    async fn deleted_endpoint_url(&self, id: EndpointId) -> StoreResult<Option<String>> {
+        self.deleted_endpoint_url_now(id).await
     }
 
     async fn insert_messages(&self, writes: &[MessageWrite]) -> StoreResult<Vec<Inserted>> {

@@ -250,16 +250,16 @@ impl SledStore {
         &self,
         id: EndpointId,
         closing: &Closing,
-    ) -> StoreResult<bool> {
+    ) -> StoreResult<Option<u64>> {
         let mut state = self.lock();
         let Some(endpoint) = self.load_endpoint(id)? else {
-            return Ok(false);
+            return Ok(None);
         };
         state.cursors.remove(&id);
         self.cache_mut().forget(id, &[&endpoint.tenant]);
         // The deliveries waiting in its ordering lines (from the end of each line, so that
         // every batch leaves whole lines behind), then the due index, then the lines.
-        self.close_waiting(&mut state, id, closing)?;
+        let mut finished = self.close_waiting(&mut state, id, closing)?;
         for prefix in [keys::DUE, keys::LINE] {
             let prefix = keys::endpoint_prefix(prefix, id);
             loop {
@@ -291,6 +291,7 @@ impl SledStore {
                     batch.remove(key);
                 }
                 self.apply_counted(batch, 0, removed)?;
+                finished += removed;
             }
         }
         debug_assert!(closing.status != DeliveryStatus::Pending);
@@ -298,22 +299,33 @@ impl SledStore {
         batch.remove(keys::endpoint(id));
         batch.remove(keys::failures(id));
         batch.remove(keys::tenant_endpoint(&endpoint.tenant, id));
+        batch.insert(keys::deleted_endpoint(id), encode(&closing.url)?);
         self.apply_durable(&mut state, batch, (0, 0), |c| {
             c.endpoints = c.endpoints.saturating_sub(1)
         })?;
-        Ok(true)
+        Ok(Some(finished))
+    }
+
+    pub(super) fn deleted_endpoint_url_now(&self, id: EndpointId) -> StoreResult<Option<String>> {
+        let key = keys::deleted_endpoint(id);
+        match self.tree()?.get(&key)? {
+            Some(bytes) => codec::decode(&key, &bytes).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Closes the deliveries waiting in `endpoint`'s lines, in batches: each takes deliveries
-    /// from the end of lines, so that what is left after any batch is a shorter line.
+    /// from the end of lines, so that what is left after any batch is a shorter line. Returns
+    /// how many it closed.
     fn close_waiting(
         &self,
         state: &mut super::State,
         endpoint: EndpointId,
         closing: &Closing,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<u64> {
         let prefix = keys::endpoint_prefix(keys::LINE, endpoint);
         let mut from = prefix.clone();
+        let mut finished = 0;
         loop {
             let mut lines = LineWrites::default();
             let mut closed_ones = Vec::new();
@@ -347,8 +359,9 @@ impl SledStore {
                 batch.insert(keys::delivery(delivery.id), self.encode_delivery(delivery)?);
             }
             self.apply_counted(batch, 0, closed_ones.len() as u64)?;
+            finished += closed_ones.len() as u64;
             if done {
-                return Ok(());
+                return Ok(finished);
             }
         }
     }

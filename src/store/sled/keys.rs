@@ -16,6 +16,7 @@
 //! | `I`    | tenant, 0, idempotency key            | message id                    |
 //! | `K`    | endpoint id, dedup key                | payload SHA-256 of last success |
 //! | `F`    | endpoint id                           | endpoint health (failures, disablement) |
+//! | `G`    | endpoint id                           | a deleted endpoint's URL, redacted (for its deliveries' history) |
 //! | `S`    | endpoint id, day (u32 BE)             | daily roll-up                 |
 //! | `J`    | job id                                | bulk replay job               |
 //! | `H`    | endpoint id, ordering key             | an ordering line: its last delivery |
@@ -44,6 +45,7 @@ pub(crate) const ATTEMPT: u8 = b'A';
 pub(crate) const IDEMPOTENCY: u8 = b'I';
 pub(crate) const DEDUP: u8 = b'K';
 pub(crate) const FAILURES: u8 = b'F';
+pub(crate) const DELETED_ENDPOINT: u8 = b'G';
 pub(crate) const STATS: u8 = b'S';
 pub(crate) const JOB: u8 = b'J';
 pub(crate) const LINE: u8 = b'H';
@@ -137,6 +139,10 @@ pub(crate) fn idempotency(tenant: &str, idempotency_key: &str) -> Vec<u8> {
 
 pub(crate) fn failures(endpoint: EndpointId) -> Vec<u8> {
     key(FAILURES, &[endpoint.as_bytes()])
+}
+
+pub(crate) fn deleted_endpoint(id: EndpointId) -> Vec<u8> {
+    key(DELETED_ENDPOINT, &[id.as_bytes()])
 }
 
 pub(crate) fn stats(endpoint: EndpointId, day: u32) -> Vec<u8> {

@@ -47,10 +47,14 @@ impl Store for SledStore {
         Ok(endpoint)
     }
 
-    async fn delete_endpoint(&self, id: EndpointId, closing: &Closing) -> StoreResult<bool> {
-        let deleted = self.delete_endpoint_now(id, closing)?;
+    async fn delete_endpoint(&self, id: EndpointId, closing: &Closing) -> StoreResult<Option<u64>> {
+        let closed = self.delete_endpoint_now(id, closing)?;
         self.flush().await?;
-        Ok(deleted)
+        Ok(closed)
+    }
+
+    async fn deleted_endpoint_url(&self, id: EndpointId) -> StoreResult<Option<String>> {
+        self.deleted_endpoint_url_now(id)
     }
 
     async fn insert_messages(&self, writes: &[MessageWrite]) -> StoreResult<Vec<Inserted>> {
