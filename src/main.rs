@@ -71,12 +71,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon (producer API, admin API, metrics) until SIGTERM/SIGINT.
+    ///
+    /// Example: HERALD_ADMIN_TOKEN=… herald serve --listen 0.0.0.0:8088 --data-dir /var/lib/herald
     Serve(cli::serve::ServeArgs),
     /// Listen for callbacks and print each one, checking its signature (for trying herald out).
     ///
     /// Example: herald receive --port 9000 --secret customer-api-key
     Receive(cli::receive::ReceiveArgs),
     /// Send a message through a running daemon's producer API.
+    ///
+    /// Example: herald send --tenant acme --event-type job.completed --payload '{"job_id": 42}'
     Send(cli::send::SendArgs),
     /// Endpoints on a running daemon: list, show, create, update, enable, disable, delete,
     /// test, stats.
@@ -106,8 +110,12 @@ enum Command {
         command: cli::store::StoreCommand,
     },
     /// Print the HTTP API's OpenAPI document (the same as `GET /openapi.json`).
+    ///
+    /// Example: herald openapi > openapi.json
     Openapi,
-    /// Print a shell completion script: `herald completions bash > /etc/bash_completion.d/herald`.
+    /// Print a shell completion script.
+    ///
+    /// Example: herald completions bash > /etc/bash_completion.d/herald
     Completions {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,

@@ -14,12 +14,16 @@ use super::remote::{Remote, encode, query};
 #[derive(Subcommand)]
 pub enum EndpointCommand {
     /// List endpoints.
+    ///
+    /// Example: herald endpoints list --tenant acme
     List {
         /// Only this tenant's.
         #[arg(long)]
         tenant: Option<String>,
     },
-    /// Show one endpoint.
+    /// Show one endpoint: its state, failures, subscriptions and the rate limit that applies.
+    ///
+    /// Example: herald endpoints show 0191f3c2-…  (ids come from `endpoints list`)
     Show {
         /// Endpoint id.
         id: String,
@@ -63,16 +67,22 @@ pub enum EndpointCommand {
         default: Option<bool>,
     },
     /// Enable an endpoint: resets its failure count and releases its held deliveries.
+    ///
+    /// Example: herald endpoints enable 0191f3c2-…
     Enable {
         /// Endpoint id.
         id: String,
     },
     /// Disable an endpoint: nothing is sent to it; its deliveries are held, not lost.
+    ///
+    /// Example: herald endpoints disable 0191f3c2-…
     Disable {
         /// Endpoint id.
         id: String,
     },
     /// Delete an endpoint; its pending deliveries fail. Asks first unless --yes.
+    ///
+    /// Example: herald endpoints delete 0191f3c2-… --yes
     Delete {
         /// Endpoint id.
         id: String,
@@ -81,11 +91,15 @@ pub enum EndpointCommand {
         yes: bool,
     },
     /// Send a `herald.test` event now and show the answer (stores nothing).
+    ///
+    /// Example: herald endpoints test 0191f3c2-…
     Test {
         /// Endpoint id.
         id: String,
     },
     /// Attempts, successes, failures and median latency per day, with a bar per day.
+    ///
+    /// Example: herald endpoints stats 0191f3c2-… --days 30
     Stats {
         /// Endpoint id.
         id: String,

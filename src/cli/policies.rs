@@ -13,12 +13,16 @@ use super::remote::print_json;
 #[derive(Subcommand)]
 pub enum PolicyCommand {
     /// List the policies (built-in, plus a directory's).
+    ///
+    /// Example: herald policies list --dir ./policies
     List {
         /// Also load this directory.
         #[arg(long)]
         dir: Option<PathBuf>,
     },
     /// Show what a policy does, and its schedule: every attempt's offset from the first.
+    ///
+    /// Example: herald policies show gengo-15m-12h
     Show {
         /// Policy name.
         name: String,
@@ -27,6 +31,8 @@ pub enum PolicyCommand {
         dir: Option<PathBuf>,
     },
     /// Check every policy file in a directory; exits non-zero naming the first bad file and line.
+    ///
+    /// Example: herald policies check ./policies
     Check {
         /// The directory.
         dir: PathBuf,

@@ -23,6 +23,8 @@ pub struct ReplayArgs {
 #[derive(Subcommand)]
 pub enum ReplayCommand {
     /// Follow a bulk replay until it is done (a progress bar on a terminal).
+    ///
+    /// Example: herald replay status 5f3c…  (the id `herald replay --endpoint …` printed)
     Status {
         /// The bulk replay's id (printed when it started).
         id: String,

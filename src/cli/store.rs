@@ -16,12 +16,16 @@ use super::remote::Remote;
 pub enum StoreCommand {
     /// Examine a stopped store: the ledger of durable writes, the secret key, every record.
     /// Exits non-zero when herald would refuse to open it.
+    ///
+    /// Example: herald store check --data-dir /var/lib/herald
     Check {
         #[command(flatten)]
         place: Place,
     },
     /// Open a store that lost acknowledged data anyway, keeping what is left: the ledger
     /// starts again from the store as it is. Prefer restoring a backup when you have one.
+    ///
+    /// Example: herald store recover --data-dir /var/lib/herald --accept-loss
     Recover {
         #[command(flatten)]
         place: Place,
@@ -33,8 +37,11 @@ pub enum StoreCommand {
     /// daemon (writes pause for the copy), or from a stopped store with `--data-dir`.
     /// Restore: stop herald, move the data directory aside, put DIR in its place (or point
     /// `data_dir` at it), start herald.
+    ///
+    /// Example: herald store backup /var/backups/herald-2026-11-25
     Backup {
-        /// Where the copy goes (on the daemon's host).
+        /// Where the copy goes, on the daemon's host; a relative path is made absolute from
+        /// this command's current directory (the daemon's may differ).
         dir: PathBuf,
         /// Copy a stopped store in this directory instead of asking the daemon.
         #[arg(long)]
