@@ -10,9 +10,10 @@ pub enum Error {
     #[error("invalid request: {0}")]
     InvalidRequest(String),
     /// A callback URL is unacceptable under the policy; nothing was stored.
-    #[error("invalid URL {url}: {reason}")]
+    #[error("invalid URL{}: {reason}", named(url))]
     InvalidUrl {
-        /// The URL with credentials and query removed.
+        /// The URL with credentials and query removed; empty when it does not parse (what
+        /// was given might be credentials).
         url: String,
         /// Why it was refused.
         reason: String,
@@ -70,3 +71,11 @@ impl From<StoreError> for Error {
 
 /// Result alias for the library.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// ` URL` for an error message, or nothing when there is no URL to show.
+fn named(url: &str) -> String {
+    match url {
+        "" => String::new(),
+        url => format!(" {url}"),
+    }
+}

@@ -135,6 +135,22 @@ async fn bad_input_is_a_typed_error_and_stores_nothing() {
             "{url}: {bad:?}"
         );
     }
+    // What does not parse, or has no host, is not repeated (it might be credentials), and no
+    // placeholder stands in for it.
+    for (url, why) in [
+        (
+            "user:pw@x.example",
+            "invalid URL: scheme \"user\" is not http or https",
+        ),
+        ("pw@x.example", "invalid URL: not an absolute URL"),
+    ] {
+        let said = herald
+            .create_endpoint(endpoint("acme", url.into(), "gengo-15m-12h"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(said.starts_with(why) && !said.contains("pw"), "{said}");
+    }
     assert!(herald.endpoints(None).await.unwrap().is_empty());
 
     herald

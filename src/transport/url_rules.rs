@@ -82,6 +82,9 @@ fn memo<T: Clone + 'static>(
 
 fn redact_now(url: &str) -> String {
     match Url::parse(url) {
+        // No host (`user:pw@x.example` parses with the scheme `user`): all that follows the
+        // scheme might be the credentials.
+        Ok(url) if url.host_str().is_none() => format!("{}:", url.scheme()),
         Ok(url) => {
             let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
             format!(
@@ -155,5 +158,6 @@ mod tests {
             "https://tms.example:8443/cb/x"
         );
         assert_eq!(redact("nonsense"), "<invalid url>");
+        assert_eq!(redact("user:secret@tms.example"), "user:");
     }
 }
