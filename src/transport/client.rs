@@ -200,6 +200,8 @@ impl Client {
 
 fn failure(e: &reqwest::Error) -> Exchange {
     let chain = error_chain(e);
+    // Classified by everything said, at every layer; described by the innermost causes.
+    let said = format!("{} {}", e.without_url_ref(), causes(e).join(" ")).to_ascii_lowercase();
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
         if let Some(refused) = s.downcast_ref::<ForbiddenTarget>() {
@@ -212,9 +214,7 @@ fn failure(e: &reqwest::Error) -> Exchange {
     }
     let kind = if e.is_timeout() {
         ErrorKind::Timeout
-    } else if chain.to_ascii_lowercase().contains("certificate")
-        || chain.to_ascii_lowercase().contains("tls")
-    {
+    } else if said.contains("certificate") || said.contains("tls") {
         ErrorKind::Tls
     } else if e.is_connect() {
         ErrorKind::Connect
@@ -227,17 +227,27 @@ fn failure(e: &reqwest::Error) -> Exchange {
     }
 }
 
-/// The error and its sources, without the URL reqwest likes to include.
+/// What went wrong, for the attempt's record: the innermost two causes (`tcp connect error:
+/// Connection refused (os error 111)`), or reqwest's own message, without its URL, when it
+/// has no cause. The outer layers (`error sending request for url`, `client error
+/// (Connect)`) say nothing an operator can act on; the attempt's kind says which step failed.
 fn error_chain(e: &reqwest::Error) -> String {
-    let without_url = e.without_url_ref();
-    let mut text = without_url.to_string();
+    match causes(e).as_slice() {
+        [] => e.without_url_ref(),
+        [.., outer, inner] if !outer.contains(inner.as_str()) => format!("{outer}: {inner}"),
+        [.., inner] => inner.clone(),
+    }
+}
+
+/// The error's sources, outermost first.
+fn causes(e: &reqwest::Error) -> Vec<String> {
+    let mut causes = Vec::new();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
+        causes.push(s.to_string());
         source = s.source();
     }
-    text
+    causes
 }
 
 /// `Retry-After` as seconds or an HTTP date.
@@ -272,6 +282,27 @@ impl WithoutUrl for reqwest::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_failed_connection_is_described_by_its_causes_without_the_url() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/cb?token=secret", closed.local_addr().unwrap());
+        drop(closed);
+        let e = reqwest::get(&url).await.unwrap_err();
+        let detail = error_chain(&e);
+        assert!(detail.contains("Connection refused"), "{detail}");
+        assert!(matches!(
+            failure(&e),
+            Exchange::Failed {
+                kind: ErrorKind::Connect,
+                ..
+            }
+        ));
+        assert!(
+            !detail.contains("for url") && !detail.contains("secret"),
+            "{detail}"
+        );
+    }
 
     #[test]
     fn retry_after_forms() {
