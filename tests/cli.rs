@@ -651,6 +651,21 @@ async fn the_daemons_client_options_are_refused_after_serve_and_receive() {
 }
 
 #[tokio::test]
+async fn a_mistyped_endpoint_filter_is_named_by_its_flag() {
+    for command in [&["deliveries", "list"][..], &["replay"][..]] {
+        let mut args = command.to_vec();
+        args.extend(["--endpoint", "nope"]);
+        let output = run(None, &args).await;
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {output:?}");
+        let stderr = texts(&output).1;
+        assert!(
+            stderr.contains("'--endpoint <ID>': not an endpoint id"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn global_options_go_before_or_after_the_subcommand() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(dir.path());

@@ -17,7 +17,7 @@ pub enum DeliveryCommand {
         #[arg(long, value_parser = statuses())]
         status: Option<String>,
         /// Only this endpoint's.
-        #[arg(long, value_name = "ID")]
+        #[arg(long, value_name = "ID", value_parser = super::format::endpoint_id)]
         endpoint: Option<String>,
         /// Only this tenant's.
         #[arg(long)]

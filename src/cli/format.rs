@@ -1,4 +1,4 @@
-//! Text output helpers: relative times, fixed-width tables, bars.
+//! Text output helpers: relative times, fixed-width tables, bars; and the check of an id flag.
 
 use std::time::{Duration, SystemTime};
 
@@ -70,6 +70,15 @@ pub fn truncate(s: &str, max: usize) -> String {
     }
     let kept: String = s.chars().take(max.saturating_sub(1)).collect();
     format!("{kept}…")
+}
+
+/// `--endpoint ID`: checked here, so that a mistyped id is named by its flag rather than by
+/// the API's query parameter.
+pub fn endpoint_id(value: &str) -> Result<String, String> {
+    value
+        .parse::<herald::EndpointId>()
+        .map(|_| value.to_string())
+        .map_err(|_| "not an endpoint id (ids come from `herald endpoints list`)".to_string())
 }
 
 #[cfg(test)]

@@ -41,7 +41,7 @@ pub struct ReplayTarget {
     #[arg(conflicts_with_all = ["endpoint", "tenant", "since", "until"])]
     delivery_id: Option<String>,
     /// Bulk: only this endpoint's deliveries.
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", value_parser = super::format::endpoint_id)]
     endpoint: Option<String>,
     /// Bulk: only this tenant's deliveries.
     #[arg(long)]
