@@ -126,8 +126,8 @@ macro_rules! settings {
 }
 
 settings! {
-    /// Address the API listens on. A non-loopback address needs `admin_token` or
-    /// `producer_token`.
+    /// Address the API listens on (port 0: one the system picks, named by the `herald
+    /// serving` log line). A non-loopback address needs `admin_token` or `producer_token`.
     listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8088)),
     /// Store directory (created if missing).
     data_dir: PathBuf = PathBuf::from("./herald-data"),

@@ -100,9 +100,10 @@ struct Receive {
 
 impl Receive {
     async fn start(args: &[&str]) -> Receive {
-        let port = free_port();
+        // Port 0: the receiver binds a free one and prints it (a port picked here could be
+        // taken by another test before the receiver binds it).
         let mut child = herald(None)
-            .args(["receive", "--port", &port.to_string()])
+            .args(["receive", "--port", "0"])
             .args(args)
             .stdout(Stdio::piped())
             .spawn()
@@ -112,7 +113,13 @@ impl Receive {
         let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
             .await
             .expect("receiver did not start");
-        assert!(format!("{first:?}").contains("listening"), "{first:?}");
+        let first = format!("{first:?}");
+        let port = first
+            .split("http://127.0.0.1:")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|port| port.parse::<u16>().ok())
+            .unwrap_or_else(|| panic!("no listening address in {first}"));
         let printed = tokio::spawn(async move {
             let mut text = String::new();
             while let Ok(Some(line)) = lines.next_line().await {
@@ -845,15 +852,19 @@ async fn serve_binds_first_logs_plainly_and_refusals_name_the_setting() {
     );
     drop(taken);
 
-    // Served: plain text into a pipe, the absolute data dir, no scheduler chatter.
-    let port = free_port().to_string();
-    let listen = format!("127.0.0.1:{port}");
+    // Served: plain text into a pipe, the absolute data dir, no scheduler chatter; port 0
+    // binds a free port, named in the serving line.
     let (mut child, log) = serve(&[
-        ("HERALD_LISTEN", &listen),
+        ("HERALD_LISTEN", "127.0.0.1:0"),
         ("HERALD_DATA_DIR", data.to_str().unwrap()),
     ])
     .await;
     assert!(log.contains("herald serving"), "{log}");
+    let listen = log
+        .lines()
+        .find_map(common::daemon::listening)
+        .unwrap_or_else(|| panic!("no listening address in {log}"));
+    assert_ne!(listen.port(), 0, "{log}");
     assert!(!log.contains('\u{1b}'), "colours in a pipe: {log:?}");
     assert!(
         log.contains(&format!("data_dir={}", data.display())),
@@ -862,9 +873,8 @@ async fn serve_binds_first_logs_plainly_and_refusals_name_the_setting() {
     assert!(!log.contains("tokio_cron_scheduler"), "{log}");
 
     // A second daemon on the same store names the first.
-    let other = format!("127.0.0.1:{}", free_port());
     let (mut second, log) = serve(&[
-        ("HERALD_LISTEN", &other),
+        ("HERALD_LISTEN", "127.0.0.1:0"),
         ("HERALD_DATA_DIR", data.to_str().unwrap()),
     ])
     .await;

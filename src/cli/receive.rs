@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 /// `herald receive`.
 #[derive(Args, Clone)]
 pub struct ReceiveArgs {
-    /// Port to listen on.
+    /// Port to listen on (0: one the system picks, printed on the first line).
     #[arg(long, short, default_value_t = 9000)]
     port: u16,
     /// Address to listen on.
@@ -71,6 +71,10 @@ pub async fn run(args: ReceiveArgs, json: bool) -> Result<(), String> {
     let addr = SocketAddr::new(args.host, args.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    // With --port 0, the port the system picked.
+    let addr = listener
+        .local_addr()
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let body = args
         .body

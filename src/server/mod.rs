@@ -123,6 +123,10 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    // The address bound: with port 0, the one the system picked, which `herald serving` says.
+    let listening = listener
+        .local_addr()
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let metrics = telemetry::install()?;
     let deliveries = threads::DeliveryThreads::start(config.delivery_niceness)?;
     let mut builder = Herald::builder()
@@ -166,13 +170,13 @@ pub async fn serve(config: Config) -> Result<(), String> {
         );
     }
     if tokens.admin.is_none() && tokens.producer.is_none() {
-        tracing::warn!(listen = %config.listen, "no tokens configured: the API is open to anyone who can reach this loopback address");
+        tracing::warn!(listen = %listening, "no tokens configured: the API is open to anyone who can reach this loopback address");
     }
     let _housekeeping = schedule_housekeeping(&herald, &config).await?;
     let names: Vec<String> = herald.policies().iter().map(|p| p.name.clone()).collect();
     let data_dir =
         std::path::absolute(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
-    tracing::info!(listen = %config.listen, data_dir = %data_dir.display(), policies = ?names, "herald serving");
+    tracing::info!(listen = %listening, data_dir = %data_dir.display(), policies = ?names, "herald serving");
     let app = router(herald.clone(), tokens, Some(metrics));
     let limits = ConnectionLimits {
         header_read_timeout: config.header_read_timeout,

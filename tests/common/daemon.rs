@@ -20,6 +20,13 @@ pub struct Daemon {
     logged: std::sync::Arc<tokio::sync::Notify>,
 }
 
+/// The address in a `herald serving` log line (`... listen=127.0.0.1:40123 ...`).
+pub fn listening(line: &str) -> Option<std::net::SocketAddr> {
+    line.split_whitespace()
+        .find_map(|field| field.strip_prefix("listen="))
+        .and_then(|addr| addr.parse().ok())
+}
+
 impl Daemon {
     pub fn start(data: &Path) -> Daemon {
         Self::start_with(data, None)
@@ -57,11 +64,6 @@ impl Daemon {
         config: Option<&Path>,
         env: &[(&str, &str)],
     ) -> Result<Daemon, (std::process::ExitStatus, String)> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let policies = data.join("policies");
         std::fs::create_dir_all(&policies).unwrap();
         std::fs::write(
@@ -75,7 +77,10 @@ impl Daemon {
             command.arg("--config").arg(config);
         }
         let mut child = command
-            .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
+            // Port 0: the daemon binds a free port itself and names it in `herald serving`.
+            // (A port picked here and bound there could be taken in between by another
+            // test's receiver.)
+            .env("HERALD_LISTEN", "127.0.0.1:0")
             .env("HERALD_DATA_DIR", data.join("store"))
             .env("HERALD_POLICIES_DIR", &policies)
             .env("HERALD_ADMIN_TOKEN", ADMIN)
@@ -104,23 +109,23 @@ impl Daemon {
                 }
                 tell.notify_waiters();
                 if !told && line.contains("herald serving") {
-                    let _ = tx.send(true);
+                    let _ = tx.send(listening(&line));
                     told = true;
                 }
             }
-            let _ = tx.send(false); // stderr closed: the process ended
+            let _ = tx.send(None); // stderr closed: the process ended
         });
         let serving = rx
             .recv_timeout(Duration::from_secs(20))
             .expect("daemon did not start in 20s");
-        if !serving {
+        let Some(addr) = serving else {
             let status = child.wait().unwrap();
             let text = log.lock().unwrap().clone();
             return Err((status, text));
-        }
+        };
         Ok(Daemon {
             child,
-            base: format!("http://127.0.0.1:{port}"),
+            base: format!("http://{addr}"),
             log,
             logged,
         })
