@@ -261,20 +261,18 @@ async fn the_quick_start_delivers_and_the_receiver_verifies_each_signature() {
     let receive =
         Receive::start(&["--security-token", "tok-123", "--exit-after", "1", "--json"]).await;
     // Without its token, the error names the flag (`--token` is the admin token).
-    let refused = run(
-        Some(&daemon),
-        &[
-            "endpoints",
-            "create",
-            "--tenant",
-            "phrase",
-            "--policy",
-            "phrase",
-            "--url",
-            &receive.url(),
-        ],
-    )
-    .await;
+    let url = receive.url();
+    let create = [
+        "endpoints",
+        "create",
+        "--tenant",
+        "phrase",
+        "--policy",
+        "phrase",
+        "--url",
+        &url,
+    ];
+    let refused = run(Some(&daemon), &create).await;
     assert!(!refused.status.success());
     assert!(
         texts(&refused).1.contains("--security-token"),
@@ -282,18 +280,7 @@ async fn the_quick_start_delivers_and_the_receiver_verifies_each_signature() {
     );
     ok(
         &daemon,
-        &[
-            "endpoints",
-            "create",
-            "--tenant",
-            "phrase",
-            "--policy",
-            "phrase",
-            "--url",
-            &receive.url(),
-            "--security-token",
-            "tok-123",
-        ],
+        &[&create[..], &["--security-token", "tok-123"]].concat(),
     )
     .await;
     ok(
@@ -319,12 +306,7 @@ async fn the_quick_start_delivers_and_the_receiver_verifies_each_signature() {
     );
 
     // /metrics describes every metric and buckets durations and group sizes.
-    let text = reqwest::get(format!("{}/metrics", daemon.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = daemon.scrape().await;
     for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
         let name = line.split_whitespace().nth(2).unwrap();
         assert!(

@@ -72,12 +72,7 @@ async fn ordering_keys_and_scheduled_sends_hold_across_sigkill() {
         .await;
     assert_eq!(view["status"], "pending");
     assert!(view["next_attempt_at"].is_string());
-    let metrics = reqwest::get(format!("{}/metrics", daemon.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = daemon.scrape().await;
     assert_eq!(metric(&metrics, "herald_deliveries_pending", &[]), 11.0);
     daemon.child.kill().unwrap(); // SIGKILL
     daemon.child.wait().unwrap();

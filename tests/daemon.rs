@@ -541,17 +541,9 @@ async fn metrics_agree_with_what_happened() {
         );
     }
     // Every message succeeds eventually; wait until 12 distinct ids got a 200.
-    let scrape = || async {
-        reqwest::get(format!("{}/metrics", daemon.base))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
     for _ in 0..100 {
         let finished = metric(
-            &scrape().await,
+            &daemon.scrape().await,
             "herald_deliveries_finished_total",
             &["status=\"succeeded\""],
         );
@@ -566,7 +558,7 @@ async fn metrics_agree_with_what_happened() {
     // after, so the scrape that first shows the 12th success may hold the pending count from
     // just before that delivery was recorded (the counter is incremented after the record).
     // Judge everything on a scrape taken after the last success was seen.
-    let text = scrape().await;
+    let text = daemon.scrape().await;
     let requests = receiver.count() as f64;
     let failures = receiver
         .requests()
@@ -608,12 +600,7 @@ async fn metrics_agree_with_what_happened() {
 async fn await_metric(daemon: &Daemon, name: &str, labels: &[&str], want: f64) -> String {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let text = reqwest::get(format!("{}/metrics", daemon.base))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = daemon.scrape().await;
         if metric(&text, name, labels) == want {
             return text;
         }

@@ -154,16 +154,10 @@ async fn a_full_disk_refuses_sends_with_503_and_recovers_without_a_restart() {
     assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
 
     // Nothing acknowledged was lost, before or after a restart.
-    let pending = |daemon: &Daemon| {
-        let url = format!("{}/metrics", daemon.base);
-        async move {
-            let text = reqwest::get(url).await.unwrap().text().await.unwrap();
-            metric(&text, "herald_deliveries_pending", &[])
-        }
-    };
-    assert_eq!(pending(&daemon).await, acknowledged as f64);
+    let pending = |text: String| metric(&text, "herald_deliveries_pending", &[]);
+    assert_eq!(pending(daemon.scrape().await), acknowledged as f64);
     assert!(daemon.terminate().success());
     let daemon = Daemon::start(&data);
-    assert_eq!(pending(&daemon).await, acknowledged as f64);
+    assert_eq!(pending(daemon.scrape().await), acknowledged as f64);
     drop(daemon);
 }

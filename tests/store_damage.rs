@@ -89,12 +89,7 @@ fn herald(args: &[&str]) -> (bool, String) {
 }
 
 async fn pending(daemon: &Daemon) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", daemon.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = daemon.scrape().await;
     metric(&text, "herald_deliveries_pending", &[])
 }
 

@@ -150,6 +150,16 @@ impl Daemon {
         self.base.trim_start_matches("http://").parse().unwrap()
     }
 
+    /// Its Prometheus text (`GET /metrics`, which needs no token).
+    pub async fn scrape(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn call(
         &self,
         method: &str,
