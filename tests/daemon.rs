@@ -692,7 +692,9 @@ async fn deliveries_keep_their_url_after_their_endpoint_is_deleted() {
     let daemon = Daemon::start(dir.path());
     let with_token = format!("{}?token=secret-in-query", receiver.url());
     let endpoint = create_endpoint(&daemon, "acme", &with_token).await;
-    let body = json!({"tenant": "acme", "event_type": "e", "payload": {}}).to_string();
+    let body =
+        json!({"tenant": "acme", "event_type": "e", "payload": {}, "idempotency_key": "k-1"})
+            .to_string();
     let (status, receipt, _) = daemon
         .call("POST", "/v1/messages", Some(PRODUCER), Some(&body))
         .await;
@@ -728,7 +730,17 @@ async fn deliveries_keep_their_url_after_their_endpoint_is_deleted() {
         receiver.url(),
         "{of_message}"
     );
-    assert!(!format!("{shown}{listed}{of_message}").contains("secret-in-query"));
+    // The receipt of a repeated send too.
+    let (status, repeated, _) = daemon
+        .call("POST", "/v1/messages", Some(PRODUCER), Some(&body))
+        .await;
+    assert_eq!(status, 200, "{repeated}");
+    assert_eq!(
+        repeated["deliveries"][0]["url"],
+        receiver.url(),
+        "{repeated}"
+    );
+    assert!(!format!("{shown}{listed}{of_message}{repeated}").contains("secret-in-query"));
 }
 
 #[tokio::test]

@@ -320,10 +320,20 @@ impl Engine {
                 loaded.as_ref()
             }
         };
+        // A deleted endpoint's deliveries keep the URL its deletion kept.
+        let kept = match (endpoint, &delivery.url_override) {
+            (None, None) => {
+                self.store
+                    .deleted_endpoint_url(delivery.endpoint_id)
+                    .await?
+            }
+            _ => None,
+        };
         let url = delivery
             .url_override
             .as_deref()
             .or(endpoint.map(|e| e.url.as_str()))
+            .or(kept.as_deref())
             .map(redact)
             .unwrap_or_default();
         let held =
