@@ -166,7 +166,7 @@ settings! {
     /// message or attempt name its `message_id`, `delivery_id` and `endpoint_id`; the
     /// per-message `accept` and `attempt` spans are `debug` level, so `herald=debug` also
     /// prefixes every line with them.
-    log: String = "info,tokio_cron_scheduler=warn".into(),
+    log: String = "info,tokio_cron_scheduler=warn,sqlx::postgres::notice=warn".into(),
     /// Finished messages, attempts and daily stats older than this are purged.
     #[serde(with = "humantime_serde")]
     retention: Duration = Duration::from_secs(14 * 24 * 3600),
@@ -339,6 +339,22 @@ impl Config {
                 "max_connections must be 1-{MAX_CONNECTIONS}"
             )));
         }
+        // Parsed as the scheduler will parse it, so that a mistake stops the start here,
+        // saying what is wanted, rather than after the store has opened.
+        let cron = croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Required)
+            .dom_and_dow(true)
+            .build()
+            .parse(&self.housekeeping_cron);
+        if let Err(e) = cron {
+            return Err(ConfigError::Unsafe(format!(
+                "housekeeping_cron {:?}: {}; it takes six fields, seconds first (second minute \
+                 hour day-of-month month day-of-week, UTC), e.g. \"0 17 3 * * *\" for 03:17:00 \
+                 every day",
+                self.housekeeping_cron,
+                e.to_string().trim_end_matches('.')
+            )));
+        }
         Ok(())
     }
 
@@ -459,7 +475,16 @@ fn explain(error: figment::Error, file: Option<&Path>) -> ConfigError {
         }
         _ => error.path.join("."),
     };
-    let mut reason = error.kind.to_string();
+    // serde's words for what was expected, in an operator's.
+    let mut reason = error.kind.to_string().replace("``", "`").replace(
+        "expected a duration",
+        "expected a duration such as 30s, 10m, 2h or 14days",
+    );
+    for integer in ["usize", "u64", "u32", "u16", "u8"] {
+        if let Some(said) = reason.strip_suffix(&format!("expected {integer}")) {
+            reason = format!("{said}expected a whole number");
+        }
+    }
     if reason == "invalid socket address syntax" {
         // `localhost:8088` reads as an address to people; say what is wanted.
         reason.push_str(": an IP address and a port, such as 127.0.0.1:8088 or 0.0.0.0:8088");
@@ -649,8 +674,19 @@ mod tests {
                 "HERALD_ALLOW_PRIVATE_TARGETS",
             ),
             (&[("HERALD_MAX_IN_FLIGHT", "0")], "at least 1"),
-            (&[("HERALD_MAX_IN_FLIGHT", "many")], "HERALD_MAX_IN_FLIGHT"),
-            (&[("HERALD_UNROUTED", "maybe")], "HERALD_UNROUTED"),
+            (
+                &[("HERALD_MAX_IN_FLIGHT", "many")],
+                "expected a whole number",
+            ),
+            (
+                &[("HERALD_UNROUTED", "maybe")],
+                "expected `accept` or `reject`",
+            ),
+            (&[("HERALD_RETENTION", "forever")], "such as 30s, 10m"),
+            (
+                &[("HERALD_HOUSEKEEPING_CRON", "0 0 3 * *")],
+                "six fields, seconds first",
+            ),
             (
                 &[("HERALD_ALLOW_CIDRS", "10.0.0.0/33")],
                 "HERALD_ALLOW_CIDRS",
