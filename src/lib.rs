@@ -113,6 +113,10 @@ pub struct HeraldBuilder {
     policies_dir: Option<PathBuf>,
     extra_policies: Vec<Policy>,
     engine: EngineConfig,
+    /// [`HeraldBuilder::allow_private_targets`] and [`HeraldBuilder::allow_cidrs`], kept apart
+    /// from `engine` and applied at `open`, so that a later `engine_config` does not undo them.
+    allow_private: Option<bool>,
+    allow_cidrs: Vec<ipnet::IpNet>,
     sled: SledOptions,
     store: StoreChoice,
 }
@@ -138,7 +142,8 @@ impl HeraldBuilder {
         self
     }
 
-    /// Engine tuning.
+    /// Engine tuning: replaces the whole [`EngineConfig`] (what `allow_private_targets` and
+    /// `allow_cidrs` set is applied over it, whichever is called first).
     pub fn engine_config(mut self, config: EngineConfig) -> Self {
         self.engine = config;
         self
@@ -173,13 +178,13 @@ impl HeraldBuilder {
     /// Allows deliveries to loopback and private addresses (the SSRF guard is on by default):
     /// local testing and trusted networks.
     pub fn allow_private_targets(mut self, allow: bool) -> Self {
-        self.engine.client.targets.allow_private = allow;
+        self.allow_private = Some(allow);
         self
     }
 
     /// Private networks that may be delivered to all the same, e.g. `10.1.2.0/24`.
     pub fn allow_cidrs(mut self, cidrs: impl IntoIterator<Item = ipnet::IpNet>) -> Self {
-        self.engine.client.targets.allow.extend(cidrs);
+        self.allow_cidrs.extend(cidrs);
         self
     }
 
@@ -209,7 +214,7 @@ impl HeraldBuilder {
                 if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
                     return Err(Error::Startup(format!(
                         "store {:?} is neither `sled` nor a postgres:// URL",
-                        transport::redact(&url)
+                        shown_store(&url)
                     )));
                 }
                 let key = match self.sled.secret_key {
@@ -236,7 +241,12 @@ impl HeraldBuilder {
                 Arc::new(store)
             }
         };
-        let engine = Engine::new(store, policies, self.engine)?;
+        let mut config = self.engine;
+        if let Some(allow) = self.allow_private {
+            config.client.targets.allow_private = allow;
+        }
+        config.client.targets.allow.extend(self.allow_cidrs);
+        let engine = Engine::new(store, policies, config)?;
         engine.start().await?;
         tracing::info!("herald started");
         Ok(Herald { engine })
@@ -259,6 +269,8 @@ impl Herald {
             policies_dir: None,
             extra_policies: Vec::new(),
             engine: EngineConfig::default(),
+            allow_private: None,
+            allow_cidrs: Vec::new(),
             sled: SledOptions::default(),
             store: StoreChoice::Sled,
         }
@@ -528,5 +540,17 @@ impl Outcomes {
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
+    }
+}
+
+/// A `store` setting as an error may repeat it: a URL redacted (no credentials, no query);
+/// text that does not parse as one (`postgres//user:pw@db/herald`) from its last `@` on.
+fn shown_store(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(parsed) if parsed.host().is_some() => transport::redact(url),
+        _ => match url.rsplit_once('@') {
+            Some((_, host)) => format!("…@{host}"),
+            None => url.to_string(),
+        },
     }
 }

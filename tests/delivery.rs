@@ -304,6 +304,25 @@ async fn pending_deliveries_survive_a_clean_restart() {
 }
 
 #[tokio::test]
+async fn allowing_private_targets_survives_a_later_engine_config() {
+    let receiver = Receiver::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let herald = herald::Herald::builder()
+        .data_dir(dir.path())
+        .policy(quick_policy("quick", "100ms", 5))
+        .allow_private_targets(true)
+        .engine_config(herald::EngineConfig::default())
+        .open()
+        .await
+        .unwrap();
+    herald
+        .create_endpoint(endpoint("acme", receiver.url(), "quick"))
+        .await
+        .unwrap();
+    herald.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn the_ssrf_guard_is_on_by_default() {
     let receiver = Receiver::ok().await;
     let dir = tempfile::tempdir().unwrap();

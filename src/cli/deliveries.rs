@@ -266,6 +266,13 @@ async fn show(remote: &Remote, id: &str) -> Result<(), String> {
     println!("created    {}", when(&d["created_at"]));
     if !d["next_attempt_at"].is_null() {
         println!("next       {}", when(&d["next_attempt_at"]));
+        if d["status"] == "pending" && overdue(&d["next_attempt_at"]) {
+            println!(
+                "           overdue: being attempted, waiting for a free slot or the rate limit, \
+                 or claimed by a node that stopped (another takes it over when the claim \
+                 ends: twice the policy's timeout plus 5 s after it was taken)"
+            );
+        }
     }
     if attempts.is_empty() {
         println!("\nno attempts yet");
@@ -340,4 +347,40 @@ fn held_reason(delivery: &Value, endpoint: Option<&Value>) -> String {
         "{reason}{since}; `herald endpoints enable {}` releases its deliveries",
         text(&e["id"])
     )
+}
+
+/// Whether a due time is more than a few seconds past: a delivery that should have been
+/// attempted by now.
+fn overdue(due: &Value) -> bool {
+    let Some(at) = due
+        .as_str()
+        .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+    else {
+        return false;
+    };
+    std::time::SystemTime::now()
+        .duration_since(at)
+        .is_ok_and(|late| late > std::time::Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_due_time_is_overdue_a_few_seconds_after_it_passed() {
+        let at = |offset_secs: i64| {
+            let now = std::time::SystemTime::now();
+            let t = if offset_secs < 0 {
+                now - std::time::Duration::from_secs(offset_secs.unsigned_abs())
+            } else {
+                now + std::time::Duration::from_secs(offset_secs as u64)
+            };
+            Value::String(humantime::format_rfc3339_millis(t).to_string())
+        };
+        assert!(overdue(&at(-30)));
+        assert!(!overdue(&at(-1)));
+        assert!(!overdue(&at(60)));
+        assert!(!overdue(&Value::Null));
+    }
 }

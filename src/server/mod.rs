@@ -169,6 +169,11 @@ pub async fn serve(config: Config) -> Result<(), String> {
             "HERALD_ALLOW_PRIVATE_TARGETS is on: deliveries may reach loopback, private and metadata addresses"
         );
     }
+    if tokens.admin.is_none() && tokens.producer.is_some() {
+        tracing::warn!(
+            "HERALD_PRODUCER_TOKEN is set without HERALD_ADMIN_TOKEN: the admin API, the CLI's admin commands and the console refuse every request; set HERALD_ADMIN_TOKEN to use them"
+        );
+    }
     if tokens.admin.is_none() && tokens.producer.is_none() {
         tracing::warn!(listen = %listening, "no tokens configured: the API is open to anyone who can reach this loopback address");
     }
