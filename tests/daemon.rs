@@ -743,6 +743,29 @@ async fn deliveries_keep_their_url_after_their_endpoint_is_deleted() {
     assert!(!format!("{shown}{listed}{of_message}{repeated}").contains("secret-in-query"));
 }
 
+/// A database that is not there is named, without its password, with the reason the
+/// connection failed (the pool alone reports a timeout).
+#[tokio::test]
+async fn an_unreachable_database_is_named_with_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let store = format!("postgres://herald:pw-secret@127.0.0.1:{port}/herald");
+    let Err((status, log)) =
+        Daemon::try_start_with_env(dir.path(), None, &[("HERALD_STORE", &store)])
+    else {
+        panic!("a daemon started without its database");
+    };
+    assert!(!status.success());
+    assert!(log.contains("Connection refused"), "{log}");
+    assert!(
+        log.contains(&format!("connecting to postgres://127.0.0.1:{port}/herald")),
+        "{log}"
+    );
+    assert!(!log.contains("pw-secret"), "{log}");
+}
+
 #[tokio::test]
 async fn sigterm_while_messages_flow_exits_0_and_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();

@@ -119,6 +119,30 @@ fn decode_notice(payload: &str) -> Option<Notice> {
     }
 }
 
+/// Why the first connection failed, naming the database (without its password). The pool
+/// reports a refused or unresolvable server as a timeout after retrying; one direct
+/// connection then says what the pool saw (`Connection refused`, no such host).
+async fn connect_failed(url: &str, e: sqlx::Error) -> StoreError {
+    use sqlx::Connection as _;
+    let cause = match e {
+        sqlx::Error::PoolTimedOut => match sqlx::PgConnection::connect(url).await {
+            Err(direct) => direct,
+            Ok(_) => sqlx::Error::PoolTimedOut,
+        },
+        e => e,
+    };
+    let at = crate::transport::redact(url);
+    match StoreError::from(cause) {
+        StoreError::Backend(reason) => {
+            StoreError::Backend(format!("{reason} (connecting to {at})"))
+        }
+        StoreError::Unavailable(reason) => {
+            StoreError::Unavailable(format!("{reason} (connecting to {at})"))
+        }
+        other => other,
+    }
+}
+
 impl PgStore {
     /// Connects, applies the schema's migrations, and checks that `key` opens the cluster's
     /// sealed records (the first node to connect to an empty database sets it).
@@ -128,14 +152,11 @@ impl PgStore {
             // Fail fast while the database is away: sends get 503 instead of hanging.
             .acquire_timeout(Duration::from_secs(3))
             .connect(url)
-            .await
-            .map_err(|e| match StoreError::from(e) {
-                StoreError::Backend(reason) => StoreError::Backend(format!(
-                    "{reason} (connecting to {})",
-                    crate::transport::redact(url)
-                )),
-                other => other,
-            })?;
+            .await;
+        let pool = match pool {
+            Ok(pool) => pool,
+            Err(e) => return Err(connect_failed(url, e).await),
+        };
         sqlx::migrate!("./migrations")
             .run(&pool)
             .await
