@@ -1,7 +1,7 @@
 //! Daemon configuration: one list of settings, read from defaults, then `herald.toml`, then
 //! `HERALD_*` environment variables, then `herald serve --flags` (each overriding the one before).
 //!
-//! Every setting is declared once, in the [`settings!`] list at the bottom of this file: its
+//! Every setting is declared once, in the `settings!` list at the bottom of this file: its
 //! doc comment, type and default. From that one entry come the field of [`Config`], the
 //! `HERALD_<KEY>` variable, the `--key` flag with its help (`herald serve --help`), and the row
 //! of the README's configuration table (a test checks the README against [`markdown_table`]).

@@ -8,9 +8,9 @@
 //! Trace context travels the W3C way: a producer's `traceparent` on `POST /v1/messages`
 //! parents a span of the request ([`remote_parent`]; without one the accepting span is the
 //! trace's root); the accepting span's own `traceparent` is stored with the message
-//! ([`traceparent`]) so that every attempt, after a restart too, joins that trace
-//! ([`parent`]); and each delivery request carries the attempt span's `traceparent`
-//! ([`context_headers`]), so a receiver's tracing joins it.
+//! (`traceparent`) so that every attempt, after a restart too, joins that trace
+//! (`parent`); and each delivery request carries the attempt span's `traceparent`
+//! (`context_headers`), so a receiver's tracing joins it.
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //!
 //! This module maps HTTP to library calls and nothing else: handlers in [`routes`] parse,
 //! call [`crate::Herald`], and shape the answer; errors become problem+json in one place
-//! ([`problem::ApiError`]); tokens are checked by middleware ([`auth`]).
+//! ([`problem::ApiError`]); tokens are checked by middleware (`auth`).
 
 mod auth;
 mod connections;

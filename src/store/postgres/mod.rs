@@ -1,17 +1,17 @@
 //! The PostgreSQL backend: several herald nodes share one queue.
 //!
-//! * [`rows`] — rows to domain records and back (sealing what carries secrets);
-//! * [`cache`] — endpoints as this node last read them, dropped on every change notice;
-//! * [`endpoints`] — endpoint records, their health, and the reserved starts of rate-limited
+//! * `rows` — rows to domain records and back (sealing what carries secrets);
+//! * `cache` — endpoints as this node last read them, dropped on every change notice;
+//! * `endpoints` — endpoint records, their health, and the reserved starts of rate-limited
 //!   endpoints (a rate limit held by the whole cluster);
-//! * [`queue`] — messages in (one transaction per group of sends), leases
+//! * `queue` — messages in (one transaction per group of sends), leases
 //!   (`FOR UPDATE SKIP LOCKED`);
-//! * [`leases`] — this node's live leases, which its claims count against an endpoint's cap
+//! * `leases` — this node's live leases, which its claims count against an endpoint's cap
 //!   beside the other nodes' published counts;
-//! * [`lines`] — ordering-key lines: who is at the front, who waits behind it;
-//! * [`transitions`] — decided changes outside an attempt (replay, retry, cancel);
-//! * [`outcomes`] — attempt outcomes, one transaction per group;
-//! * [`store`] — the [`Store`](super::Store) trait over all of the above: reads, retention,
+//! * `lines` — ordering-key lines: who is at the front, who waits behind it;
+//! * `transitions` — decided changes outside an attempt (replay, retry, cancel);
+//! * `outcomes` — attempt outcomes, one transaction per group;
+//! * `store` — the [`Store`](super::Store) trait over all of the above: reads, retention,
 //!   jobs.
 //!
 //! The schema lives in versioned migrations (`migrations/` in the repository), applied at
@@ -25,7 +25,7 @@
 //! (or whose lease expired) with `FOR UPDATE SKIP LOCKED`, so concurrent claimers on any node
 //! never take the same delivery; a node that dies leaves leases that expire, and the next claim
 //! takes the deliveries over. An outcome moves its delivery only while its lease token is still
-//! the row's. Live leases are counted per node ([`leases`]).
+//! the row's. Live leases are counted per node (`leases`).
 
 mod cache;
 mod endpoints;

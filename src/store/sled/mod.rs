@@ -1,19 +1,20 @@
 //! The embedded backend: herald's state in one sled tree, in one directory.
 //!
-//! * [`keys`] — the key layout (one tree; the first byte says what a key is);
-//! * [`codec`] — how records become values (postcard with a version byte, sealing);
-//! * [`open`] — opening with every check (damaged files, a lost tail of the log, the wrong
-//!   key), `herald store check | recover | backup`, and reopening after a full disk;
-//! * [`ledger`] — herald's own evidence of what was durable;
-//! * [`endpoints`] — endpoint records, their health, and a cache of decoded records;
-//! * [`queue`] — messages in, the due index, leases, decided transitions;
-//! * [`lines`] — ordering-key lines: links between the deliveries of one key, in order;
-//! * [`outcomes`] — attempt outcomes recorded in groups;
-//! * [`purge`] — the retention purge, in pages;
-//! * [`store`] — the [`Store`](super::Store) trait over all of the above.
+//! * `keys` — the key layout (one tree; the first byte says what a key is);
+//! * `codec` — how records become values (postcard with a version byte, sealing);
+//! * `open` — opening with every check (damaged files, a lost tail of the log, the wrong
+//!   key), `herald store recover`, and reopening after a full disk;
+//! * `tools` — `herald store check` and `herald store backup`;
+//! * `ledger` — herald's own evidence of what was durable;
+//! * `endpoints` — endpoint records, their health, and a cache of decoded records;
+//! * `queue` — messages in, the due index, leases, decided transitions;
+//! * `lines` — ordering-key lines: links between the deliveries of one key, in order;
+//! * `outcomes` — attempt outcomes recorded in groups;
+//! * `purge` — the retention purge, in pages;
+//! * `store` — the [`Store`](super::Store) trait over all of the above.
 //!
 //! Durability: sled's own `flush` ends, on Linux, in `sync_file_range`, which neither flushes
-//! the device's write cache nor file metadata. [`SledStore::flush`] therefore follows it with
+//! the device's write cache nor file metadata. `SledStore::flush` therefore follows it with
 //! an `fdatasync` of sled's log file, so an acknowledged message survives power loss, not only
 //! a killed process. Values larger than a quarter of a segment would go to separate blob files
 //! that sled never syncs; the segment size is raised to 8 MiB and payloads are capped well
