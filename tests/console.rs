@@ -144,6 +144,13 @@ async fn the_console_is_served_without_a_token_with_strict_headers_and_stays_out
     assert_eq!(status, 404);
     assert_eq!(content_type, "application/problem+json");
     assert_eq!(problem["type"], "not_found");
+    let missing = client
+        .get(format!("{}/ui/assets/js/missing.js", daemon.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.headers()["x-content-type-options"], "nosniff");
+    assert!(missing.headers().contains_key("content-security-policy"));
 
     let redirect = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -155,6 +162,7 @@ async fn the_console_is_served_without_a_token_with_strict_headers_and_stays_out
         .unwrap();
     assert_eq!(redirect.status(), 308);
     assert_eq!(redirect.headers()["location"], "/ui/");
+    assert_eq!(redirect.headers()["x-frame-options"], "DENY");
 
     let (_, document, _) = daemon.call("GET", "/openapi.json", None, None).await;
     let paths: Vec<&String> = document["paths"].as_object().unwrap().keys().collect();

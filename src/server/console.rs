@@ -77,13 +77,23 @@ const fn fnv1a(bytes: &[u8]) -> u64 {
     hash
 }
 
-/// The console's routes; they take no state and no token.
+/// The console's routes; they take no state and no token. Every answer under `/ui` carries
+/// the security headers — pages and assets, and the redirect and not-found answers too.
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route(PREFIX, get(|| async { Redirect::permanent("/ui/") }))
         .route("/ui/", get(app))
         .route("/ui/assets/{*name}", get(asset_file))
         .route("/ui/{*path}", get(app))
+        .layer(axum::middleware::map_response(with_security_headers))
+}
+
+async fn with_security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    for (name, value) in security_headers() {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
 }
 
 /// The app's page, for `/ui/` and every deep link.
@@ -120,7 +130,7 @@ fn content_type(name: &str) -> &'static str {
     }
 }
 
-/// The asset with the security headers; `304` when the browser's copy is current. Browsers
+/// The asset, cacheable; `304` when the browser's copy is current. Browsers
 /// revalidate on every load (`no-cache`), so a new binary's console is never mixed with an
 /// old one's cached modules.
 fn serve(asset: &'static Asset, request_headers: &HeaderMap) -> Response {
@@ -145,9 +155,6 @@ fn serve(asset: &'static Asset, request_headers: &HeaderMap) -> Response {
         HeaderValue::from_str(&etag).expect("hex is a valid header value"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    for (name, value) in security_headers() {
-        headers.insert(name, HeaderValue::from_static(value));
-    }
     response
 }
 
