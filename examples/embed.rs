@@ -7,8 +7,7 @@
 
 use std::time::Duration;
 
-use herald::transport::{ClientOptions, TargetPolicy};
-use herald::{EngineConfig, Herald, NewEndpoint, NewMessage};
+use herald::{Herald, NewEndpoint, NewMessage};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -39,17 +38,8 @@ async fn deliver(url: &str) -> Result<(), Box<dyn std::error::Error>> {
     let herald = Herald::builder()
         .data_dir("./herald-embedded") // one process per store: not the daemon's directory
         .policies_dir("./policies") // your own policy files; a missing directory is fine
-        .engine_config(EngineConfig {
-            // The receiver is on 127.0.0.1, which the SSRF guard refuses unless allowed.
-            client: ClientOptions {
-                targets: TargetPolicy {
-                    allow_private: true,
-                    ..TargetPolicy::default()
-                },
-                ..ClientOptions::default()
-            },
-            ..EngineConfig::default()
-        })
+        // The receiver is on 127.0.0.1, which the SSRF guard refuses unless allowed.
+        .allow_private_targets(true)
         .open()
         .await?;
 
