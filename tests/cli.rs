@@ -849,7 +849,7 @@ async fn serve_binds_first_logs_plainly_and_refusals_name_the_setting() {
     assert_ne!(listen.port(), 0, "{log}");
     assert!(!log.contains('\u{1b}'), "colours in a pipe: {log:?}");
     assert!(
-        log.contains(&format!("data_dir={}", data.display())),
+        log.contains(&format!("store=sled data_dir={}", data.display())),
         "{log}"
     );
     assert!(!log.contains("tokio_cron_scheduler"), "{log}");

@@ -181,7 +181,11 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let names: Vec<String> = herald.policies().iter().map(|p| p.name.clone()).collect();
     let data_dir =
         std::path::absolute(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
-    tracing::info!(listen = %listening, data_dir = %data_dir.display(), policies = ?names, "herald serving");
+    let store = match config.store.as_str() {
+        "sled" => "sled".to_string(),
+        url => crate::transport::redact(url),
+    };
+    tracing::info!(listen = %listening, store = %store, data_dir = %data_dir.display(), policies = ?names, "herald serving");
     let app = router(herald.clone(), tokens, Some(metrics));
     let limits = ConnectionLimits {
         header_read_timeout: config.header_read_timeout,
