@@ -56,7 +56,51 @@ fn server_user() -> Option<(u32, u32)> {
     Some((fields.get(2)?.parse().ok()?, fields.get(3)?.parse().ok()?))
 }
 
+/// Starts the shared server. Its port is picked free and then given to PostgreSQL, which binds
+/// it a moment later — another test's receiver may take it in between: then the whole start
+/// is tried again (the failed one's directory is removed by its watchdog).
 fn start() -> Result<PgServer, String> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match start_once() {
+            Err(e) if tries < 3 && e.contains(PORT_TAKEN) => eprintln!("{e}; once more"),
+            started => return started,
+        }
+    }
+}
+
+/// What PostgreSQL says when its port is taken.
+const PORT_TAKEN: &str = "could not bind";
+
+/// Waits for a starting server's `ready to accept connections`; its port taken meanwhile, or
+/// the end of its output, is an error.
+fn await_ready(stderr: impl std::io::Read + Send + 'static) -> Result<(), String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Read to the end, ready or not: the server's output must not fill its pipe.
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("ready to accept connections") {
+                let _ = tx.send(Ok(()));
+            } else if line.contains(PORT_TAKEN) {
+                // Not any FATAL line: clients reconnecting during a restart make the server
+                // log "FATAL: the database system is starting up" before it is ready.
+                let _ = tx.send(Err(format!("postgres: {line}")));
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(ready) => ready,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            Err("postgres did not start within 30 s".into())
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            Err("postgres exited while starting".into())
+        }
+    }
+}
+
+fn start_once() -> Result<PgServer, String> {
     let bin = bin_dir().ok_or("PostgreSQL is not installed (no initdb found)")?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let data = dir.path().join("data");
@@ -125,18 +169,9 @@ fn start() -> Result<PgServer, String> {
         let _ = std::fs::remove_dir_all(&dir);
         format!("postgres: {e}")
     })?;
-    // Ready when it says so.
-    let stderr = watchdog.stderr.take().ok_or("no stderr")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("ready to accept connections") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(30))
-        .map_err(|_| "postgres did not start within 30 s".to_string())?;
+    // Ready when it says so; dropping the watchdog on failure stops it and removes the
+    // directory.
+    await_ready(watchdog.stderr.take().ok_or("no stderr")?)?;
     Ok(PgServer {
         port,
         _watchdog: watchdog,
@@ -243,23 +278,36 @@ impl OwnServer {
         if !initdb.status().map_err(|e| e.to_string())?.success() {
             return Err("initdb failed".into());
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| e.to_string())?
-            .port();
         let mut server = OwnServer {
-            port,
+            port: 0,
             bin,
             dir,
             user,
             child: None,
         };
-        server.start_again();
-        Ok(server)
+        // A port picked free may be taken before the server binds it: then another one.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            server.port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| e.to_string())?
+                .port();
+            match server.try_start_again() {
+                Err(e) if tries < 3 && e.contains(PORT_TAKEN) => eprintln!("{e}; once more"),
+                started => return started.map(|()| server),
+            }
+        }
     }
 
     /// Starts the server (again) on the same data and port; returns once it takes connections.
     pub fn start_again(&mut self) {
+        if let Err(e) = self.try_start_again() {
+            panic!("{e}");
+        }
+    }
+
+    fn try_start_again(&mut self) -> Result<(), String> {
         let mut command = Command::new(self.bin.join("postgres"));
         command
             .arg("-D")
@@ -277,19 +325,15 @@ impl OwnServer {
         if let Some((uid, gid)) = self.user {
             command.uid(uid).gid(gid);
         }
-        let mut child = command.spawn().expect("postgres");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("ready to accept connections") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(30))
-            .expect("postgres did not start within 30 s");
+        let mut child = command.spawn().map_err(|e| format!("postgres: {e}"))?;
+        let stderr = child.stderr.take().ok_or("no stderr")?;
+        if let Err(e) = await_ready(stderr) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
         self.child = Some(child);
+        Ok(())
     }
 
     /// Stops the server (a fast shutdown: sessions are cut, as in a restart or failover).
