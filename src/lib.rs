@@ -299,15 +299,18 @@ impl Herald {
     /// An endpoint's rate limit as it applies now (its own or its policy's default) and how
     /// long its next attempt must wait for it; `None` when it is not rate-limited.
     pub async fn endpoint_pacing(&self, id: EndpointId) -> Result<Option<Pacing>> {
-        let endpoint = self.endpoint(id).await?;
-        Ok(self
-            .engine
-            .pacing(&endpoint)
+        Ok(self.pacing_of(&self.endpoint(id).await?))
+    }
+
+    /// [`Herald::endpoint_pacing`] of an endpoint already read (the answer to a change).
+    pub fn pacing_of(&self, endpoint: &Endpoint) -> Option<Pacing> {
+        self.engine
+            .pacing(endpoint)
             .map(|(rate_limit, source, wait)| Pacing {
                 rate_limit,
                 source,
                 wait_ms: wait.as_millis() as u64,
-            }))
+            })
     }
 
     /// All endpoints, or one tenant's.
@@ -544,13 +547,10 @@ impl Outcomes {
 }
 
 /// A `store` setting as an error may repeat it: a URL redacted (no credentials, no query);
-/// text that does not parse as one (`postgres//user:pw@db/herald`) from its last `@` on.
+/// text that is not one (`postgres//user:pw@db/herald`) from its last `@` on.
 fn shown_store(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(parsed) if parsed.host().is_some() => transport::redact(url),
-        _ => match url.rsplit_once('@') {
-            Some((_, host)) => format!("…@{host}"),
-            None => url.to_string(),
-        },
-    }
+    transport::redact_with_host(url).unwrap_or_else(|| match url.rsplit_once('@') {
+        Some((_, host)) => format!("…@{host}"),
+        None => url.to_string(),
+    })
 }

@@ -369,18 +369,11 @@ mod tests {
 
     #[test]
     fn a_due_time_is_overdue_a_few_seconds_after_it_passed() {
-        let at = |offset_secs: i64| {
-            let now = std::time::SystemTime::now();
-            let t = if offset_secs < 0 {
-                now - std::time::Duration::from_secs(offset_secs.unsigned_abs())
-            } else {
-                now + std::time::Duration::from_secs(offset_secs as u64)
-            };
-            Value::String(humantime::format_rfc3339_millis(t).to_string())
-        };
-        assert!(overdue(&at(-30)));
-        assert!(!overdue(&at(-1)));
-        assert!(!overdue(&at(60)));
+        let at = |t| Value::String(humantime::format_rfc3339_millis(t).to_string());
+        let (now, secs) = (std::time::SystemTime::now(), std::time::Duration::from_secs);
+        assert!(overdue(&at(now - secs(30))));
+        assert!(!overdue(&at(now - secs(1))));
+        assert!(!overdue(&at(now + secs(60))));
         assert!(!overdue(&Value::Null));
     }
 }

@@ -249,8 +249,7 @@ impl Engine {
             }
             if delivery.status.is_final() {
                 // Skipped by delta mode: finished as it was stored.
-                let policy = self.policies.get(&endpoint.policy).map(|p| p.as_ref());
-                super::finished::count(policy, delivery.status, 1);
+                self.count_finished(Some(endpoint), delivery.status, 1);
             }
             receipts.push(self.receipt(delivery, Some(endpoint)).await?);
         }

@@ -68,8 +68,7 @@ impl Engine {
             // A cancel: applied only if the delivery was still pending, so an attempt that
             // finished it first (and was counted) makes this a conflict, and an attempt
             // recorded after it is stale (and not counted).
-            let policy = endpoint.and_then(|e| self.policies.get(&e.policy));
-            super::finished::count(policy.map(|p| p.as_ref()), delivery.status, 1);
+            self.count_finished(endpoint.as_ref(), delivery.status, 1);
         }
         if let Some(due) = delivery.next_attempt_at {
             self.scheduler.note_due(delivery.endpoint_id, due);

@@ -272,8 +272,7 @@ impl Engine {
         let Some(closed) = self.store.delete_endpoint(id, &closing).await? else {
             return Err(Error::NotFound(format!("endpoint {id}")));
         };
-        let policy = self.policies.get(&endpoint.policy).map(|p| p.as_ref());
-        super::finished::count(policy, closing.status, closed);
+        self.count_finished(Some(&endpoint), closing.status, closed);
         Ok(())
     }
 }

@@ -5,8 +5,22 @@
 //! nothing), so every delivery is counted once per cycle, under the same labels whichever
 //! way it finished.
 
-use crate::model::DeliveryStatus;
+use super::Engine;
+use crate::model::{DeliveryStatus, Endpoint};
 use crate::policy::Policy;
+
+impl Engine {
+    /// [`count`] under `endpoint`'s policy (`unknown` without an endpoint).
+    pub(super) fn count_finished(
+        &self,
+        endpoint: Option<&Endpoint>,
+        status: DeliveryStatus,
+        deliveries: u64,
+    ) {
+        let policy = endpoint.and_then(|e| self.policies.get(&e.policy));
+        count(policy.map(|p| p.as_ref()), status, deliveries);
+    }
+}
 
 /// Counts `deliveries` that reached `status` under `policy` (`unknown` when it is not
 /// loaded). The labels are the policy's name and the status only: ids would make a series

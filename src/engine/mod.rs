@@ -245,14 +245,8 @@ impl Engine {
     /// Checks a callback URL against a policy's URL rules and, for literal IP hosts, the SSRF
     /// guard, so a refused target is a 4xx at once instead of a failed attempt later.
     pub(crate) fn check_target(&self, url: &str, rules: &crate::policy::UrlRules) -> Result<()> {
-        // Only a URL with a host is repeated (redacted): what does not parse, or has no host,
-        // might be credentials.
-        let shown = match url::Url::parse(url) {
-            Ok(parsed) if parsed.host().is_some() => crate::transport::redact(url),
-            _ => String::new(),
-        };
         let invalid = |reason: String| Error::InvalidUrl {
-            url: shown.clone(),
+            url: crate::transport::redact_with_host(url).unwrap_or_default(),
             reason,
         };
         let parsed = crate::transport::check_url(url, rules).map_err(invalid)?;

@@ -49,6 +49,16 @@ pub fn redact(url: &str) -> String {
     memo(&REDACTED, url, redact_now)
 }
 
+/// [`redact`], for text that is a URL with a host; `None` otherwise: what does not parse, or
+/// has no host (`user:pw@x.example` parses with the scheme `user`), might be credentials, so
+/// an error about it does not repeat it.
+pub fn redact_with_host(url: &str) -> Option<String> {
+    Url::parse(url)
+        .ok()
+        .filter(|parsed| parsed.host().is_some())
+        .map(|_| redact(url))
+}
+
 /// A URL parsed, as the client sends to it. Memoized like [`redact`].
 pub(crate) fn parse_target(url: &str) -> Result<Url, url::ParseError> {
     thread_local! {

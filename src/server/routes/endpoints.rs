@@ -28,7 +28,7 @@ pub async fn create_endpoint(
     ApiJson(new): ApiJson<NewEndpoint>,
 ) -> ApiResult {
     let endpoint = herald.create_endpoint(new).await?;
-    let view = paced_view(&herald, &endpoint).await?;
+    let view = paced_view(&herald, &endpoint);
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
@@ -79,16 +79,17 @@ pub async fn get_endpoint(
     ApiPath(raw): ApiPath<String>,
 ) -> ApiResult {
     let endpoint = herald.endpoint(id("endpoint", &raw)?).await?;
-    Ok(Json(paced_view(&herald, &endpoint).await?).into_response())
+    Ok(Json(paced_view(&herald, &endpoint)).into_response())
 }
 
 /// One endpoint's view with `pacing` filled in: what `GET` shows, and what a creation or a
 /// change answers with, so that the answer to setting a rate limit shows the limit that now
 /// applies.
-async fn paced_view(herald: &Herald, endpoint: &Endpoint) -> Result<EndpointView, ApiError> {
-    let mut view = EndpointView::from(endpoint);
-    view.pacing = herald.endpoint_pacing(endpoint.id).await?;
-    Ok(view)
+fn paced_view(herald: &Herald, endpoint: &Endpoint) -> EndpointView {
+    EndpointView {
+        pacing: herald.pacing_of(endpoint),
+        ..EndpointView::from(endpoint)
+    }
 }
 
 /// Changes the fields given; a new secret keeps the old one valid for the rotation grace.
@@ -111,7 +112,7 @@ pub async fn update_endpoint(
     let endpoint = herald
         .update_endpoint(id("endpoint", &raw)?, update)
         .await?;
-    Ok(Json(paced_view(&herald, &endpoint).await?).into_response())
+    Ok(Json(paced_view(&herald, &endpoint)).into_response())
 }
 
 /// Deletes an endpoint; its pending deliveries are cancelled.
@@ -170,7 +171,7 @@ async fn set_enabled(herald: Herald, raw: &str, enabled: bool) -> ApiResult {
     let endpoint = herald
         .set_endpoint_enabled(id("endpoint", raw)?, enabled)
         .await?;
-    Ok(Json(paced_view(&herald, &endpoint).await?).into_response())
+    Ok(Json(paced_view(&herald, &endpoint)).into_response())
 }
 
 /// Sends a real test request with the endpoint's encoding, signature and headers; stores
